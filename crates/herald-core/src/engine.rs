@@ -1,0 +1,116 @@
+//! The engine traits a backend implements (broker, history store, presence store), the values
+//! they exchange, and their error type.
+//!
+//! Ordering contract: each channel has one ordering authority. `Broker::publish` assigns the
+//! offset, appends to history and delivers to every node's hub as one step per channel, so no
+//! subscriber can see an order that differs from the offsets.
+
+use crate::{ChannelName, EventName, PresenceEvent, Publication};
+use async_trait::async_trait;
+use herald_protocol::{Member, StreamPosition};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a backend failed; the caller picks retry, 503 or close from the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The backend cannot be reached or the node is shutting down.
+    #[error("engine unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The backend refused the operation because a bound was reached.
+    #[error("engine limit reached: {0}")]
+    LimitReached(&'static str),
+}
+
+/// How much history a publish keeps for its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Publications kept per channel.
+    pub size: usize,
+    /// How long each is kept.
+    pub ttl: Duration,
+}
+
+/// What to read from history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// `Some`: the publications after this position, oldest first.
+    /// `None`: the newest `limit` publications, oldest first.
+    pub since: Option<StreamPosition>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Why a position cannot be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Publications after the position were trimmed or expired.
+    BeyondRetention,
+    /// The channel's history was lost and restarted under a new epoch.
+    EpochChanged,
+}
+
+impl ResetReason {
+    /// The reason as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BeyondRetention => "beyond_retention",
+            Self::EpochChanged => "epoch_changed",
+        }
+    }
+}
+
+/// The answer to a history read.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The publications, oldest first.
+    pub publications: Vec<Arc<Publication>>,
+    /// The channel's current position (its newest offset).
+    pub top: StreamPosition,
+    /// Set when `since` cannot be continued without a gap.
+    pub reset: Option<ResetReason>,
+}
+
+/// Moves publications and presence events to every node's hub, assigning offsets and appending
+/// to history in the same ordered step.
+#[async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
+    /// Assigns the next position on `channel`, keeps the publication per `retention`, and
+    /// delivers it to every subscribed node. Returns the publication with its position.
+    async fn publish(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+    ) -> Result<Arc<Publication>, EngineError>;
+    /// Delivers a presence event to every subscribed node (not kept in history).
+    async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError>;
+    /// This node now has subscribers on `channel`.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError>;
+    /// This node no longer has subscribers on `channel`.
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError>;
+}
+
+/// Reads the per-channel streams the broker appends to.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads publications per `query`.
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, EngineError>;
+}
+
+/// Who is subscribed to presence channels.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Adds (or refreshes) `member` on `channel`.
+    async fn join(&self, channel: &ChannelName, member: &Member) -> Result<(), EngineError>;
+    /// Removes the member with `conn_id` from `channel`.
+    async fn leave(&self, channel: &ChannelName, conn_id: &str) -> Result<(), EngineError>;
+    /// The current members of `channel`.
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError>;
+}

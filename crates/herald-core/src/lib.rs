@@ -1,0 +1,40 @@
+//! Herald's engine: channel names and namespace options, the publisher, the local hub, bounded
+//! per-connection outboxes, transport-independent sessions, and the engine traits (broker,
+//! history, presence) with their in-memory implementations.
+//!
+//! Nothing here opens a socket or speaks HTTP; herald-server drives sessions over SSE and
+//! WebSocket, and the binary chooses the engine backends.
+
+mod channel;
+mod engine;
+mod hub;
+pub mod memory;
+mod namespace;
+mod node;
+mod outbox;
+mod publication;
+mod publisher;
+mod session;
+mod stats;
+
+pub use channel::{ChannelError, ChannelName, EventName, MAX_CHANNEL_BYTES, MAX_EVENT_BYTES};
+pub use engine::{
+    Broker, EngineError, HistoryPage, HistoryQuery, HistoryStore, PresenceStore, ResetReason,
+    Retention,
+};
+pub use hub::{ConnId, Hub};
+pub use namespace::{ChannelsConfig, NamespaceOptions};
+pub use node::Node;
+pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
+pub use publication::{PresenceEvent, PresenceKind, Publication};
+pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
+pub use session::{publish_error_code, Emit, Session, SessionError, SessionLimits, Transport};
+pub use stats::{Stats, StatsSnapshot};
+
+/// Milliseconds since the Unix epoch, for publication timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

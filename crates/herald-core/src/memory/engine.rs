@@ -1,0 +1,380 @@
+//! `MemoryEngine`: the node is the ordering authority for every channel. Each channel keeps its
+//! epoch, newest offset and a bounded ring of recent publications behind its own mutex; publish
+//! assigns the offset, appends and fans out to the local hub while holding it.
+
+use crate::{
+    Broker, ChannelName, EngineError, EventName, HistoryPage, HistoryQuery, HistoryStore, Hub,
+    Outgoing, PresenceEvent, Publication, ResetReason, Retention,
+};
+use async_trait::async_trait;
+use herald_protocol::{Epoch, StreamPosition};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Bounds of the embedded engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryEngineConfig {
+    /// Most channels with state (epoch, offset, history) kept at once; publishing to a new
+    /// channel beyond it fails with 503.
+    pub max_channels: usize,
+    /// How long a channel with no history left, no subscribers and no publications keeps its
+    /// epoch and offset before it is forgotten (it then restarts under a new epoch).
+    #[serde(with = "humantime_serde")]
+    pub idle_channel_ttl: Duration,
+}
+
+impl Default for MemoryEngineConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: 1_000_000,
+            idle_channel_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ChannelState {
+    epoch: Epoch,
+    top: u64,
+    ring: VecDeque<(Instant, Arc<Publication>)>,
+    touched: Instant,
+}
+
+impl ChannelState {
+    fn trim_expired(&mut self, now: Instant) {
+        while self.ring.front().is_some_and(|(exp, _)| *exp <= now) {
+            self.ring.pop_front();
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition::new(self.epoch.clone(), self.top)
+    }
+}
+
+type Slot = Arc<Mutex<ChannelState>>;
+
+/// The in-process broker and history store.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    shards: Box<[Mutex<HashMap<ChannelName, Slot>>]>,
+    hasher: RandomState,
+    hub: Arc<Hub>,
+    config: MemoryEngineConfig,
+    channels: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A new random epoch: 8 base36 characters.
+fn new_epoch() -> Epoch {
+    let s: String = (0..8)
+        .map(|_| {
+            let d = fastrand::u8(..36);
+            char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 })
+        })
+        .collect();
+    // Invariant: 8 characters of [0-9a-z] is a valid epoch.
+    Epoch::parse(&s).expect("generated epoch is valid")
+}
+
+impl MemoryEngine {
+    /// An engine delivering into `hub`.
+    pub fn new(hub: Arc<Hub>, config: MemoryEngineConfig) -> Self {
+        Self {
+            shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            hub,
+            config,
+            channels: AtomicUsize::new(0),
+        }
+    }
+
+    fn slot(&self, channel: &ChannelName) -> Result<Slot, EngineError> {
+        let i = (self.hasher.hash_one(channel.as_str()) as usize) % self.shards.len();
+        let mut shard = lock(&self.shards[i]);
+        if let Some(slot) = shard.get(channel) {
+            return Ok(slot.clone());
+        }
+        if self.channels.load(Relaxed) >= self.config.max_channels {
+            return Err(EngineError::LimitReached("engine.memory.max_channels"));
+        }
+        self.channels.fetch_add(1, Relaxed);
+        let slot = Arc::new(Mutex::new(ChannelState {
+            epoch: new_epoch(),
+            top: 0,
+            ring: VecDeque::new(),
+            touched: Instant::now(),
+        }));
+        shard.insert(channel.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Drops expired history and forgets idle channels. Call it periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|channel, slot| {
+                let mut st = lock(slot);
+                st.trim_expired(now);
+                let keep = !st.ring.is_empty()
+                    || now.duration_since(st.touched) < self.config.idle_channel_ttl
+                    || self.hub.subscribers(channel) > 0;
+                if !keep {
+                    self.channels.fetch_sub(1, Relaxed);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Channels with state.
+    pub fn channel_count(&self) -> usize {
+        self.channels.load(Relaxed)
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryEngine {
+    async fn publish(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+    ) -> Result<Arc<Publication>, EngineError> {
+        let slot = self.slot(&channel)?;
+        let mut st = lock(&slot);
+        let now = Instant::now();
+        st.trim_expired(now);
+        st.top += 1;
+        st.touched = now;
+        let publication = Arc::new(Publication::new(
+            channel,
+            event,
+            data,
+            st.position(),
+            crate::now_ms(),
+        ));
+        if retention.size > 0 {
+            st.ring
+                .push_back((now + retention.ttl, publication.clone()));
+            while st.ring.len() > retention.size {
+                st.ring.pop_front();
+            }
+        }
+        // Fan-out happens under the channel's lock so delivery order equals offset order.
+        self.hub.fan_out(
+            &publication.channel,
+            &Outgoing::Publication(publication.clone()),
+        );
+        drop(st);
+        Ok(publication)
+    }
+
+    async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {
+        let channel = event.channel.clone();
+        self.hub
+            .fan_out(&channel, &Outgoing::Presence(Arc::new(event)));
+        Ok(())
+    }
+
+    async fn subscribe(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryEngine {
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        let slot = self.slot(channel)?;
+        let mut st = lock(&slot);
+        st.trim_expired(Instant::now());
+        let top = st.position();
+        let Some(since) = query.since else {
+            let skip = st.ring.len().saturating_sub(query.limit);
+            let publications = st.ring.iter().skip(skip).map(|(_, p)| p.clone()).collect();
+            return Ok(HistoryPage {
+                publications,
+                top,
+                reset: None,
+            });
+        };
+        let oldest = st
+            .ring
+            .front()
+            .map_or(st.top + 1, |(_, p)| p.position.offset);
+        let reset = if since.epoch != st.epoch || since.offset > st.top {
+            Some(ResetReason::EpochChanged)
+        } else if since.offset + 1 < oldest {
+            Some(ResetReason::BeyondRetention)
+        } else {
+            None
+        };
+        let publications = if reset.is_some() {
+            Vec::new()
+        } else {
+            st.ring
+                .iter()
+                .filter(|(_, p)| p.position.offset > since.offset)
+                .take(query.limit)
+                .map(|(_, p)| p.clone())
+                .collect()
+        };
+        Ok(HistoryPage {
+            publications,
+            top,
+            reset,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Stats;
+
+    fn engine() -> MemoryEngine {
+        MemoryEngine::new(
+            Arc::new(Hub::new(Arc::new(Stats::default()))),
+            MemoryEngineConfig::default(),
+        )
+    }
+
+    fn data() -> Box<RawValue> {
+        RawValue::from_string("{}".into()).unwrap()
+    }
+
+    const KEEP3: Retention = Retention {
+        size: 3,
+        ttl: Duration::from_secs(60),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn offsets_history_and_resets() {
+        let e = engine();
+        let c = ChannelName::parse("c").unwrap();
+        let mut last = None;
+        for _ in 0..5 {
+            last = Some(
+                e.publish(c.clone(), EventName::message(), data(), KEEP3)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let last = last.unwrap();
+        assert_eq!(last.position.offset, 5);
+        let epoch = last.position.epoch.clone();
+        let since = |o| HistoryQuery {
+            since: Some(StreamPosition::new(epoch.clone(), o)),
+            limit: 100,
+        };
+        let page = e.read(&c, since(2)).await.unwrap();
+        assert_eq!(page.reset, None);
+        let offs: Vec<u64> = page
+            .publications
+            .iter()
+            .map(|p| p.position.offset)
+            .collect();
+        assert_eq!(offs, vec![3, 4, 5]);
+        assert_eq!(
+            e.read(&c, since(1)).await.unwrap().reset,
+            Some(ResetReason::BeyondRetention)
+        );
+        assert_eq!(
+            e.read(&c, since(9)).await.unwrap().reset,
+            Some(ResetReason::EpochChanged)
+        );
+        let other = HistoryQuery {
+            since: Some(StreamPosition::new(Epoch::parse("zz").unwrap(), 5)),
+            limit: 10,
+        };
+        assert_eq!(
+            e.read(&c, other).await.unwrap().reset,
+            Some(ResetReason::EpochChanged)
+        );
+        let newest = e
+            .read(
+                &c,
+                HistoryQuery {
+                    since: None,
+                    limit: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(newest.publications[0].position.offset, 5);
+        assert_eq!(newest.top.offset, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_expires_and_idle_channels_are_forgotten() {
+        let e = engine();
+        let c = ChannelName::parse("c").unwrap();
+        let p = e
+            .publish(c.clone(), EventName::message(), data(), KEEP3)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let page = e
+            .read(
+                &c,
+                HistoryQuery {
+                    since: Some(StreamPosition::new(p.position.epoch.clone(), 0)),
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.reset, Some(ResetReason::BeyondRetention));
+        e.sweep();
+        assert_eq!(e.channel_count(), 1);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        e.sweep();
+        assert_eq!(e.channel_count(), 0);
+        let p2 = e
+            .publish(c.clone(), EventName::message(), data(), KEEP3)
+            .await
+            .unwrap();
+        assert_ne!(p2.position.epoch, p.position.epoch);
+        assert_eq!(p2.position.offset, 1);
+    }
+
+    #[tokio::test]
+    async fn channel_bound_is_enforced() {
+        let e = MemoryEngine::new(
+            Arc::new(Hub::new(Arc::new(Stats::default()))),
+            MemoryEngineConfig {
+                max_channels: 1,
+                ..MemoryEngineConfig::default()
+            },
+        );
+        let a = ChannelName::parse("a").unwrap();
+        let b = ChannelName::parse("b").unwrap();
+        e.publish(a, EventName::message(), data(), KEEP3)
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.publish(b, EventName::message(), data(), KEEP3).await,
+            Err(EngineError::LimitReached(_))
+        ));
+    }
+}

@@ -1,0 +1,24 @@
+//! `Node`: the engine's parts on this node, built once by the binary's wiring and shared by the
+//! HTTP API, the transports and sessions.
+
+use crate::{Broker, ChannelsConfig, HistoryStore, Hub, PresenceStore, Publisher, Stats};
+use std::sync::Arc;
+
+/// The engine's parts on this node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Local subscriptions and fan-out.
+    pub hub: Arc<Hub>,
+    /// Moves publications between nodes.
+    pub broker: Arc<dyn Broker>,
+    /// Per-channel streams.
+    pub history: Arc<dyn HistoryStore>,
+    /// Who is in presence channels.
+    pub presence: Arc<dyn PresenceStore>,
+    /// The single front door for publishing.
+    pub publisher: Arc<Publisher>,
+    /// Namespace options.
+    pub channels: Arc<ChannelsConfig>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}

@@ -1,0 +1,255 @@
+//! The bounded per-connection outbox: fan-out pushes shared, pre-encoded items without ever
+//! waiting; the connection task drains everything queued in one go and writes it in one batch.
+//!
+//! A push that would exceed the message or byte bound fails with `Full`; the hub then evicts
+//! the connection with a reconnect close code, and the client resumes from history. Closing
+//! the outbox (eviction, operator disconnect) wakes the connection task at once.
+
+use crate::{PresenceEvent, Publication};
+use herald_protocol::CloseCode;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Bounds of one connection's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxLimits {
+    /// Most queued messages.
+    pub messages: usize,
+    /// Most queued bytes (approximate encoded size).
+    pub bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self {
+            messages: 1024,
+            bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What fan-out queues for a connection: shared items, encoded on first use.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A publication.
+    Publication(Arc<Publication>),
+    /// A presence change.
+    Presence(Arc<PresenceEvent>),
+}
+
+impl Outgoing {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Publication(p) => p.queued_bytes(),
+            Self::Presence(_) => 256,
+        }
+    }
+}
+
+/// Why a push did not queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The outbox is at its bound: the connection is too slow.
+    Full,
+    /// The connection is closed or closing.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<CloseCode>,
+    receiver_gone: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    limits: OutboxLimits,
+}
+
+/// The sending side, held by the hub for each subscription.
+#[derive(Debug, Clone)]
+pub struct OutboxTx {
+    shared: Arc<Shared>,
+}
+
+/// The receiving side, owned by the connection task.
+#[derive(Debug)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// A new outbox with `limits`.
+pub fn outbox(limits: OutboxLimits) -> (OutboxTx, Outbox) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            bytes: 0,
+            closed: None,
+            receiver_gone: false,
+        }),
+        notify: Notify::new(),
+        limits,
+    });
+    (
+        OutboxTx {
+            shared: shared.clone(),
+        },
+        Outbox { shared },
+    )
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    // A poisoned queue only means a panic elsewhere; its data is still consistent.
+    shared
+        .queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl OutboxTx {
+    /// Queues `item` without waiting.
+    pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
+        let size = item.bytes();
+        {
+            let mut q = lock(&self.shared);
+            if q.closed.is_some() || q.receiver_gone {
+                return Err(PushError::Closed);
+            }
+            let limits = self.shared.limits;
+            if q.items.len() >= limits.messages
+                || (q.bytes + size > limits.bytes && !q.items.is_empty())
+            {
+                return Err(PushError::Full);
+            }
+            q.bytes += size;
+            q.items.push_back(item);
+        }
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Asks the connection to close with `code`; queued items are dropped. The first reason wins.
+    pub fn close(&self, code: CloseCode) {
+        {
+            let mut q = lock(&self.shared);
+            if q.closed.is_some() {
+                return;
+            }
+            q.closed = Some(code);
+            q.items.clear();
+            q.bytes = 0;
+        }
+        self.shared.notify.notify_one();
+    }
+
+    /// Whether both sides belong to the same outbox.
+    pub fn same(&self, other: &OutboxTx) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Outbox {
+    /// Waits until something is queued, then moves all of it into `buf`. Returns the close code
+    /// once the outbox was closed.
+    pub async fn recv(&mut self, buf: &mut Vec<Outgoing>) -> Result<(), CloseCode> {
+        loop {
+            {
+                let mut q = lock(&self.shared);
+                if let Some(code) = q.closed {
+                    return Err(code);
+                }
+                if !q.items.is_empty() {
+                    buf.extend(q.items.drain(..));
+                    q.bytes = 0;
+                    if q.items.capacity() > 64 {
+                        q.items.shrink_to(16);
+                    }
+                    return Ok(());
+                }
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    /// The close code, if the outbox was closed.
+    pub fn closed(&self) -> Option<CloseCode> {
+        lock(&self.shared).closed
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut q = lock(&self.shared);
+        q.receiver_gone = true;
+        q.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChannelName, EventName};
+    use herald_protocol::{Epoch, StreamPosition};
+    use serde_json::value::RawValue;
+
+    fn item(n: u64) -> Outgoing {
+        Outgoing::Publication(Arc::new(Publication::new(
+            ChannelName::parse("c").unwrap(),
+            EventName::message(),
+            RawValue::from_string("1".into()).unwrap(),
+            StreamPosition::new(Epoch::parse("e").unwrap(), n),
+            0,
+        )))
+    }
+
+    #[tokio::test]
+    async fn bounded_by_messages_and_drains_in_one_batch() {
+        let (tx, mut rx) = outbox(OutboxLimits {
+            messages: 2,
+            bytes: 1 << 20,
+        });
+        tx.push(item(1)).unwrap();
+        tx.push(item(2)).unwrap();
+        assert_eq!(tx.push(item(3)), Err(PushError::Full));
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).await.unwrap();
+        assert_eq!(buf.len(), 2);
+        tx.push(item(3)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bounded_by_bytes() {
+        let (tx, _rx) = outbox(OutboxLimits {
+            messages: 100,
+            bytes: 200,
+        });
+        tx.push(item(1)).unwrap();
+        assert_eq!(tx.push(item(2)), Err(PushError::Full));
+    }
+
+    #[tokio::test]
+    async fn close_wakes_the_receiver_and_refuses_pushes() {
+        let (tx, mut rx) = outbox(OutboxLimits::default());
+        tx.push(item(1)).unwrap();
+        tx.close(CloseCode::SlowConsumer);
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv(&mut buf).await, Err(CloseCode::SlowConsumer));
+        assert!(buf.is_empty());
+        assert_eq!(tx.push(item(2)), Err(PushError::Closed));
+        drop(rx);
+    }
+
+    #[tokio::test]
+    async fn dropped_receiver_is_reported_closed() {
+        let (tx, rx) = outbox(OutboxLimits::default());
+        drop(rx);
+        assert_eq!(tx.push(item(1)), Err(PushError::Closed));
+    }
+}

@@ -1,0 +1,147 @@
+//! A publication and a presence event, each holding its wire encodings, built once on first
+//! use and shared by every subscriber.
+
+use crate::{ChannelName, EventName};
+use bytes::Bytes;
+use herald_protocol::{Member, ServerPush, StreamPosition, SSE_EVENT_JOIN, SSE_EVENT_LEAVE};
+use serde_json::value::RawValue;
+use std::sync::OnceLock;
+
+/// One message on one channel, at its position in the channel's stream.
+#[derive(Debug)]
+pub struct Publication {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The event type.
+    pub event: EventName,
+    /// The JSON payload, kept as published.
+    pub data: Box<RawValue>,
+    /// Where it sits in the channel's stream.
+    pub position: StreamPosition,
+    /// When it was published, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    json: OnceLock<Bytes>,
+    sse: OnceLock<Bytes>,
+}
+
+impl Publication {
+    /// A publication at `position`.
+    pub fn new(
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        position: StreamPosition,
+        time_ms: u64,
+    ) -> Self {
+        Self {
+            channel,
+            event,
+            data,
+            position,
+            time_ms,
+            json: OnceLock::new(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The push object as JSON: a WebSocket text frame, and the `data:` of the SSE event.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            Bytes::from(
+                ServerPush::Publication {
+                    channel: self.channel.as_str(),
+                    event: self.event.as_str(),
+                    offset: self.position.offset,
+                    epoch: self.position.epoch.as_str(),
+                    time: self.time_ms,
+                    data: &self.data,
+                }
+                .to_json(),
+            )
+        })
+    }
+
+    /// The SSE event without its `id:` line and final blank line: `event: E\ndata: JSON\n`.
+    /// Each connection appends its own `id:` (which holds all its channels' positions).
+    pub fn sse(&self) -> &Bytes {
+        self.sse
+            .get_or_init(|| sse_fields(self.event.as_str(), self.json()))
+    }
+
+    /// Approximate bytes this publication holds in an outbox.
+    pub fn queued_bytes(&self) -> usize {
+        self.data.get().len() + self.channel.as_str().len() + self.event.as_str().len() + 128
+    }
+}
+
+/// Builds `event: E\ndata: JSON\n`; the JSON has no raw newlines.
+pub(crate) fn sse_fields(event: &str, json: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(json.len() + event.len() + 16);
+    v.extend_from_slice(b"event: ");
+    v.extend_from_slice(event.as_bytes());
+    v.extend_from_slice(b"\ndata: ");
+    v.extend_from_slice(json);
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// Whether a member joined or left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    /// Subscribed.
+    Join,
+    /// Unsubscribed or disconnected.
+    Leave,
+}
+
+/// A presence change on a channel, encoded once like a publication.
+#[derive(Debug)]
+pub struct PresenceEvent {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Join or leave.
+    pub kind: PresenceKind,
+    /// Who.
+    pub member: Member,
+    json: OnceLock<Bytes>,
+    sse: OnceLock<Bytes>,
+}
+
+impl PresenceEvent {
+    /// A presence change.
+    pub fn new(channel: ChannelName, kind: PresenceKind, member: Member) -> Self {
+        Self {
+            channel,
+            kind,
+            member,
+            json: OnceLock::new(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The push as JSON.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            let channel = self.channel.as_str();
+            let member = &self.member;
+            let push = match self.kind {
+                PresenceKind::Join => ServerPush::Join { channel, member },
+                PresenceKind::Leave => ServerPush::Leave { channel, member },
+            };
+            Bytes::from(push.to_json())
+        })
+    }
+
+    /// The SSE event, complete with its blank line (presence events carry no id).
+    pub fn sse(&self) -> &Bytes {
+        self.sse.get_or_init(|| {
+            let event = match self.kind {
+                PresenceKind::Join => SSE_EVENT_JOIN,
+                PresenceKind::Leave => SSE_EVENT_LEAVE,
+            };
+            let mut v = sse_fields(event, self.json()).to_vec();
+            v.push(b'\n');
+            Bytes::from(v)
+        })
+    }
+}

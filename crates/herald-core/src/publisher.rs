@@ -1,0 +1,141 @@
+//! `Publisher`: the single front door for publishing, used by the HTTP API and client
+//! publishes. It validates names and sizes, looks up the namespace's retention, and hands the
+//! publication to the broker, which orders it.
+
+use crate::{
+    Broker, ChannelError, ChannelName, ChannelsConfig, EngineError, EventName, Publication,
+    Retention, Stats,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Bounds on what may be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublisherLimits {
+    /// Largest `data` payload, in bytes of JSON.
+    pub max_data_bytes: usize,
+}
+
+/// Why a publication was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Invalid channel name.
+    #[error("{0}")]
+    BadChannel(ChannelError),
+    /// Invalid event name.
+    #[error("{0}")]
+    BadEvent(ChannelError),
+    /// Payload too large.
+    #[error("data is {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Clients may not publish to this namespace.
+    #[error("clients may not publish to namespace {0:?}")]
+    Forbidden(String),
+    /// The node is draining for shutdown.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A validated publish command, ready to go to the broker.
+#[derive(Debug)]
+pub struct Prepared {
+    channel: ChannelName,
+    event: EventName,
+    data: Box<RawValue>,
+}
+
+/// Validates and publishes.
+#[derive(Debug)]
+pub struct Publisher {
+    broker: Arc<dyn Broker>,
+    channels: Arc<ChannelsConfig>,
+    limits: PublisherLimits,
+    stats: Arc<Stats>,
+    closed: AtomicBool,
+}
+
+impl Publisher {
+    /// A publisher over `broker`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        channels: Arc<ChannelsConfig>,
+        limits: PublisherLimits,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            broker,
+            channels,
+            limits,
+            stats,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Checks a command without publishing it.
+    pub fn prepare(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+        data: Box<RawValue>,
+    ) -> Result<Prepared, PublishError> {
+        let channel = ChannelName::parse(channel).map_err(PublishError::BadChannel)?;
+        let event = match event {
+            Some(e) => EventName::parse(e).map_err(PublishError::BadEvent)?,
+            None => EventName::message(),
+        };
+        let len = data.get().len();
+        if len > self.limits.max_data_bytes {
+            return Err(PublishError::TooLarge {
+                len,
+                max: self.limits.max_data_bytes,
+            });
+        }
+        Ok(Prepared {
+            channel,
+            event,
+            data,
+        })
+    }
+
+    /// Publishes a prepared command.
+    pub async fn publish(&self, p: Prepared) -> Result<Arc<Publication>, PublishError> {
+        if self.closed.load(Relaxed) {
+            return Err(PublishError::ShuttingDown);
+        }
+        let o = self.channels.options(&p.channel);
+        let retention = Retention {
+            size: o.retained(),
+            ttl: o.history_ttl,
+        };
+        let publication = self
+            .broker
+            .publish(p.channel, p.event, p.data, retention)
+            .await?;
+        self.stats.publications.fetch_add(1, Relaxed);
+        tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
+        Ok(publication)
+    }
+
+    /// Publishes on behalf of a client: the namespace must allow client publishing.
+    pub async fn publish_from_client(&self, p: Prepared) -> Result<Arc<Publication>, PublishError> {
+        if !self.channels.options(&p.channel).client_publish {
+            return Err(PublishError::Forbidden(p.channel.namespace().to_owned()));
+        }
+        self.publish(p).await
+    }
+
+    /// Refuses further publications (shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
+    }
+}

@@ -1,0 +1,475 @@
+//! `Session`: one connection's protocol state, independent of its transport. It subscribes
+//! (with or without a resume position), filters what fan-out queued (dropping duplicates,
+//! filling gaps from history, announcing resets), and cleans up on close.
+//!
+//! The transport (herald-server's `ws.rs` or `sse.rs`) owns the socket and the outbox receiver,
+//! turns [`Emit`]s into wire bytes, and calls the session from its single connection task.
+
+use crate::{
+    outbox, ChannelError, ChannelName, ConnId, EngineError, HistoryPage, HistoryQuery, Node,
+    Outbox, OutboxLimits, OutboxTx, Outgoing, PresenceEvent, PresenceKind, Publication,
+    PublishError, ResetReason,
+};
+use herald_protocol::{ErrorCode, Member, ResetChannel, StreamPosition};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Which transport carries a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket.
+    Ws,
+    /// Server-Sent Events.
+    Sse,
+}
+
+impl Transport {
+    /// `ws` or `sse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Sse => "sse",
+        }
+    }
+}
+
+/// Per-connection bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionLimits {
+    /// Most channels one connection may subscribe to.
+    pub max_channels: usize,
+    /// The outbound queue bounds.
+    pub outbox: OutboxLimits,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_channels: 128,
+            outbox: OutboxLimits::default(),
+        }
+    }
+}
+
+/// What the transport must send, in order.
+#[derive(Debug, Clone)]
+pub enum Emit {
+    /// A publication.
+    Publication(Arc<Publication>),
+    /// Some channels could not be resumed or had a gap that history could not fill.
+    Reset {
+        /// Why.
+        reason: ResetReason,
+        /// Which channels, and where each continues from.
+        channels: Vec<ResetChannel>,
+    },
+    /// A presence change.
+    Presence(Arc<PresenceEvent>),
+}
+
+/// Why a session request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Invalid channel name.
+    #[error("{0}")]
+    BadChannel(#[from] ChannelError),
+    /// Already subscribed.
+    #[error("already subscribed to {0:?}")]
+    AlreadySubscribed(String),
+    /// Not subscribed.
+    #[error("not subscribed to {0:?}")]
+    NotSubscribed(String),
+    /// Channel limit.
+    #[error("a connection may hold at most {0} channels")]
+    TooManyChannels(usize),
+    /// Presence is off for the namespace.
+    #[error("presence is not enabled for namespace {0:?}")]
+    PresenceDisabled(String),
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl SessionError {
+    /// The stable error code for the wire.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadChannel(_) => ErrorCode::BadChannel,
+            Self::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
+            Self::NotSubscribed(_) => ErrorCode::NotSubscribed,
+            Self::TooManyChannels(_) => ErrorCode::TooManyChannels,
+            Self::PresenceDisabled(_) => ErrorCode::PresenceDisabled,
+            Self::Publish(e) => publish_error_code(e),
+            Self::Engine(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// The stable code for a publish error.
+pub fn publish_error_code(e: &PublishError) -> ErrorCode {
+    match e {
+        PublishError::BadChannel(_) => ErrorCode::BadChannel,
+        PublishError::BadEvent(_) => ErrorCode::BadEvent,
+        PublishError::TooLarge { .. } => ErrorCode::TooLarge,
+        PublishError::Forbidden(_) => ErrorCode::PublishForbidden,
+        PublishError::ShuttingDown | PublishError::Engine(_) => ErrorCode::Unavailable,
+    }
+}
+
+#[derive(Debug)]
+struct Sub {
+    channel: ChannelName,
+    position: StreamPosition,
+    presence: bool,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    node: Node,
+    conn_id: ConnId,
+    transport: Transport,
+    limits: SessionLimits,
+    tx: OutboxTx,
+    subs: Vec<Sub>,
+}
+
+/// Upper bound on publications replayed for one channel in one resume.
+const MAX_REPLAY: usize = 100_000;
+
+impl Session {
+    /// A new session and the outbox its connection task drains.
+    pub fn new(node: Node, transport: Transport, limits: SessionLimits) -> (Self, Outbox) {
+        let (tx, rx) = outbox(limits.outbox);
+        let gauge = match transport {
+            Transport::Ws => &node.stats.connections_ws,
+            Transport::Sse => &node.stats.connections_sse,
+        };
+        gauge.fetch_add(1, Relaxed);
+        let session = Self {
+            node,
+            conn_id: ConnId::random(),
+            transport,
+            limits,
+            tx,
+            subs: Vec::new(),
+        };
+        (session, rx)
+    }
+
+    /// This connection's id.
+    pub fn conn_id(&self) -> ConnId {
+        self.conn_id
+    }
+
+    /// The engine parts.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The current position of every subscription, in subscription order.
+    pub fn positions(&self) -> impl Iterator<Item = &StreamPosition> {
+        self.subs.iter().map(|s| &s.position)
+    }
+
+    /// Subscribed channel names, in subscription order.
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
+        self.subs.iter().map(|s| &s.channel)
+    }
+
+    fn member(&self) -> Member {
+        Member {
+            conn_id: self.conn_id.to_string(),
+            user_id: None,
+            transport: self.transport.as_str().to_owned(),
+        }
+    }
+
+    /// Subscribes to `channel`. With `since`, replays what was missed after it (or emits a
+    /// reset when that is impossible); without, emits the latest publication where the
+    /// namespace keeps latest state. Returns the position the live stream continues from.
+    pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        out: &mut Vec<Emit>,
+    ) -> Result<StreamPosition, SessionError> {
+        let channel = ChannelName::parse(channel)?;
+        if self.subs.iter().any(|s| s.channel == channel) {
+            return Err(SessionError::AlreadySubscribed(channel.to_string()));
+        }
+        if self.subs.len() >= self.limits.max_channels {
+            return Err(SessionError::TooManyChannels(self.limits.max_channels));
+        }
+        let options = self.node.channels.options(&channel).clone();
+        // Register first: anything published from here on is queued in the outbox, and the
+        // history read below covers what came before. Duplicates are dropped by offset.
+        if self
+            .node
+            .hub
+            .subscribe(&channel, self.conn_id, self.tx.clone())
+        {
+            if let Err(e) = self.node.broker.subscribe(&channel).await {
+                self.node.hub.unsubscribe(&channel, self.conn_id);
+                return Err(e.into());
+            }
+        }
+        let read = match &since {
+            Some(p) => HistoryQuery {
+                since: Some(p.clone()),
+                limit: MAX_REPLAY,
+            },
+            None => HistoryQuery {
+                since: None,
+                limit: usize::from(options.latest_state),
+            },
+        };
+        let page = match self.node.history.read(&channel, read).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.release(&channel).await;
+                return Err(e.into());
+            }
+        };
+        let position = if since.is_some() {
+            self.node.stats.resumes.fetch_add(1, Relaxed);
+            self.replay(&channel, page, out)
+        } else {
+            out.extend(page.publications.into_iter().map(Emit::Publication));
+            page.top
+        };
+        self.subs.push(Sub {
+            channel: channel.clone(),
+            position: position.clone(),
+            presence: options.presence,
+        });
+        if options.presence {
+            let member = self.member();
+            self.node.presence.join(&channel, &member).await?;
+            self.node
+                .broker
+                .publish_presence(PresenceEvent::new(channel, PresenceKind::Join, member))
+                .await?;
+        }
+        Ok(position)
+    }
+
+    /// Emits a resume page; returns the position reached.
+    fn replay(
+        &self,
+        channel: &ChannelName,
+        page: HistoryPage,
+        out: &mut Vec<Emit>,
+    ) -> StreamPosition {
+        match page.reset {
+            Some(reason) => {
+                self.node.stats.resets.fetch_add(1, Relaxed);
+                out.push(Emit::Reset {
+                    reason,
+                    channels: vec![ResetChannel {
+                        channel: channel.to_string(),
+                        position: page.top.clone(),
+                    }],
+                });
+                page.top
+            }
+            None => {
+                let position = match page.publications.last() {
+                    Some(p) => p.position.clone(),
+                    None => page.top,
+                };
+                out.extend(page.publications.into_iter().map(Emit::Publication));
+                position
+            }
+        }
+    }
+
+    /// Stops receiving `channel`.
+    pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), SessionError> {
+        let name = ChannelName::parse(channel)?;
+        let Some(i) = self.subs.iter().position(|s| s.channel == name) else {
+            return Err(SessionError::NotSubscribed(name.to_string()));
+        };
+        let sub = self.subs.remove(i);
+        self.leave(&sub).await;
+        Ok(())
+    }
+
+    async fn leave(&self, sub: &Sub) {
+        self.release(&sub.channel).await;
+        if sub.presence {
+            let member = self.member();
+            let left = self
+                .node
+                .presence
+                .leave(&sub.channel, &member.conn_id)
+                .await;
+            let told = self
+                .node
+                .broker
+                .publish_presence(PresenceEvent::new(
+                    sub.channel.clone(),
+                    PresenceKind::Leave,
+                    member,
+                ))
+                .await;
+            if let Err(error) = left.and(told) {
+                tracing::warn!(channel = %sub.channel, error = %error, "Presence leave failed.");
+            }
+        }
+    }
+
+    async fn release(&self, channel: &ChannelName) {
+        if self.node.hub.unsubscribe(channel, self.conn_id) {
+            if let Err(error) = self.node.broker.unsubscribe(channel).await {
+                tracing::warn!(channel = %channel, error = %error, "Broker unsubscribe failed.");
+            }
+        }
+    }
+
+    /// Filters one queued item into what the client must see: drops duplicates and items for
+    /// channels no longer subscribed, fills gaps from history, and announces what cannot be
+    /// recovered.
+    pub async fn accept(&mut self, item: Outgoing, out: &mut Vec<Emit>) {
+        let p = match item {
+            Outgoing::Presence(e) => {
+                if self.subs.iter().any(|s| s.channel == e.channel) {
+                    out.push(Emit::Presence(e));
+                }
+                return;
+            }
+            Outgoing::Publication(p) => p,
+        };
+        let Some(i) = self.subs.iter().position(|s| s.channel == p.channel) else {
+            return;
+        };
+        let cur = &self.subs[i].position;
+        if p.position.epoch == cur.epoch {
+            if p.position.offset <= cur.offset {
+                return;
+            }
+            if p.position.offset == cur.offset + 1 {
+                self.subs[i].position = p.position.clone();
+                out.push(Emit::Publication(p));
+                return;
+            }
+        }
+        // A gap, or a new epoch: fill from history when possible, else announce a reset.
+        let since = cur.clone();
+        let missing = usize::try_from(p.position.offset.saturating_sub(since.offset))
+            .unwrap_or(MAX_REPLAY)
+            .min(MAX_REPLAY);
+        let page = self
+            .node
+            .history
+            .read(
+                &p.channel,
+                HistoryQuery {
+                    since: Some(since),
+                    limit: missing,
+                },
+            )
+            .await;
+        let same_epoch = p.position.epoch == self.subs[i].position.epoch;
+        let mut next = self.subs[i].position.offset + 1;
+        let mut fill = Vec::new();
+        if let Ok(page) = page {
+            if same_epoch && page.reset.is_none() {
+                for q in page.publications {
+                    if q.position.offset == next && next < p.position.offset {
+                        fill.push(Emit::Publication(q));
+                        next += 1;
+                    }
+                }
+            }
+        }
+        let filled = same_epoch && next == p.position.offset;
+        if filled {
+            out.extend(fill);
+        }
+        if !filled {
+            let reason = if same_epoch {
+                ResetReason::BeyondRetention
+            } else {
+                ResetReason::EpochChanged
+            };
+            self.node.stats.resets.fetch_add(1, Relaxed);
+            out.push(Emit::Reset {
+                reason,
+                channels: vec![ResetChannel {
+                    channel: p.channel.to_string(),
+                    position: StreamPosition::new(p.position.epoch.clone(), p.position.offset - 1),
+                }],
+            });
+        }
+        self.subs[i].position = p.position.clone();
+        out.push(Emit::Publication(p));
+    }
+
+    /// Publishes from the client (the namespace must allow it).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+        data: Box<RawValue>,
+    ) -> Result<Arc<Publication>, SessionError> {
+        let publisher = &self.node.publisher;
+        let prepared = publisher.prepare(channel, event, data)?;
+        Ok(publisher.publish_from_client(prepared).await?)
+    }
+
+    /// Reads history for the client.
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: usize,
+    ) -> Result<HistoryPage, SessionError> {
+        let channel = ChannelName::parse(channel)?;
+        Ok(self
+            .node
+            .history
+            .read(&channel, HistoryQuery { since, limit })
+            .await?)
+    }
+
+    /// Lists presence members of `channel`.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, SessionError> {
+        let channel = ChannelName::parse(channel)?;
+        if !self.node.channels.options(&channel).presence {
+            return Err(SessionError::PresenceDisabled(
+                channel.namespace().to_owned(),
+            ));
+        }
+        Ok(self.node.presence.members(&channel).await?)
+    }
+
+    /// Leaves every channel; call once when the connection ends.
+    pub async fn close(mut self) {
+        let subs = std::mem::take(&mut self.subs);
+        for sub in &subs {
+            self.leave(sub).await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Normally `close` already emptied `subs`; this covers a connection task that ended
+        // early (panic, cancellation) so the hub holds no dead subscriber.
+        for sub in &self.subs {
+            self.node.hub.unsubscribe(&sub.channel, self.conn_id);
+        }
+        let gauge = match self.transport {
+            Transport::Ws => &self.node.stats.connections_ws,
+            Transport::Sse => &self.node.stats.connections_sse,
+        };
+        gauge.fetch_sub(1, Relaxed);
+    }
+}

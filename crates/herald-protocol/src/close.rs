@@ -1,0 +1,78 @@
+//! WebSocket close codes. 4000–4499 mean "reconnect (and resume)"; 4500–4999 mean "do not
+//! reconnect without changing something first".
+
+use serde::Serialize;
+
+/// Why Herald closed a WebSocket, with its wire code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseCode {
+    /// The server is shutting down or restarting; reconnect, ideally with jitter.
+    ServerShutdown,
+    /// The client did not read fast enough and its outbound queue overflowed; reconnect and resume.
+    SlowConsumer,
+    /// The peer sent nothing (not even a pong) within the idle timeout.
+    HeartbeatTimeout,
+    /// An operator disconnected the connection and allows it to come back.
+    DisconnectReconnect,
+    /// The server could not write to the connection in time.
+    WriteTimeout,
+    /// An internal error ended the connection; reconnecting is safe.
+    InternalError,
+    /// The client broke the protocol (binary frames, for example).
+    ProtocolError,
+    /// A frame was larger than the configured maximum.
+    MessageTooBig,
+    /// An operator disconnected the connection and does not want it back.
+    DisconnectTerminal,
+}
+
+impl CloseCode {
+    /// The numeric WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::ServerShutdown => 4000,
+            Self::SlowConsumer => 4001,
+            Self::HeartbeatTimeout => 4002,
+            Self::DisconnectReconnect => 4003,
+            Self::WriteTimeout => 4004,
+            Self::InternalError => 4005,
+            Self::ProtocolError => 4500,
+            Self::MessageTooBig => 4501,
+            Self::DisconnectTerminal => 4503,
+        }
+    }
+
+    /// Whether a client should reconnect after this close (codes 4000–4499).
+    pub fn should_reconnect(self) -> bool {
+        self.code() < 4500
+    }
+
+    /// A short, stable reason sent in the close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::ServerShutdown => "server shutdown",
+            Self::SlowConsumer => "slow consumer",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::DisconnectReconnect => "disconnected",
+            Self::WriteTimeout => "write timeout",
+            Self::InternalError => "internal error",
+            Self::ProtocolError => "protocol error",
+            Self::MessageTooBig => "message too big",
+            Self::DisconnectTerminal => "disconnected",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_reconnect_from_terminal() {
+        assert!(CloseCode::SlowConsumer.should_reconnect());
+        assert!(CloseCode::ServerShutdown.should_reconnect());
+        assert!(!CloseCode::ProtocolError.should_reconnect());
+        assert!(!CloseCode::DisconnectTerminal.should_reconnect());
+    }
+}

@@ -1,0 +1,21 @@
+//! Herald's wire protocol, defined once: stream positions and their SSE id form, WebSocket
+//! client requests and server frames, SSE event names, close codes and error codes.
+//!
+//! This crate knows nothing about sockets or the engine; it is serde types and small codecs that
+//! the server, the CLI and tests share. The prose specification is `docs/protocol.md`.
+
+mod close;
+mod errors;
+mod frames;
+mod position;
+
+pub use close::CloseCode;
+pub use errors::ErrorCode;
+pub use frames::{
+    ClientRequest, ErrorBody, Member, Request, RequestError, ResetChannel, ServerPush,
+    RESERVED_EVENT_PREFIX, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
+};
+pub use position::{
+    format_sse_id, parse_sse_id, Epoch, EpochError, SseIdError, StreamPosition, MAX_EPOCH_BYTES,
+    MAX_SSE_ID_BYTES,
+};
