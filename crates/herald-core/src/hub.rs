@@ -23,6 +23,20 @@ impl ConnId {
     }
 }
 
+impl ConnId {
+    /// Parses the 16-hex-digit form shown to clients.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 16
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok().map(Self)
+    }
+}
+
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
@@ -41,6 +55,7 @@ type Subscribers = HashMap<ConnId, OutboxTx>;
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
+    conns: Box<[Mutex<HashMap<ConnId, OutboxTx>>]>,
     hasher: RandomState,
     stats: Arc<Stats>,
 }
@@ -52,6 +67,9 @@ impl Hub {
     pub fn new(stats: Arc<Stats>) -> Self {
         Self {
             shards: (0..DEFAULT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            conns: (0..DEFAULT_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             hasher: RandomState::new(),
@@ -140,16 +158,49 @@ impl Hub {
         txs.len()
     }
 
-    /// Closes the connection `conn` if it holds any subscription (linear in channels).
+    fn conn_shard(&self, conn: ConnId) -> MutexGuard<'_, HashMap<ConnId, OutboxTx>> {
+        let i = (conn.0 as usize) % self.conns.len();
+        self.conns[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection so operators can close it by id.
+    pub fn register(&self, conn: ConnId, tx: OutboxTx) {
+        self.conn_shard(conn).insert(conn, tx);
+    }
+
+    /// Forgets a connection.
+    pub fn deregister(&self, conn: ConnId) {
+        self.conn_shard(conn).remove(&conn);
+    }
+
+    /// Closes the connection `conn` with `code`. Returns whether it exists on this node.
     pub fn close_conn(&self, conn: ConnId, code: CloseCode) -> bool {
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(tx) = shard.values().find_map(|s| s.get(&conn)) {
+        let tx = self.conn_shard(conn).get(&conn).cloned();
+        match tx {
+            Some(tx) => {
                 tx.close(code);
-                return true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every connection on this node with `code` (shutdown). Returns how many.
+    pub fn close_all(&self, code: CloseCode) -> usize {
+        let mut n = 0;
+        for shard in self.conns.iter() {
+            let txs: Vec<OutboxTx> = shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for tx in txs {
+                tx.close(code);
+                n += 1;
             }
         }
-        false
+        n
     }
 
     /// Local subscribers of `channel`.

@@ -152,9 +152,11 @@ impl Session {
             Transport::Sse => &node.stats.connections_sse,
         };
         gauge.fetch_add(1, Relaxed);
+        let conn_id = ConnId::random();
+        node.hub.register(conn_id, tx.clone());
         let session = Self {
             node,
-            conn_id: ConnId::random(),
+            conn_id,
             transport,
             limits,
             tx,
@@ -466,6 +468,7 @@ impl Drop for Session {
         for sub in &self.subs {
             self.node.hub.unsubscribe(&sub.channel, self.conn_id);
         }
+        self.node.hub.deregister(self.conn_id);
         let gauge = match self.transport {
             Transport::Ws => &self.node.stats.connections_ws,
             Transport::Sse => &self.node.stats.connections_sse,

@@ -8,6 +8,7 @@ mod close;
 mod errors;
 mod frames;
 mod position;
+mod sse;
 
 pub use close::CloseCode;
 pub use errors::ErrorCode;
@@ -19,3 +20,4 @@ pub use position::{
     format_sse_id, parse_sse_id, Epoch, EpochError, SseIdError, StreamPosition, MAX_EPOCH_BYTES,
     MAX_SSE_ID_BYTES,
 };
+pub use sse::{SseDecoder, SseEvent};

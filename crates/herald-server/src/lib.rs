@@ -1,1 +1,92 @@
-//! placeholder
+//! Herald's HTTP edge: the axum router (SSE, WebSocket, JSON API, health) and the accept loop
+//! that serves it with per-connection timeouts and graceful shutdown.
+//!
+//! Only this crate knows HTTP, WebSocket or SSE. Engine logic lives in herald-core; the binary
+//! builds the [`App`] and calls [`serve`].
+
+mod api;
+mod config;
+mod error;
+mod health;
+mod listener;
+mod sse;
+mod ws;
+
+pub use config::{ServerConfig, SseConfig, WsConfig};
+pub use error::ApiError;
+pub use listener::serve;
+
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::{Node, SessionLimits};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The engine parts.
+    pub node: Node,
+    /// Listener and HTTP settings.
+    pub server: Arc<ServerConfig>,
+    /// SSE settings.
+    pub sse: Arc<SseConfig>,
+    /// WebSocket settings.
+    pub ws: Arc<WsConfig>,
+    /// Per-connection bounds.
+    pub limits: SessionLimits,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    connections: Arc<Semaphore>,
+}
+
+impl App {
+    /// Assembles the shared state.
+    pub fn new(
+        node: Node,
+        server: ServerConfig,
+        sse: SseConfig,
+        ws: WsConfig,
+        limits: SessionLimits,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        let connections = Arc::new(Semaphore::new(server.max_connections));
+        Self {
+            node,
+            server: Arc::new(server),
+            sse: Arc::new(sse),
+            ws: Arc::new(ws),
+            limits,
+            shutdown,
+            tracker,
+            connections,
+        }
+    }
+}
+
+/// The router with every route.
+pub fn router(app: App) -> Router {
+    let cors = config::cors_layer(&app.server.cors_allowed_origins);
+    Router::new()
+        .route("/sse", get(sse::handler))
+        .route("/ws", get(ws::handler))
+        .route("/api/publish", post(api::publish))
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/batch", post(api::batch))
+        .route("/api/history", get(api::history))
+        .route("/api/channels", get(api::channels))
+        .route("/api/presence", get(api::presence))
+        .route("/api/stats", get(api::stats))
+        .route("/api/disconnect", post(api::disconnect))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(cors)
+        .with_state(app)
+}

@@ -1,0 +1,136 @@
+//! The settings this crate owns: listener and HTTP limits, SSE and WebSocket timings.
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+/// Listener and HTTP settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Most simultaneous SSE and WebSocket connections; more are refused with 503.
+    pub max_connections: usize,
+    /// Largest HTTP request body.
+    pub max_body: ByteSize,
+    /// A client must send its request headers within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A write to a client that makes no progress for this long ends the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long shutdown waits for connections to finish before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Browser origins allowed by CORS (`*` for any; empty for same-origin only).
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7077)),
+            max_connections: 100_000,
+            max_body: ByteSize::mib(1),
+            header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            cors_allowed_origins: vec!["*".to_owned()],
+        }
+    }
+}
+
+/// Server-Sent Events settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// A comment line is sent after this much silence so proxies keep the stream open.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// The reconnection delay advertised to clients (`retry:`).
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// WebSocket settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// The server pings after this much silence from the server side.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A peer that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest incoming WebSocket message.
+    pub max_message: ByteSize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            max_message: ByteSize::kib(128),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Every problem with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.max_connections == 0 {
+            out.push("server.max_connections must be at least 1".to_owned());
+        }
+        for o in &self.cors_allowed_origins {
+            if o != "*" && o.parse::<axum::http::HeaderValue>().is_err() {
+                out.push(format!(
+                    "server.cors_allowed_origins: {o:?} is not a valid origin"
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl WsConfig {
+    /// Every problem with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ping_interval.is_zero() || self.ping_interval >= self.idle_timeout {
+            out.push(
+                "ws.ping_interval must be more than 0s and less than ws.idle_timeout".to_owned(),
+            );
+        }
+        out
+    }
+}
+
+pub(crate) fn cors_layer(origins: &[String]) -> CorsLayer {
+    let base = CorsLayer::new()
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            axum::http::HeaderName::from_static("last-event-id"),
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        base.allow_origin(Any)
+    } else {
+        let list = origins.iter().filter_map(|o| o.parse().ok());
+        base.allow_origin(AllowOrigin::list(list))
+    }
+}

@@ -1,0 +1,65 @@
+//! The accept loop: hyper HTTP/1.1 with upgrades, a header read timeout (slow request heads are
+//! cut off), a write timeout on every socket (a client that stops reading cannot pin a
+//! connection forever), and graceful shutdown.
+
+use crate::App;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::io;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_io_timeout::TimeoutStream;
+use tower::ServiceExt;
+
+/// Serves `router` on `listener` until `app.shutdown` is cancelled, then closes idle
+/// connections and waits (up to the grace period) for the rest. Returns false when the grace
+/// period ran out with connections still open.
+pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Result<bool> {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.server.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    let write_timeout = app.server.write_timeout;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = app.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut io = TimeoutStream::new(tcp);
+        io.set_write_timeout(Some(write_timeout));
+        let io = TokioIo::new(Box::pin(io));
+        let svc = router
+            .clone()
+            .map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new));
+        let conn = http
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        app.tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("Stopped accepting connections.");
+    let grace = app.server.shutdown_grace;
+    let drained = tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok();
+    Ok(drained)
+}

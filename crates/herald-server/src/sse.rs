@@ -1,0 +1,321 @@
+//! `GET /sse`: Server-Sent Events. Channels are fixed by the query at connect time; every event
+//! carries an `id:` holding the position of every channel of the connection, so a plain
+//! `EventSource` resumes all of them through `Last-Event-ID`.
+//!
+//! The response body is the connection's single task: hyper polls it, and each poll waits on
+//! the outbox, the keep-alive deadline and shutdown.
+
+use crate::api::unavailable;
+use crate::error::status_for;
+use crate::{ApiError, App};
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
+use herald_protocol::{
+    format_sse_id, parse_sse_id, CloseCode, ErrorCode, ServerPush, StreamPosition, SSE_EVENT_RESET,
+};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// SSE event type sent just before Herald ends a stream on purpose.
+const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";
+
+pub(crate) async fn handler(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    match open(app, &headers, raw.as_deref()).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn bad_position(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadPosition, message)
+}
+
+async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Response, ApiError> {
+    let mut channels: Vec<String> = Vec::new();
+    let mut query_id = None;
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match &*k {
+            "channel" => channels.extend(v.split(',').map(str::to_owned)),
+            "lastEventId" | "last_event_id" => query_id = Some(v.into_owned()),
+            k if k.starts_with('_') => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{}`; allowed: channel, lastEventId",
+                    other.escape_debug()
+                )))
+            }
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request("name at least one `channel`"));
+    }
+    if channels.len() > app.limits.max_channels {
+        return Err(ApiError::new(
+            status_for(ErrorCode::TooManyChannels),
+            ErrorCode::TooManyChannels,
+            format!(
+                "a connection may hold at most {} channels",
+                app.limits.max_channels
+            ),
+        ));
+    }
+    let header_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| bad_position("Last-Event-ID is not ASCII".to_owned()))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let last_id = header_id.or(query_id).filter(|s| !s.is_empty());
+    let positions = match &last_id {
+        Some(id) => {
+            Some(parse_sse_id(id, channels.len()).map_err(|e| bad_position(e.to_string()))?)
+        }
+        None => None,
+    };
+    if app.shutdown.is_cancelled() {
+        return Err(unavailable(herald_core::EngineError::Unavailable(
+            "shutting down",
+        )));
+    }
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        app.node.stats.connections_rejected.fetch_add(1, Relaxed);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerFull,
+            "this node is at its connection limit",
+        ));
+    };
+
+    let (mut session, outbox) = Session::new(app.node.clone(), Transport::Sse, app.limits);
+    let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "sse");
+    let mut emits = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        let since = positions.as_ref().map(|p| p[i].clone());
+        if let Err(e) = session.subscribe(channel, since, &mut emits).await {
+            session.close().await;
+            return Err(e.into());
+        }
+    }
+    span.in_scope(|| {
+        tracing::debug!(
+            channels = channels.len(),
+            resumed = last_id.is_some(),
+            "SSE stream opened."
+        )
+    });
+
+    let ids: Vec<StreamPosition> = session.positions().cloned().collect();
+    let mut st = SseStream {
+        ids,
+        session: Some(session),
+        outbox,
+        buf: Vec::new(),
+        emits: Vec::new(),
+        keepalive: Box::pin(tokio::time::sleep(app.sse.keepalive)),
+        keepalive_every: app.sse.keepalive,
+        shutdown: app.shutdown.clone(),
+        tracker: app.tracker.clone(),
+        first: None,
+        done: false,
+        _permit: permit,
+    };
+    // The first chunk: the reconnection delay and the starting positions in one block (a block
+    // without data sets the browser's last event id without firing an event), then any replay.
+    let mut first = format!("retry: {}\n", app.sse.retry.as_millis()).into_bytes();
+    // Positions before replay: what the client already had, or the live start.
+    if let Some(p) = positions {
+        st.ids = p;
+    }
+    push_id(&mut first, &st.ids);
+    first.push(b'\n');
+    st.emits = emits;
+    let replay = st.encode();
+    first.extend_from_slice(&replay);
+    st.first = Some(Bytes::from(first));
+
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        let chunk = st.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), st))
+    });
+    let body = Body::from_stream(stream.instrument_stream(span));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+trait InstrumentStream: Sized {
+    fn instrument_stream(self, span: tracing::Span) -> Instrumented<Self>;
+}
+
+impl<S> InstrumentStream for S {
+    fn instrument_stream(self, span: tracing::Span) -> Instrumented<Self> {
+        Instrumented { inner: self, span }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Instrumented<S> {
+        #[pin]
+        inner: S,
+        span: tracing::Span,
+    }
+}
+
+impl<S: futures_util::Stream> futures_util::Stream for Instrumented<S> {
+    type Item = S::Item;
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let this = self.project();
+        let _guard = this.span.enter();
+        this.inner.poll_next(cx)
+    }
+}
+
+fn push_id(out: &mut Vec<u8>, ids: &[StreamPosition]) {
+    let mut s = String::with_capacity(ids.len() * 12);
+    format_sse_id(ids, &mut s);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'\n');
+}
+
+struct SseStream {
+    /// Positions as of the last event written, in channel order.
+    ids: Vec<StreamPosition>,
+    session: Option<Session>,
+    outbox: Outbox,
+    buf: Vec<Outgoing>,
+    emits: Vec<Emit>,
+    keepalive: Pin<Box<Sleep>>,
+    keepalive_every: Duration,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    first: Option<Bytes>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SseStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        if self.done {
+            return None;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    self.done = true;
+                    return Some(disconnect_event(CloseCode::ServerShutdown));
+                }
+                r = self.outbox.recv(&mut self.buf) => match r {
+                    Ok(()) => {
+                        let session = self.session.as_mut()?;
+                        for item in self.buf.drain(..) {
+                            session.accept(item, &mut self.emits).await;
+                        }
+                        if self.emits.is_empty() {
+                            continue;
+                        }
+                        let chunk = self.encode();
+                        self.keepalive.as_mut().reset(Instant::now() + self.keepalive_every);
+                        return Some(Bytes::from(chunk));
+                    }
+                    Err(code) => {
+                        tracing::debug!(code = code.code(), reason = code.reason(), "SSE stream ended by the server.");
+                        self.done = true;
+                        return Some(disconnect_event(code));
+                    }
+                },
+                () = &mut self.keepalive => {
+                    self.keepalive.as_mut().reset(Instant::now() + self.keepalive_every);
+                    return Some(Bytes::from_static(b":\n\n"));
+                }
+            }
+        }
+    }
+
+    /// Encodes pending emits, each publication followed by the id of all positions so far.
+    fn encode(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let Some(session) = self.session.as_ref() else {
+            return out;
+        };
+        for emit in self.emits.drain(..) {
+            match emit {
+                Emit::Publication(p) => {
+                    if let Some(i) = session.channels().position(|c| *c == p.channel) {
+                        self.ids[i] = p.position.clone();
+                    }
+                    out.extend_from_slice(p.sse());
+                    push_id(&mut out, &self.ids);
+                    out.push(b'\n');
+                }
+                Emit::Reset { reason, channels } => {
+                    for rc in &channels {
+                        if let Some(i) = session.channels().position(|c| c.as_str() == rc.channel) {
+                            self.ids[i] = rc.position.clone();
+                        }
+                    }
+                    let json = ServerPush::Reset {
+                        reason: reason.as_str(),
+                        channels: &channels,
+                    }
+                    .to_json();
+                    out.extend_from_slice(b"event: ");
+                    out.extend_from_slice(SSE_EVENT_RESET.as_bytes());
+                    out.extend_from_slice(b"\ndata: ");
+                    out.extend_from_slice(json.as_bytes());
+                    out.push(b'\n');
+                    push_id(&mut out, &self.ids);
+                    out.push(b'\n');
+                }
+                Emit::Presence(e) => out.extend_from_slice(e.sse()),
+            }
+        }
+        out
+    }
+}
+
+fn disconnect_event(code: CloseCode) -> Bytes {
+    let json = serde_json::json!({
+        "code": code.code(),
+        "reason": code.reason(),
+        "reconnect": code.should_reconnect(),
+    });
+    Bytes::from(format!("event: {SSE_EVENT_DISCONNECT}\ndata: {json}\n\n"))
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            // Presence leave and broker unsubscribe are async; finish them in a tracked task.
+            self.tracker.spawn(session.close());
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The command line: subcommands, their flags, and dispatch.
+
+use crate::config::{self, Overrides};
+use crate::{client, telemetry, wiring};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Herald: a real-time messaging server (SSE and WebSocket) with lossless resume.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// A TOML configuration file (see herald.example.toml).
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides server.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Log format: pretty or json (overrides log.format).
+    #[arg(long)]
+    log_format: Option<config::LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ConfigArgs),
+    /// Print the effective configuration (secrets redacted), or every problem with it.
+    CheckConfig(ConfigArgs),
+    /// Publish one message over the HTTP API.
+    Publish {
+        /// Channel name.
+        channel: String,
+        /// The payload, as JSON.
+        json: String,
+        /// Event type (defaults to `message`).
+        #[arg(long)]
+        event: Option<String>,
+        /// Server URL.
+        #[arg(long, env = "HERALD_URL", default_value = client::DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Follow channels over SSE, print each event as a JSON line, resume after drops.
+    Tail {
+        /// Channel names.
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Server URL.
+        #[arg(long, env = "HERALD_URL", default_value = client::DEFAULT_SERVER)]
+        server: String,
+    },
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<config::Config, config::Problems> {
+        config::load(
+            self.config.as_deref(),
+            &Overrides {
+                listen: self.listen,
+                log_format: self.log_format,
+            },
+        )
+    }
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(problems) => {
+                    eprintln!("{problems}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            telemetry::init(&config.log);
+            wiring::serve(config).await
+        }
+        Command::CheckConfig(args) => match args.load() {
+            Ok(config) => {
+                print!("{}", config::render(&config)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(problems) => {
+                eprintln!("{problems}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Publish {
+            channel,
+            json,
+            event,
+            server,
+        } => client::publish(&server, &channel, &json, event.as_deref()).await,
+        Command::Tail { channels, server } => client::tail(&server, &channels).await,
+    }
+}

@@ -1,0 +1,355 @@
+//! Configuration: defaults ← TOML file (`--config`) ← `HERALD_*` environment variables
+//! (`__` separates sections: `HERALD_SERVER__LISTEN`) ← command-line flags. Unknown keys are
+//! errors, and every problem is reported at once.
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
+use herald_core::memory::MemoryEngineConfig;
+use herald_core::{ChannelsConfig, OutboxLimits, SessionLimits};
+use herald_server::{ServerConfig, SseConfig, WsConfig};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    pub(crate) server: ServerConfig,
+    pub(crate) sse: SseConfig,
+    pub(crate) ws: WsConfig,
+    pub(crate) connection: ConnectionConfig,
+    pub(crate) publish: PublishConfig,
+    pub(crate) channels: ChannelsConfig,
+    pub(crate) engine: EngineConfig,
+    pub(crate) log: LogConfig,
+}
+
+/// Per-connection bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConnectionConfig {
+    /// Most channels one connection may subscribe to.
+    pub(crate) max_channels: usize,
+    /// Most messages queued for one connection before it is evicted as too slow.
+    pub(crate) outbox_messages: usize,
+    /// Most bytes queued for one connection before it is evicted as too slow.
+    pub(crate) outbox_bytes: ByteSize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        let d = SessionLimits::default();
+        Self {
+            max_channels: d.max_channels,
+            outbox_messages: d.outbox.messages,
+            outbox_bytes: ByteSize::b(d.outbox.bytes as u64),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    pub(crate) fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_channels: self.max_channels,
+            outbox: OutboxLimits {
+                messages: self.outbox_messages,
+                bytes: usize::try_from(self.outbox_bytes.as_u64()).unwrap_or(usize::MAX),
+            },
+        }
+    }
+}
+
+/// Publishing bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PublishConfig {
+    /// Largest `data` payload of one publication.
+    pub(crate) max_data: ByteSize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            max_data: ByteSize::kib(64),
+        }
+    }
+}
+
+/// Which engine carries publications, history and presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum EngineConfig {
+    /// In-process: one node, history in memory.
+    Memory(MemoryEngineConfig),
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self::Memory(MemoryEngineConfig::default())
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    /// `pretty` or `json`. The level comes from `HERALD_LOG` (default `info`).
+    pub(crate) format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given as command-line flags; they win over everything else.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Overrides {
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// Environment variables with the `HERALD_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["log", "config", "url"];
+
+/// Every problem found while loading the configuration.
+#[derive(Debug)]
+pub(crate) struct Problems(Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "The configuration has {} problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+fn env_provider() -> Env {
+    Env::prefixed("HERALD_")
+        .filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            !NON_CONFIG_ENV.contains(&k.as_str()) && !k.starts_with("test_")
+        })
+        .split("__")
+}
+
+/// Loads the configuration from defaults, `file`, the environment and `flags`.
+pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Problems> {
+    let mut problems = Vec::new();
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(Problems(vec![format!(
+                "the configuration file {} does not exist",
+                path.display()
+            )]));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(env_provider());
+    if let Some(listen) = flags.listen {
+        figment = figment.merge(Serialized::default("server.listen", listen.to_string()));
+    }
+    if let Some(format) = flags.log_format {
+        figment = figment.merge(Serialized::default("log.format", format));
+    }
+    // Unknown keys first, all of them, so a typo is reported with every other problem.
+    if let (Ok(user), Ok(schema)) = (
+        figment.data(),
+        Figment::from(Serialized::defaults(Config::default())).data(),
+    ) {
+        let empty = Dict::new();
+        let user = user.values().next().unwrap_or(&empty);
+        let schema = schema.values().next().unwrap_or(&empty);
+        unknown_keys(user, schema, "", &mut problems);
+    } else if let Err(e) = figment.data() {
+        problems.extend(e.into_iter().map(|e| e.to_string()));
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    let config: Config = match figment.extract() {
+        Ok(c) => c,
+        Err(e) => return Err(Problems(e.into_iter().map(|e| e.to_string()).collect())),
+    };
+    problems.extend(config.problems());
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+fn unknown_keys(user: &Dict, schema: &Dict, path: &str, out: &mut Vec<String>) {
+    for (key, value) in user {
+        let full = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        if path == "channels.namespaces" {
+            let ns_schema = Figment::from(Serialized::defaults(
+                herald_core::NamespaceOptions::default(),
+            ))
+            .data()
+            .ok()
+            .and_then(|d| d.into_values().next())
+            .unwrap_or_default();
+            if let Value::Dict(_, d) = value {
+                unknown_keys(d, &ns_schema, &full, out);
+            } else {
+                out.push(format!("{full} must be a table of namespace options"));
+            }
+            continue;
+        }
+        match (schema.get(key), value) {
+            (None, _) => out.push(format!("unknown key `{full}`")),
+            (Some(Value::Dict(_, s)), Value::Dict(_, u)) => unknown_keys(u, s, &full, out),
+            _ => {}
+        }
+    }
+}
+
+impl Config {
+    /// Semantic checks that types alone cannot express.
+    fn problems(&self) -> Vec<String> {
+        let mut out = self.server.problems();
+        out.extend(self.ws.problems());
+        out.extend(self.channels.problems());
+        if self.connection.max_channels == 0 {
+            out.push("connection.max_channels must be at least 1".to_owned());
+        }
+        if self.connection.outbox_messages == 0 {
+            out.push("connection.outbox_messages must be at least 1".to_owned());
+        }
+        if self.connection.outbox_bytes.as_u64() < 1024 {
+            out.push("connection.outbox_bytes must be at least 1KiB".to_owned());
+        }
+        if self.publish.max_data.as_u64() == 0 {
+            out.push("publish.max_data must be more than 0".to_owned());
+        }
+        if self.publish.max_data.as_u64() + 1024 > self.ws.max_message.as_u64() {
+            out.push(format!(
+                "ws.max_message ({}) must exceed publish.max_data ({}) by at least 1KiB, so a client can publish the largest allowed payload",
+                self.ws.max_message, self.publish.max_data
+            ));
+        }
+        if self.sse.keepalive.is_zero() {
+            out.push("sse.keepalive must be more than 0s".to_owned());
+        }
+        match &self.engine {
+            EngineConfig::Memory(m) => {
+                if m.max_channels == 0 {
+                    out.push("engine.max_channels must be at least 1".to_owned());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The effective configuration as TOML. There are no secrets in it yet; when there are, they
+/// are redacted by their own type.
+pub(crate) fn render(config: &Config) -> anyhow::Result<String> {
+    toml::to_string(config).context("rendering the configuration as TOML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::write(text)
+    }
+
+    mod tempfile_path {
+        use std::path::PathBuf;
+        pub(crate) struct TempPath(pub(crate) PathBuf);
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        pub(crate) fn write(text: &str) -> TempPath {
+            let path =
+                std::env::temp_dir().join(format!("herald-config-{}.toml", fastrand::u64(..)));
+            let mut f = std::fs::File::create(&path).unwrap();
+            super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            TempPath(path)
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_render_back() {
+        let c = load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7077");
+        let text = render(&c).unwrap();
+        let f = file(&text);
+        assert_eq!(load(Some(&f.0), &Overrides::default()).unwrap(), c);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let f = file(
+            "[server]\nlistn = \"x\"\n[sse]\nkeepalive = \"0s\"\n[channels.namespaces.chat]\nhistory_sise = 3\n[bogus]\na = 1\n",
+        );
+        let p = load(Some(&f.0), &Overrides::default()).unwrap_err();
+        let text = p.to_string();
+        assert!(text.contains("unknown key `server.listn`"), "{text}");
+        assert!(
+            text.contains("unknown key `channels.namespaces.chat.history_sise`"),
+            "{text}"
+        );
+        assert!(text.contains("unknown key `bogus`"), "{text}");
+    }
+
+    #[test]
+    fn semantic_problems_are_listed_together() {
+        let f = file("[sse]\nkeepalive = \"0s\"\n[ws]\nping_interval = \"90s\"\n[connection]\nmax_channels = 0\n");
+        let text = load(Some(&f.0), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("sse.keepalive"), "{text}");
+        assert!(text.contains("ws.ping_interval"), "{text}");
+        assert!(text.contains("connection.max_channels"), "{text}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let f = file("[server]\nlisten = \"127.0.0.1:9000\"\n");
+        let c = load(
+            Some(&f.0),
+            &Overrides {
+                listen: Some("127.0.0.1:9001".parse().unwrap()),
+                log_format: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9001);
+    }
+
+    #[test]
+    fn namespaces_and_sizes_parse() {
+        let f = file("[connection]\noutbox_bytes = \"2MiB\"\n[channels.namespaces.chat]\nhistory_size = 50\npresence = true\nhistory_ttl = \"1h\"\n");
+        let c = load(Some(&f.0), &Overrides::default()).unwrap();
+        assert_eq!(c.connection.outbox_bytes.as_u64(), 2 * 1024 * 1024);
+        let chat = &c.channels.namespaces["chat"];
+        assert!(chat.presence);
+        assert_eq!(chat.history_size, 50);
+        assert_eq!(chat.history_ttl.as_secs(), 3600);
+    }
+}

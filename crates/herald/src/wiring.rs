@@ -1,0 +1,124 @@
+//! The composition root: builds the engine from the configuration, starts the server and the
+//! background tasks, and runs the shutdown sequence. The only place that names a concrete
+//! engine backend.
+
+use crate::config::{Config, EngineConfig};
+use crate::{shutdown, tasks};
+use anyhow::Context;
+use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
+use herald_core::{Hub, Node, Publisher, PublisherLimits, Stats};
+use herald_server::App;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often the memory engine drops expired history and idle channels.
+const MEMORY_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Builds the engine parts for `config`, spawning their background tasks on `tracker`.
+pub(crate) fn build(config: &Config, root: &CancellationToken, tracker: &TaskTracker) -> Node {
+    let stats = Arc::new(Stats::default());
+    let hub = Arc::new(Hub::new(stats.clone()));
+    let channels = Arc::new(config.channels.clone());
+    let (broker, history, presence): (
+        Arc<dyn herald_core::Broker>,
+        Arc<dyn herald_core::HistoryStore>,
+        Arc<dyn herald_core::PresenceStore>,
+    ) = match &config.engine {
+        EngineConfig::Memory(m) => {
+            let engine = Arc::new(MemoryEngine::new(hub.clone(), m.clone()));
+            let sweeper = engine.clone();
+            let token = root.clone();
+            tasks::spawn(tracker, "memory-sweep", async move {
+                let mut tick = tokio::time::interval(MEMORY_SWEEP_INTERVAL);
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return Ok(()),
+                        _ = tick.tick() => sweeper.sweep(),
+                    }
+                }
+            });
+            (
+                engine.clone(),
+                engine,
+                Arc::new(MemoryPresenceStore::default()),
+            )
+        }
+    };
+    let publisher = Arc::new(Publisher::new(
+        broker.clone(),
+        channels.clone(),
+        PublisherLimits {
+            max_data_bytes: usize::try_from(config.publish.max_data.as_u64()).unwrap_or(usize::MAX),
+        },
+        stats.clone(),
+    ));
+    Node {
+        hub,
+        broker,
+        history,
+        presence,
+        publisher,
+        channels,
+        stats,
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM, then shuts down within the grace period.
+pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let root = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let node = build(&config, &root, &tracker);
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        addr = %addr,
+        engine = "memory",
+        "Herald is listening."
+    );
+    // One line on stdout so scripts (and tests) can find the port when listening on :0.
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Listening on http://{addr}");
+        let _ = out.flush();
+    }
+    tasks::spawn(&tracker, "signals", shutdown::on_signal(root.clone()));
+    let grace = config.server.shutdown_grace;
+    let app = App::new(
+        node.clone(),
+        config.server.clone(),
+        config.sse.clone(),
+        config.ws.clone(),
+        config.connection.limits(),
+        root.clone(),
+        tracker.clone(),
+    );
+    let router = herald_server::router(app.clone());
+    let started = tokio::time::Instant::now();
+    // Stop publishing as soon as shutdown begins, so nothing is accepted and then lost.
+    let publisher = node.publisher.clone();
+    let closing = root.clone();
+    tasks::spawn(&tracker, "publisher-close", async move {
+        closing.cancelled().await;
+        publisher.close();
+        Ok(())
+    });
+    let drained = herald_server::serve(listener, router, &app).await?;
+    let stopping = tokio::time::Instant::now();
+    tracker.close();
+    let left = grace.saturating_sub(stopping.duration_since(started).min(grace));
+    let waited = tokio::time::timeout(left.max(Duration::from_millis(100)), tracker.wait()).await;
+    if drained && waited.is_ok() {
+        tracing::info!("Shutdown complete.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::warn!(grace = ?grace, "Shutdown grace period ran out; exiting with connections still open.");
+        Ok(ExitCode::FAILURE)
+    }
+}
