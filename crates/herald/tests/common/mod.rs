@@ -1,0 +1,374 @@
+//! Shared test support: a real `herald serve` process on a free loopback port, and small SSE,
+//! WebSocket and HTTP clients that wait on events (with a deadline), never on sleeps.
+
+#![allow(dead_code, unreachable_pub)]
+
+use futures_util::{SinkExt, StreamExt};
+use herald_protocol::{SseDecoder, SseEvent};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The default deadline for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than `d`.
+pub async fn within<T>(d: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(d, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {d:?}"),
+    }
+}
+
+/// The built `herald` binary.
+pub fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+/// A temporary file removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn with(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("herald-test-{}.toml", fastrand::u64(..)));
+        std::fs::write(&path, text).expect("write temp file");
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A running `herald serve`, killed on drop.
+pub struct TestServer {
+    pub child: Child,
+    pub url: String,
+    pub http: reqwest::Client,
+    _config: TempFile,
+}
+
+impl TestServer {
+    /// Starts a server with `config` (TOML) on 127.0.0.1:0.
+    pub async fn start(config: &str) -> Self {
+        let file = TempFile::with(config);
+        let mut child = Command::new(herald_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&file.0)
+            .env(
+                "HERALD_LOG",
+                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = within(WAIT, lines.next_line())
+            .await
+            .expect("read stdout")
+            .expect("herald printed its address");
+        let url = line
+            .strip_prefix("Listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            url,
+            http: reqwest::Client::new(),
+            _config: file,
+        }
+    }
+
+    /// The WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.url.replacen("http://", "ws://", 1))
+    }
+
+    /// host:port.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// POSTs JSON text with the JSON content type; returns status and body.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GETs a path; returns status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Publishes and returns the publish result; fails the test unless 200.
+    pub async fn publish(&self, channel: &str, event: Option<&str>, data: Value) -> Value {
+        let mut body = json!({"channel": channel, "data": data});
+        if let Some(e) = event {
+            body["event"] = e.into();
+        }
+        let (status, v) = self.post("/api/publish", &body.to_string()).await;
+        assert_eq!(status, 200, "publish failed: {v}");
+        v
+    }
+
+    pub async fn stats(&self) -> Value {
+        let (status, v) = self.get("/api/stats").await;
+        assert_eq!(status, 200);
+        v
+    }
+
+    /// Polls `/api/stats` until `pred` holds (bounded by `WAIT`).
+    pub async fn wait_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.stats().await;
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stats never showed {what}: {s}"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+}
+
+/// An SSE connection read with Herald's spec-following decoder.
+pub struct Sse {
+    pub decoder: SseDecoder,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    events: VecDeque<SseEvent>,
+    pub headers: reqwest::header::HeaderMap,
+    pub raw: Vec<u8>,
+}
+
+/// Builds `/sse?channel=..&channel=..`.
+pub fn sse_url(server: &TestServer, channels: &[&str]) -> String {
+    let q: Vec<String> = channels
+        .iter()
+        .map(|c| format!("channel={}", urlencode(c)))
+        .collect();
+    format!("{}/sse?{}", server.url, q.join("&"))
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Sse {
+    /// Opens a stream; fails the test unless the server answers 200.
+    pub async fn connect(server: &TestServer, channels: &[&str], last_id: Option<&str>) -> Self {
+        let mut req = server.http.get(sse_url(server, channels));
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = within(WAIT, req.send()).await.expect("SSE request");
+        assert_eq!(resp.status(), 200, "SSE refused: {:?}", resp.text().await);
+        Self::from_response(resp)
+    }
+
+    pub fn from_response(resp: reqwest::Response) -> Self {
+        Self {
+            decoder: SseDecoder::new(),
+            headers: resp.headers().clone(),
+            body: Box::pin(resp.bytes_stream()),
+            events: VecDeque::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// The next event, or None when the stream ends.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            let chunk = within(WAIT, self.body.next()).await?.ok()?;
+            self.raw.extend_from_slice(&chunk);
+            let mut out = Vec::new();
+            self.decoder.feed(&chunk, &mut out);
+            self.events.extend(out);
+        }
+    }
+
+    /// The next event's data as JSON; fails the test at end of stream.
+    pub async fn next_json(&mut self) -> (String, Value) {
+        let e = self.next().await.expect("stream ended");
+        (
+            e.event,
+            serde_json::from_str(&e.data).expect("event data is JSON"),
+        )
+    }
+
+    /// Reads until a chunk containing `needle` arrives (for comments, which fire no event).
+    pub async fn wait_raw(&mut self, needle: &[u8]) {
+        let start = self.raw.len();
+        loop {
+            if self.raw[start..].windows(needle.len()).any(|w| w == needle) {
+                return;
+            }
+            let chunk = within(WAIT, self.body.next())
+                .await
+                .expect("stream ended")
+                .expect("stream error");
+            self.raw.extend_from_slice(&chunk);
+            let mut out = Vec::new();
+            self.decoder.feed(&chunk, &mut out);
+            self.events.extend(out);
+        }
+    }
+
+    /// Drains until end of stream; returns the events seen on the way.
+    pub async fn until_end(&mut self) -> Vec<SseEvent> {
+        let mut all = Vec::new();
+        while let Some(e) = self.next().await {
+            all.push(e);
+        }
+        all
+    }
+}
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking Herald's JSON protocol.
+pub struct Ws {
+    pub inner: WsStream,
+    next_id: u64,
+    pushes: VecDeque<Value>,
+}
+
+impl Ws {
+    pub async fn connect(server: &TestServer) -> Self {
+        let (inner, _) = within(WAIT, tokio_tungstenite::connect_async(server.ws_url()))
+            .await
+            .expect("WS connect");
+        Self {
+            inner,
+            next_id: 1,
+            pushes: VecDeque::new(),
+        }
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.inner
+            .send(Message::Text(text.into()))
+            .await
+            .expect("WS send");
+    }
+
+    /// The next JSON text frame (pushes and replies alike); panics on close.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match within(WAIT, self.inner.next()).await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON frame"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request (adding an id) and returns its reply; pushes seen meanwhile are kept.
+    pub async fn request(&mut self, mut req: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        req["id"] = id.into();
+        self.send_text(&req.to_string()).await;
+        loop {
+            let v = self.next_json().await;
+            if v.get("push").is_some() {
+                self.pushes.push_back(v);
+                continue;
+            }
+            assert_eq!(v["id"], id, "reply for another request: {v}");
+            return v;
+        }
+    }
+
+    /// The next push.
+    pub async fn next_push(&mut self) -> Value {
+        if let Some(p) = self.pushes.pop_front() {
+            return p;
+        }
+        loop {
+            let v = self.next_json().await;
+            if v.get("push").is_some() {
+                return v;
+            }
+            panic!("unexpected reply {v}");
+        }
+    }
+
+    /// Reads until the server closes; returns the close code (None if no close frame).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match within(WAIT, self.inner.next()).await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// Whether the machine's environment demands that optional backends exist.
+pub fn require_backends() -> bool {
+    std::env::var("HERALD_TEST_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
+}

@@ -1,0 +1,131 @@
+//! SSE end to end against a real server: headers, typed events, several channels on one
+//! connection, ids that carry every channel's position, keep-alive comments.
+
+mod common;
+
+use common::{within, Sse, TestServer, WAIT};
+use serde_json::json;
+
+const CONFIG: &str = r#"
+[sse]
+keepalive = "300ms"
+retry = "1500ms"
+"#;
+
+#[tokio::test]
+async fn sse_subscriber_receives_http_publications_with_headers_and_ids() {
+    let server = TestServer::start(CONFIG).await;
+    let mut sse = Sse::connect(&server, &["news"], None).await;
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    assert_eq!(sse.headers["cache-control"], "no-cache");
+    assert_eq!(sse.headers["x-accel-buffering"], "no");
+
+    let published = server
+        .publish("news", None, json!({"title": "hello"}))
+        .await;
+    let event = sse.next().await.expect("an event");
+    assert_eq!(event.event, "message");
+    let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(data["channel"], "news");
+    assert_eq!(data["data"], json!({"title": "hello"}));
+    assert_eq!(data["offset"], published["offset"]);
+    assert_eq!(data["epoch"], published["epoch"]);
+    assert_eq!(sse.decoder.retry_ms(), Some(1500));
+    assert_eq!(
+        event.id,
+        format!("{}-1", published["epoch"].as_str().unwrap())
+    );
+    assert!(!event.id.contains('\0') && event.id.len() < 64);
+}
+
+#[tokio::test]
+async fn several_channels_share_one_connection_and_typed_events_keep_their_names() {
+    let server = TestServer::start(CONFIG).await;
+    let mut sse = Sse::connect(&server, &["donations:s1", "queue:s1"], None).await;
+    server
+        .publish("donations:s1", Some("tts-completed"), json!({"id": 1}))
+        .await;
+    server
+        .publish("queue:s1", Some("youtube-queue-updated"), json!({"len": 3}))
+        .await;
+    server.publish("other", None, json!("not for us")).await;
+    server.publish("donations:s1", None, json!(2)).await;
+
+    let (ev, data) = sse.next_json().await;
+    assert_eq!(
+        (ev.as_str(), &data["channel"]),
+        ("tts-completed", &json!("donations:s1"))
+    );
+    let (ev, data) = sse.next_json().await;
+    assert_eq!(
+        (ev.as_str(), &data["channel"]),
+        ("youtube-queue-updated", &json!("queue:s1"))
+    );
+    let (ev, data) = sse.next_json().await;
+    assert_eq!((ev.as_str(), &data["data"]), ("message", &json!(2)));
+    // The id names both channels: donations at offset 2, queue at offset 1.
+    let id = sse.decoder.last_event_id().to_owned();
+    let parts: Vec<&str> = id.split('.').collect();
+    assert_eq!(parts.len(), 2, "{id}");
+    assert!(parts[0].ends_with("-2") && parts[1].ends_with("-1"), "{id}");
+}
+
+#[tokio::test]
+async fn idle_stream_gets_keepalive_comments() {
+    let server = TestServer::start(CONFIG).await;
+    let mut sse = Sse::connect(&server, &["quiet"], None).await;
+    within(WAIT, sse.wait_raw(b"\n:\n\n")).await;
+}
+
+#[tokio::test]
+async fn bad_sse_requests_get_json_errors() {
+    let server = TestServer::start(CONFIG).await;
+    let (status, body) = server.get("/sse").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (status, body) = server.get("/sse?channel=bad%20name").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("bad_channel"))
+    );
+    let (status, body) = server.get("/sse?channel=a&channel=a").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("already_subscribed"))
+    );
+    let (status, body) = server.get("/sse?channel=a&colour=red").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    for bad in [
+        "nonsense",
+        "ab-1.cd-2",
+        "ab--5",
+        "ab-zzzzzzzzzzzzzzzzz",
+        "AB-1",
+        "ab-1%00",
+    ] {
+        let (status, body) = server
+            .get(&format!("/sse?channel=a&lastEventId={bad}"))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("bad_position")),
+            "{bad}"
+        );
+    }
+    let huge = "a-1.".repeat(5000);
+    let resp = server
+        .http
+        .get(format!("{}/sse?channel=a", server.url))
+        .header("last-event-id", huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (status, _) = server.get("/health/live").await;
+    assert_eq!(status, 200);
+}
