@@ -27,6 +27,9 @@ pub enum PublishError {
     /// Invalid event name.
     #[error("{0}")]
     BadEvent(ChannelError),
+    /// The payload is JSON that subscribers could not read.
+    #[error("{0}")]
+    BadData(String),
     /// Payload too large.
     #[error("data is {len} bytes; the limit is {max}")]
     TooLarge {
@@ -100,6 +103,13 @@ impl Publisher {
                 max: self.limits.max_data_bytes,
             });
         }
+        // RawValue checks syntax only; a number beyond f64 (such as 1e400) would break
+        // subscribers that parse the payload, so it is refused here.
+        if serde_json::from_str::<Checked>(data.get()).is_err() {
+            return Err(PublishError::BadData(
+                "data holds a number outside the range of a 64-bit float".to_owned(),
+            ));
+        }
         Ok(Prepared {
             channel,
             event,
@@ -137,5 +147,55 @@ impl Publisher {
     /// Refuses further publications (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Relaxed);
+    }
+}
+
+/// Deserializes any JSON value, discarding it, but parsing every number (which `IgnoredAny`
+/// skips), so values a JSON reader would refuse are caught.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Checked, E> {
+        if v.is_finite() {
+            Ok(Checked)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, Checked>()?.is_some() {}
+        Ok(Checked)
     }
 }

@@ -116,6 +116,7 @@ pub fn publish_error_code(e: &PublishError) -> ErrorCode {
     match e {
         PublishError::BadChannel(_) => ErrorCode::BadChannel,
         PublishError::BadEvent(_) => ErrorCode::BadEvent,
+        PublishError::BadData(_) => ErrorCode::BadRequest,
         PublishError::TooLarge { .. } => ErrorCode::TooLarge,
         PublishError::Forbidden(_) => ErrorCode::PublishForbidden,
         PublishError::ShuttingDown | PublishError::Engine(_) => ErrorCode::Unavailable,

@@ -241,19 +241,28 @@ fn limit_param(q: &[(String, String)]) -> Result<usize, ApiError> {
     }
 }
 
-/// The JSON of a history page: publications as push objects.
-pub(crate) fn history_json(channel: &ChannelName, page: &HistoryPage) -> Value {
-    let pubs: Vec<&RawValue> = page
-        .publications
-        .iter()
-        .filter_map(|p| serde_json::from_slice::<&RawValue>(p.json()).ok())
-        .collect();
-    json!({
-        "channel": channel.as_str(),
-        "position": page.top,
-        "reset": page.reset.map(|r| r.as_str()),
-        "publications": pubs,
-    })
+/// A history page on the wire: publications as push objects, copied as raw JSON (never
+/// re-parsed).
+#[derive(Debug, Serialize)]
+pub(crate) struct HistoryReply<'a> {
+    channel: &'a str,
+    position: &'a herald_protocol::StreamPosition,
+    reset: Option<&'static str>,
+    publications: Vec<&'a RawValue>,
+}
+
+/// The wire form of a history page.
+pub(crate) fn history_json<'a>(channel: &'a ChannelName, page: &'a HistoryPage) -> HistoryReply<'a> {
+    HistoryReply {
+        channel: channel.as_str(),
+        position: &page.top,
+        reset: page.reset.map(|r| r.as_str()),
+        publications: page
+            .publications
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<&RawValue>(p.json()).ok())
+            .collect(),
+    }
 }
 
 /// `GET /api/history?channel=&since=&limit=`.
@@ -285,7 +294,9 @@ pub(crate) async fn history(
         .read(&channel, HistoryQuery { since, limit })
         .await
         .map_err(unavailable)?;
-    Ok(Json(history_json(&channel, &page)))
+    Ok(Json(serde_json::to_value(history_json(&channel, &page)).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string())
+    })?))
 }
 
 pub(crate) fn unavailable(e: herald_core::EngineError) -> ApiError {

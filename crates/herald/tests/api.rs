@@ -1,0 +1,236 @@
+//! The HTTP API against a real server: publish, broadcast, batch, history, channels, stats,
+//! health, and the documented error for every kind of bad input.
+
+mod common;
+
+use common::{Sse, TestServer, Ws};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+[channels.namespaces.small]
+history_size = 5
+"#;
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn publish_broadcast_and_batch_deliver_in_order() {
+    let server = TestServer::start(CONFIG).await;
+    let mut sse = Sse::connect(&server, &["x", "y"], None).await;
+    let mut ws = Ws::connect(&server).await;
+    ws.request(json!({"op": "subscribe", "channel": "z"})).await;
+
+    let (status, v) = server
+        .post("/api/broadcast", r#"{"channels":["x","y","z"],"event":"note","data":{"n":1}}"#)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r["offset"] == 1));
+    for want in ["x", "y"] {
+        let (ev, d) = sse.next_json().await;
+        assert_eq!((ev.as_str(), d["channel"].as_str()), ("note", Some(want)));
+    }
+    assert_eq!(ws.next_push().await["event"], "note");
+
+    let commands: Vec<Value> = (1..=20)
+        .map(|i| json!({"channel": "z", "data": i}))
+        .collect();
+    let (status, v) = server
+        .post("/api/batch", &json!({"commands": commands}).to_string())
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 20);
+    for i in 1..=20 {
+        let p = ws.next_push().await;
+        assert_eq!(p["data"], i);
+        assert_eq!(p["offset"], i + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_command_applies_nothing() {
+    let server = TestServer::start(CONFIG).await;
+    let body = json!({"commands": [
+        {"channel": "ok", "data": 1},
+        {"channel": "not ok", "data": 2},
+    ]});
+    let (status, v) = server.post("/api/batch", &body.to_string()).await;
+    assert_eq!((status, code(&v)), (422, "bad_channel"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("commands[1]"));
+    let (_, h) = server.get("/api/history?channel=ok").await;
+    assert_eq!(h["publications"], json!([]));
+}
+
+#[tokio::test]
+async fn history_channels_stats_and_health() {
+    let server = TestServer::start(CONFIG).await;
+    let mut epoch = String::new();
+    for i in 1..=8 {
+        epoch = server.publish("small:h", None, json!(i)).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let (status, h) = server.get("/api/history?channel=small:h").await;
+    assert_eq!(status, 200);
+    let offs: Vec<u64> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, [4, 5, 6, 7, 8], "history keeps the newest history_size");
+    assert_eq!(h["position"]["offset"], 8);
+    let (_, h) = server
+        .get(&format!("/api/history?channel=small:h&since={epoch}-5&limit=2"))
+        .await;
+    let offs: Vec<u64> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, [6, 7]);
+    assert_eq!(h["reset"], Value::Null);
+    let (_, h) = server
+        .get(&format!("/api/history?channel=small:h&since={epoch}-1"))
+        .await;
+    assert_eq!(h["reset"], "beyond_retention");
+
+    let _sse = Sse::connect(&server, &["small:h", "other"], None).await;
+    let mut ws = Ws::connect(&server).await;
+    ws.request(json!({"op": "subscribe", "channel": "other"})).await;
+    let (status, c) = server.get("/api/channels").await;
+    assert_eq!(status, 200);
+    assert_eq!(c["total"], 2);
+    assert_eq!(
+        c["channels"],
+        json!([{"channel": "other", "subscribers": 2}, {"channel": "small:h", "subscribers": 1}])
+    );
+    let s = server.stats().await;
+    assert_eq!(s["connections"]["sse"], 1);
+    assert_eq!(s["connections"]["ws"], 1);
+    assert_eq!(s["connections"]["total"], 2);
+    assert_eq!(s["channels"], 2);
+    assert_eq!(s["subscriptions"], 3);
+    assert_eq!(s["publications"], 8);
+    assert!(s["memory"]["rss_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(s["uptime_seconds"].is_u64());
+    assert!(s["deliveries"].is_u64());
+
+    assert_eq!(server.get("/health/live").await.0, 200);
+    let (status, r) = server.get("/health/ready").await;
+    assert_eq!((status, r["status"].as_str()), (200, Some("ready")));
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_documented_error_and_the_server_stays_healthy() {
+    let server = TestServer::start(CONFIG).await;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/api/publish", r#"{"channel":"a","data":"#, 400, "bad_json"),
+        ("/api/publish", "{{{{", 400, "bad_json"),
+        ("/api/publish", "", 400, "bad_json"),
+        ("/api/publish", r#"{"channel":"a"}"#, 422, "bad_request"),
+        ("/api/publish", r#"{"channel":5,"data":1}"#, 422, "bad_request"),
+        ("/api/publish", r#"{"channel":"a","data":1,"colour":"red"}"#, 422, "bad_request"),
+        ("/api/publish", r#"{"channel":"","data":1}"#, 422, "bad_channel"),
+        ("/api/publish", r#"{"channel":"a b","data":1}"#, 422, "bad_channel"),
+        ("/api/publish", r#"{"channel":"a","event":"bad\nevent","data":1}"#, 422, "bad_event"),
+        ("/api/publish", r#"{"channel":"a","event":"herald.reset","data":1}"#, 422, "bad_event"),
+        ("/api/broadcast", r#"{"channels":[],"data":1}"#, 422, "bad_request"),
+        ("/api/batch", r#"{"commands":[]}"#, 422, "bad_request"),
+        ("/api/disconnect", r#"{}"#, 422, "bad_request"),
+        ("/api/disconnect", r#"{"conn_id":"xyz"}"#, 422, "bad_request"),
+    ];
+    for (path, body, status, want) in cases {
+        let (got, v) = server.post(path, body).await;
+        assert_eq!((got, code(&v)), (*status, *want), "{path} {body} -> {v}");
+    }
+    let long = format!(r#"{{"channel":"{}","data":1}}"#, "c".repeat(300));
+    let (status, v) = server.post("/api/publish", &long).await;
+    assert_eq!((status, code(&v)), (422, "bad_channel"));
+
+    // Oversized payload (over publish.max_data) and oversized body (over server.max_body).
+    let big = json!({"channel": "a", "data": "x".repeat(70 * 1024)}).to_string();
+    let (status, v) = server.post("/api/publish", &big).await;
+    assert_eq!((status, code(&v)), (413, "too_large"));
+    let huge = json!({"channel": "a", "data": "x".repeat(2 * 1024 * 1024)}).to_string();
+    let (status, v) = server.post("/api/publish", &huge).await;
+    assert_eq!((status, code(&v)), (413, "too_large"));
+
+    // Invalid UTF-8, wrong content type, unknown route, wrong method, bad query parameters.
+    let resp = server
+        .http
+        .post(format!("{}/api/publish", server.url))
+        .header("content-type", "application/json")
+        .body(vec![b'{', 0xff, 0xfe, b'}'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = server
+        .http
+        .post(format!("{}/api/publish", server.url))
+        .header("content-type", "text/plain")
+        .body(r#"{"channel":"a","data":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(code(&v), "unsupported_media_type");
+    let (status, v) = server.get("/api/nothing-here").await;
+    assert_eq!((status, code(&v)), (404, "not_found"));
+    let (status, v) = server.get("/api/publish").await;
+    assert_eq!((status, code(&v)), (405, "method_not_allowed"));
+    for q in [
+        "/api/history",
+        "/api/history?channel=a&limit=-1",
+        "/api/history?channel=a&limit=0",
+        "/api/history?channel=a&limit=99999999999999999999999",
+        "/api/history?channel=a&colour=red",
+        "/api/history?channel=a&channel=b",
+    ] {
+        let (status, v) = server.get(q).await;
+        assert_eq!((status, code(&v)), (400, "bad_request"), "{q}");
+    }
+    for q in ["/api/history?channel=a&since=-1", "/api/history?channel=a&since=ab-99999999999999999999"] {
+        let (status, v) = server.get(q).await;
+        assert_eq!((status, code(&v)), (400, "bad_position"), "{q}");
+    }
+
+    // Numbers beyond a 64-bit float would break subscribers: refused. Long integers that fit
+    // are kept as published.
+    let (status, v) = server
+        .post("/api/publish", r#"{"channel":"nums","data":{"n":1e400}}"#)
+        .await;
+    assert_eq!((status, code(&v)), (422, "bad_request"));
+    let (status, _) = server
+        .post("/api/publish", r#"{"channel":"nums","data":{"m":-123456789012345678901234567890}}"#)
+        .await;
+    assert_eq!(status, 200);
+    let (_, h) = server.get("/api/history?channel=nums").await;
+    assert_eq!(h["publications"].as_array().unwrap().len(), 1);
+    assert!(h["publications"][0]["data"]["m"].is_number());
+
+    assert_eq!(server.get("/health/live").await.0, 200);
+    assert_eq!(server.get("/health/ready").await.0, 200);
+}
+
+#[tokio::test]
+async fn disconnect_by_connection_id_and_by_channel() {
+    let server = TestServer::start(CONFIG).await;
+    let mut ws = Ws::connect(&server).await;
+    ws.request(json!({"op": "subscribe", "channel": "chat:a"})).await;
+    let (_, v) = server.post("/api/disconnect", r#"{"channel":"chat:a","reconnect":false}"#).await;
+    assert_eq!(v["disconnected"], 1);
+    assert_eq!(ws.close_code().await, Some(4503));
+
+    let (status, v) = server
+        .post("/api/disconnect", r#"{"conn_id":"0123456789abcdef"}"#)
+        .await;
+    assert_eq!((status, &v["disconnected"]), (200, &json!(0)));
+}
