@@ -347,13 +347,9 @@ impl Ws {
         if let Some(p) = self.pushes.pop_front() {
             return p;
         }
-        loop {
-            let v = self.next_json().await;
-            if v.get("push").is_some() {
-                return v;
-            }
-            panic!("unexpected reply {v}");
-        }
+        let v = self.next_json().await;
+        assert!(v.get("push").is_some(), "unexpected reply {v}");
+        v
     }
 
     /// Reads until the server closes; returns the close code (None if no close frame).
