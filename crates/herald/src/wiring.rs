@@ -77,6 +77,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let signals = shutdown::install().context("installing signal handlers")?;
     tracing::info!(
         addr = %addr,
         engine = "memory",
@@ -88,7 +89,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let _ = writeln!(out, "Listening on http://{addr}");
         let _ = out.flush();
     }
-    tasks::spawn(&tracker, "signals", shutdown::on_signal(root.clone()));
+    tasks::spawn(&tracker, "signals", signals.cancel_on_signal(root.clone()));
     let grace = config.server.shutdown_grace;
     let app = App::new(
         node.clone(),
@@ -100,19 +101,23 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         tracker.clone(),
     );
     let router = herald_server::router(app.clone());
-    let started = tokio::time::Instant::now();
     // Stop publishing as soon as shutdown begins, so nothing is accepted and then lost.
     let publisher = node.publisher.clone();
     let closing = root.clone();
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
     tasks::spawn(&tracker, "publisher-close", async move {
         closing.cancelled().await;
+        let _ = began_tx.send(tokio::time::Instant::now());
         publisher.close();
         Ok(())
     });
     let drained = herald_server::serve(listener, router, &app).await?;
-    let stopping = tokio::time::Instant::now();
+    // The grace period counts from the moment shutdown began.
+    let began = began_rx
+        .await
+        .unwrap_or_else(|_| tokio::time::Instant::now());
     tracker.close();
-    let left = grace.saturating_sub(stopping.duration_since(started).min(grace));
+    let left = grace.saturating_sub(began.elapsed());
     let waited = tokio::time::timeout(left.max(Duration::from_millis(100)), tracker.wait()).await;
     if drained && waited.is_ok() {
         tracing::info!("Shutdown complete.");
