@@ -23,7 +23,10 @@ async fn publish_broadcast_and_batch_deliver_in_order() {
     ws.request(json!({"op": "subscribe", "channel": "z"})).await;
 
     let (status, v) = server
-        .post("/api/broadcast", r#"{"channels":["x","y","z"],"event":"note","data":{"n":1}}"#)
+        .post(
+            "/api/broadcast",
+            r#"{"channels":["x","y","z"],"event":"note","data":{"n":1}}"#,
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     let results = v["results"].as_array().unwrap();
@@ -59,7 +62,10 @@ async fn a_batch_with_one_bad_command_applies_nothing() {
     ]});
     let (status, v) = server.post("/api/batch", &body.to_string()).await;
     assert_eq!((status, code(&v)), (422, "bad_channel"));
-    assert!(v["error"]["message"].as_str().unwrap().contains("commands[1]"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("commands[1]"));
     let (_, h) = server.get("/api/history?channel=ok").await;
     assert_eq!(h["publications"], json!([]));
 }
@@ -82,10 +88,16 @@ async fn history_channels_stats_and_health() {
         .iter()
         .map(|p| p["offset"].as_u64().unwrap())
         .collect();
-    assert_eq!(offs, [4, 5, 6, 7, 8], "history keeps the newest history_size");
+    assert_eq!(
+        offs,
+        [4, 5, 6, 7, 8],
+        "history keeps the newest history_size"
+    );
     assert_eq!(h["position"]["offset"], 8);
     let (_, h) = server
-        .get(&format!("/api/history?channel=small:h&since={epoch}-5&limit=2"))
+        .get(&format!(
+            "/api/history?channel=small:h&since={epoch}-5&limit=2"
+        ))
         .await;
     let offs: Vec<u64> = h["publications"]
         .as_array()
@@ -102,7 +114,8 @@ async fn history_channels_stats_and_health() {
 
     let _sse = Sse::connect(&server, &["small:h", "other"], None).await;
     let mut ws = Ws::connect(&server).await;
-    ws.request(json!({"op": "subscribe", "channel": "other"})).await;
+    ws.request(json!({"op": "subscribe", "channel": "other"}))
+        .await;
     let (status, c) = server.get("/api/channels").await;
     assert_eq!(status, 200);
     assert_eq!(c["total"], 2);
@@ -134,16 +147,56 @@ async fn every_bad_input_gets_its_documented_error_and_the_server_stays_healthy(
         ("/api/publish", "{{{{", 400, "bad_json"),
         ("/api/publish", "", 400, "bad_json"),
         ("/api/publish", r#"{"channel":"a"}"#, 422, "bad_request"),
-        ("/api/publish", r#"{"channel":5,"data":1}"#, 422, "bad_request"),
-        ("/api/publish", r#"{"channel":"a","data":1,"colour":"red"}"#, 422, "bad_request"),
-        ("/api/publish", r#"{"channel":"","data":1}"#, 422, "bad_channel"),
-        ("/api/publish", r#"{"channel":"a b","data":1}"#, 422, "bad_channel"),
-        ("/api/publish", r#"{"channel":"a","event":"bad\nevent","data":1}"#, 422, "bad_event"),
-        ("/api/publish", r#"{"channel":"a","event":"herald.reset","data":1}"#, 422, "bad_event"),
-        ("/api/broadcast", r#"{"channels":[],"data":1}"#, 422, "bad_request"),
+        (
+            "/api/publish",
+            r#"{"channel":5,"data":1}"#,
+            422,
+            "bad_request",
+        ),
+        (
+            "/api/publish",
+            r#"{"channel":"a","data":1,"colour":"red"}"#,
+            422,
+            "bad_request",
+        ),
+        (
+            "/api/publish",
+            r#"{"channel":"","data":1}"#,
+            422,
+            "bad_channel",
+        ),
+        (
+            "/api/publish",
+            r#"{"channel":"a b","data":1}"#,
+            422,
+            "bad_channel",
+        ),
+        (
+            "/api/publish",
+            r#"{"channel":"a","event":"bad\nevent","data":1}"#,
+            422,
+            "bad_event",
+        ),
+        (
+            "/api/publish",
+            r#"{"channel":"a","event":"herald.reset","data":1}"#,
+            422,
+            "bad_event",
+        ),
+        (
+            "/api/broadcast",
+            r#"{"channels":[],"data":1}"#,
+            422,
+            "bad_request",
+        ),
         ("/api/batch", r#"{"commands":[]}"#, 422, "bad_request"),
         ("/api/disconnect", r#"{}"#, 422, "bad_request"),
-        ("/api/disconnect", r#"{"conn_id":"xyz"}"#, 422, "bad_request"),
+        (
+            "/api/disconnect",
+            r#"{"conn_id":"xyz"}"#,
+            422,
+            "bad_request",
+        ),
     ];
     for (path, body, status, want) in cases {
         let (got, v) = server.post(path, body).await;
@@ -197,7 +250,10 @@ async fn every_bad_input_gets_its_documented_error_and_the_server_stays_healthy(
         let (status, v) = server.get(q).await;
         assert_eq!((status, code(&v)), (400, "bad_request"), "{q}");
     }
-    for q in ["/api/history?channel=a&since=-1", "/api/history?channel=a&since=ab-99999999999999999999"] {
+    for q in [
+        "/api/history?channel=a&since=-1",
+        "/api/history?channel=a&since=ab-99999999999999999999",
+    ] {
         let (status, v) = server.get(q).await;
         assert_eq!((status, code(&v)), (400, "bad_position"), "{q}");
     }
@@ -209,7 +265,10 @@ async fn every_bad_input_gets_its_documented_error_and_the_server_stays_healthy(
         .await;
     assert_eq!((status, code(&v)), (422, "bad_request"));
     let (status, _) = server
-        .post("/api/publish", r#"{"channel":"nums","data":{"m":-123456789012345678901234567890}}"#)
+        .post(
+            "/api/publish",
+            r#"{"channel":"nums","data":{"m":-123456789012345678901234567890}}"#,
+        )
         .await;
     assert_eq!(status, 200);
     let (_, h) = server.get("/api/history?channel=nums").await;
@@ -224,8 +283,14 @@ async fn every_bad_input_gets_its_documented_error_and_the_server_stays_healthy(
 async fn disconnect_by_connection_id_and_by_channel() {
     let server = TestServer::start(CONFIG).await;
     let mut ws = Ws::connect(&server).await;
-    ws.request(json!({"op": "subscribe", "channel": "chat:a"})).await;
-    let (_, v) = server.post("/api/disconnect", r#"{"channel":"chat:a","reconnect":false}"#).await;
+    ws.request(json!({"op": "subscribe", "channel": "chat:a"}))
+        .await;
+    let (_, v) = server
+        .post(
+            "/api/disconnect",
+            r#"{"channel":"chat:a","reconnect":false}"#,
+        )
+        .await;
     assert_eq!(v["disconnected"], 1);
     assert_eq!(ws.close_code().await, Some(4503));
 

@@ -144,7 +144,10 @@ async fn ws_resume_replays_exactly_what_was_missed_then_goes_live() {
     assert_eq!(reply["result"]["position"]["offset"], 7);
     for want in 4..=7 {
         let p = ws.next_push().await;
-        assert_eq!((p["push"].as_str(), offset(&p)), (Some("publication"), want));
+        assert_eq!(
+            (p["push"].as_str(), offset(&p)),
+            (Some("publication"), want)
+        );
     }
     server.publish("w", None, json!(8)).await;
     assert_eq!(offset(&ws.next_push().await), 8);
@@ -176,15 +179,23 @@ async fn ws_resume_beyond_retention_gets_a_reset_push() {
 async fn latest_state_is_delivered_first_to_new_subscribers() {
     let server = TestServer::start(CONFIG).await;
     for i in 1..=3 {
-        server.publish("state:viewers", Some("stats"), json!({"viewers": i})).await;
+        server
+            .publish("state:viewers", Some("stats"), json!({"viewers": i}))
+            .await;
     }
     let mut sse = Sse::connect(&server, &["state:viewers"], None).await;
     let (event, v) = sse.next_json().await;
-    assert_eq!((event.as_str(), &v["data"]["viewers"]), ("stats", &json!(3)));
+    assert_eq!(
+        (event.as_str(), &v["data"]["viewers"]),
+        ("stats", &json!(3))
+    );
     let mut ws = Ws::connect(&server).await;
-    ws.request(json!({"op": "subscribe", "channel": "state:viewers"})).await;
+    ws.request(json!({"op": "subscribe", "channel": "state:viewers"}))
+        .await;
     assert_eq!(ws.next_push().await["data"]["viewers"], 3);
-    server.publish("state:viewers", Some("stats"), json!({"viewers": 4})).await;
+    server
+        .publish("state:viewers", Some("stats"), json!({"viewers": 4}))
+        .await;
     assert_eq!(sse.next_json().await.1["data"]["viewers"], 4);
     assert_eq!(ws.next_push().await["data"]["viewers"], 4);
 }
@@ -217,8 +228,10 @@ async fn resume_during_a_publishing_burst_has_no_gap_and_no_duplicate() {
     // Join mid-burst on both transports, each resuming from the very start.
     let mut sse = Sse::connect(&server, &["burst"], Some(&format!("{epoch}-0"))).await;
     let mut ws = Ws::connect(&server).await;
-    ws.request(json!({"op": "subscribe", "channel": "burst", "since": {"epoch": epoch, "offset": 0}}))
-        .await;
+    ws.request(
+        json!({"op": "subscribe", "channel": "burst", "since": {"epoch": epoch, "offset": 0}}),
+    )
+    .await;
     for want in 1..=total {
         let (_, v) = sse.next_json().await;
         assert_eq!(offset(&v), want, "SSE");

@@ -47,7 +47,10 @@ async fn publish_in_step(server: &TestServer, fast: &mut Ws, channel: &str, batc
         assert_eq!(status, 200, "{v}");
         for _ in 0..BATCH {
             let p = fast.next_push().await;
-            assert_eq!(p["data"]["i"], next, "the fast reader got every message in order");
+            assert_eq!(
+                p["data"]["i"], next,
+                "the fast reader got every message in order"
+            );
             next += 1;
         }
     }
@@ -58,15 +61,22 @@ async fn publish_in_step(server: &TestServer, fast: &mut Ws, channel: &str, batc
 async fn a_client_that_never_reads_is_evicted_and_others_keep_receiving_with_bounded_memory() {
     let server = TestServer::start(CONFIG).await;
     let mut fast = Ws::connect(&server).await;
-    fast.request(json!({"op": "subscribe", "channel": "flood"})).await;
+    fast.request(json!({"op": "subscribe", "channel": "flood"}))
+        .await;
 
     // A WebSocket client and an SSE client that subscribe and then never read again.
     let mut slow_ws = Ws::connect(&server).await;
-    slow_ws.request(json!({"op": "subscribe", "channel": "flood"})).await;
+    slow_ws
+        .request(json!({"op": "subscribe", "channel": "flood"}))
+        .await;
     let mut slow_sse = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     slow_sse
         .write_all(
-            format!("GET /sse?channel=flood HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr()).as_bytes(),
+            format!(
+                "GET /sse?channel=flood HTTP/1.1\r\nHost: {}\r\n\r\n",
+                server.addr()
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -84,7 +94,10 @@ async fn a_client_that_never_reads_is_evicted_and_others_keep_receiving_with_bou
             s["slow_consumer_evictions"].as_u64() >= Some(2)
         })
         .await;
-    assert_eq!(stats["subscriptions"], 1, "only the fast reader is left: {stats}");
+    assert_eq!(
+        stats["subscriptions"], 1,
+        "only the fast reader is left: {stats}"
+    );
     let grown = rss(&stats).saturating_sub(before);
     assert!(
         grown < 40 * 1024 * 1024,
@@ -112,12 +125,16 @@ async fn a_client_that_never_reads_is_evicted_and_others_keep_receiving_with_bou
 async fn an_evicted_client_recovers_everything_by_resuming() {
     let server = TestServer::start(CONFIG).await;
     let mut fast = Ws::connect(&server).await;
-    fast.request(json!({"op": "subscribe", "channel": "keep:log"})).await;
+    fast.request(json!({"op": "subscribe", "channel": "keep:log"}))
+        .await;
     let mut slow = Ws::connect(&server).await;
     let reply = slow
         .request(json!({"op": "subscribe", "channel": "keep:log"}))
         .await;
-    let epoch = reply["result"]["position"]["epoch"].as_str().unwrap().to_owned();
+    let epoch = reply["result"]["position"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let total = publish_in_step(&server, &mut fast, "keep:log", 60).await;
     server

@@ -25,7 +25,9 @@ history_size = 50
 async fn ws_subscriber_receives_http_publications() {
     let server = TestServer::start(CONFIG).await;
     let mut ws = Ws::connect(&server).await;
-    let reply = ws.request(json!({"op": "subscribe", "channel": "jobs:1"})).await;
+    let reply = ws
+        .request(json!({"op": "subscribe", "channel": "jobs:1"}))
+        .await;
     assert_eq!(reply["result"]["channel"], "jobs:1");
     assert_eq!(reply["result"]["position"]["offset"], 0);
     let published = server
@@ -40,11 +42,17 @@ async fn ws_subscriber_receives_http_publications() {
     assert_eq!(push["epoch"], published["epoch"]);
     assert_eq!(reply["result"]["position"]["epoch"], published["epoch"]);
 
-    let reply = ws.request(json!({"op": "unsubscribe", "channel": "jobs:1"})).await;
+    let reply = ws
+        .request(json!({"op": "unsubscribe", "channel": "jobs:1"}))
+        .await;
     assert_eq!(reply["result"], json!({}));
     server.publish("jobs:1", None, json!(2)).await;
     let pong = ws.request(json!({"op": "ping"})).await;
-    assert_eq!(pong["result"], json!({}), "no push may arrive after unsubscribe");
+    assert_eq!(
+        pong["result"],
+        json!({}),
+        "no push may arrive after unsubscribe"
+    );
 }
 
 #[tokio::test]
@@ -52,7 +60,8 @@ async fn client_publish_only_where_the_namespace_allows_it() {
     let server = TestServer::start(CONFIG).await;
     let mut a = Ws::connect(&server).await;
     let mut b = Ws::connect(&server).await;
-    b.request(json!({"op": "subscribe", "channel": "chat:room1"})).await;
+    b.request(json!({"op": "subscribe", "channel": "chat:room1"}))
+        .await;
     let reply = a
         .request(json!({"op": "publish", "channel": "news", "data": {"x": 1}}))
         .await;
@@ -80,11 +89,13 @@ async fn client_publish_only_where_the_namespace_allows_it() {
 async fn presence_tracks_members_with_join_and_leave_pushes() {
     let server = TestServer::start(CONFIG).await;
     let mut a = Ws::connect(&server).await;
-    a.request(json!({"op": "subscribe", "channel": "chat:lobby"})).await;
+    a.request(json!({"op": "subscribe", "channel": "chat:lobby"}))
+        .await;
     let own = a.next_push().await;
     assert_eq!(own["push"], "join");
     let mut b = Ws::connect(&server).await;
-    b.request(json!({"op": "subscribe", "channel": "chat:lobby"})).await;
+    b.request(json!({"op": "subscribe", "channel": "chat:lobby"}))
+        .await;
     let join = a.next_push().await;
     assert_eq!(join["push"], "join");
     assert_eq!(join["channel"], "chat:lobby");
@@ -94,7 +105,9 @@ async fn presence_tracks_members_with_join_and_leave_pushes() {
     let (status, body) = server.get("/api/presence?channel=chat:lobby").await;
     assert_eq!(status, 200);
     assert_eq!(body["members"].as_array().unwrap().len(), 2);
-    let reply = a.request(json!({"op": "presence", "channel": "chat:lobby"})).await;
+    let reply = a
+        .request(json!({"op": "presence", "channel": "chat:lobby"}))
+        .await;
     assert_eq!(reply["result"]["members"].as_array().unwrap().len(), 2);
 
     b.inner.close(None).await.unwrap();
@@ -104,10 +117,15 @@ async fn presence_tracks_members_with_join_and_leave_pushes() {
     let (_, body) = server.get("/api/presence?channel=chat:lobby").await;
     assert_eq!(body["members"].as_array().unwrap().len(), 1);
 
-    let reply = a.request(json!({"op": "presence", "channel": "news"})).await;
+    let reply = a
+        .request(json!({"op": "presence", "channel": "news"}))
+        .await;
     assert_eq!(reply["error"]["code"], "presence_disabled");
     let (status, body) = server.get("/api/presence?channel=news").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("presence_disabled")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("presence_disabled"))
+    );
 }
 
 #[tokio::test]
@@ -115,20 +133,60 @@ async fn bad_requests_get_error_replies_and_the_connection_survives() {
     let server = TestServer::start(CONFIG).await;
     let mut ws = Ws::connect(&server).await;
     let cases = [
-        (r#"{"id":1,"op":"subscribe","channel":"a""#, json!(null), "bad_json"),
+        (
+            r#"{"id":1,"op":"subscribe","channel":"a""#,
+            json!(null),
+            "bad_json",
+        ),
         ("not json at all", json!(null), "bad_json"),
         (r#"{"id":2,"op":"teleport"}"#, json!(2), "unknown_op"),
         (r#"{"op":"ping"}"#, json!(null), "bad_request"),
-        (r#"{"id":3,"op":"ping","extra":true}"#, json!(3), "bad_request"),
+        (
+            r#"{"id":3,"op":"ping","extra":true}"#,
+            json!(3),
+            "bad_request",
+        ),
         (r#"{"id":4,"op":"subscribe"}"#, json!(4), "bad_request"),
-        (r#"{"id":5,"op":"subscribe","channel":42}"#, json!(5), "bad_request"),
-        (r#"{"id":6,"op":"subscribe","channel":"bad name"}"#, json!(6), "bad_channel"),
-        (r#"{"id":7,"op":"unsubscribe","channel":"never"}"#, json!(7), "not_subscribed"),
-        (r#"{"id":8,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":-1}}"#, json!(8), "bad_request"),
-        (r#"{"id":9,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":99999999999999999999999}}"#, json!(9), "bad_request"),
-        (r#"{"id":10,"op":"subscribe","channel":"a","since":{"epoch":"NOT VALID","offset":1}}"#, json!(10), "bad_request"),
-        (r#"{"id":11,"op":"publish","channel":"chat:x","event":"herald.reset","data":1}"#, json!(11), "bad_event"),
-        (r#"{"id":99999999999999999999999,"op":"ping"}"#, json!(null), "bad_request"),
+        (
+            r#"{"id":5,"op":"subscribe","channel":42}"#,
+            json!(5),
+            "bad_request",
+        ),
+        (
+            r#"{"id":6,"op":"subscribe","channel":"bad name"}"#,
+            json!(6),
+            "bad_channel",
+        ),
+        (
+            r#"{"id":7,"op":"unsubscribe","channel":"never"}"#,
+            json!(7),
+            "not_subscribed",
+        ),
+        (
+            r#"{"id":8,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":-1}}"#,
+            json!(8),
+            "bad_request",
+        ),
+        (
+            r#"{"id":9,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":99999999999999999999999}}"#,
+            json!(9),
+            "bad_request",
+        ),
+        (
+            r#"{"id":10,"op":"subscribe","channel":"a","since":{"epoch":"NOT VALID","offset":1}}"#,
+            json!(10),
+            "bad_request",
+        ),
+        (
+            r#"{"id":11,"op":"publish","channel":"chat:x","event":"herald.reset","data":1}"#,
+            json!(11),
+            "bad_event",
+        ),
+        (
+            r#"{"id":99999999999999999999999,"op":"ping"}"#,
+            json!(null),
+            "bad_request",
+        ),
     ];
     for (frame, id, code) in cases {
         ws.send_text(frame).await;
@@ -159,7 +217,10 @@ async fn binary_and_oversized_frames_close_with_terminal_codes() {
     assert_eq!(ws.close_code().await, Some(4500));
 
     let mut ws = Ws::connect(&server).await;
-    let huge = format!(r#"{{"id":1,"op":"ping","pad":"{}"}}"#, "y".repeat(200 * 1024));
+    let huge = format!(
+        r#"{{"id":1,"op":"ping","pad":"{}"}}"#,
+        "y".repeat(200 * 1024)
+    );
     let _ = ws.inner.send(Message::Text(huge.into())).await;
     assert_eq!(ws.close_code().await, Some(4501));
 
@@ -229,6 +290,9 @@ async fn silent_peer_is_pinged_then_closed_with_heartbeat_timeout() {
         }
     })
     .await;
-    assert!(opcodes.contains(&0x9), "the server pinged first: {opcodes:?}");
+    assert!(
+        opcodes.contains(&0x9),
+        "the server pinged first: {opcodes:?}"
+    );
     assert_eq!(close_code, 4002);
 }
