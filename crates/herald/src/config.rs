@@ -352,4 +352,36 @@ mod tests {
         assert_eq!(chat.history_size, 50);
         assert_eq!(chat.history_ttl.as_secs(), 3600);
     }
+
+    #[test]
+    fn example_config_lists_every_key_with_its_default() {
+        /// `section.key` for every `key = value` line outside comments.
+        fn keys(text: &str) -> Vec<String> {
+            let mut section = String::new();
+            let mut out = Vec::new();
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    section = name.trim().to_owned();
+                } else if let Some((key, _)) = line.split_once(" = ") {
+                    out.push(format!("{section}.{}", key.trim()));
+                }
+            }
+            out
+        }
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../herald.example.toml"
+        ));
+        let example = std::fs::read_to_string(path).unwrap();
+        let loaded = load(Some(path), &Overrides::default()).unwrap_or_else(|p| panic!("{p}"));
+        assert_eq!(loaded, Config::default());
+        let listed = keys(&example);
+        let rendered = keys(&render(&Config::default()).unwrap());
+        assert!(!rendered.is_empty());
+        let missing: Vec<&String> = rendered.iter().filter(|k| !listed.contains(k)).collect();
+        assert!(missing.is_empty(), "herald.example.toml lacks {missing:?}");
+    }
 }
