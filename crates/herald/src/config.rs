@@ -166,24 +166,29 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
     if let Some(format) = flags.log_format {
         figment = figment.merge(Serialized::default("log.format", format));
     }
-    // Unknown keys first, all of them, so a typo is reported with every other problem.
-    if let (Ok(user), Ok(schema)) = (
-        figment.data(),
-        Figment::from(Serialized::defaults(Config::default())).data(),
-    ) {
-        let empty = Dict::new();
-        let user = user.values().next().unwrap_or(&empty);
-        let schema = schema.values().next().unwrap_or(&empty);
-        unknown_keys(user, schema, "", &mut problems);
-    } else if let Err(e) = figment.data() {
-        problems.extend(e.into_iter().map(|e| e.to_string()));
-    }
-    if !problems.is_empty() {
-        return Err(Problems(problems));
-    }
-    let config: Config = match figment.extract() {
-        Ok(c) => c,
+    // Unknown keys: report all of them, then drop them so the rest can still be checked.
+    let merged = match figment.data() {
+        Ok(data) => data.into_values().next().unwrap_or_default(),
         Err(e) => return Err(Problems(e.into_iter().map(|e| e.to_string()).collect())),
+    };
+    let schema = Figment::from(Serialized::defaults(Config::default()))
+        .data()
+        .ok()
+        .and_then(|d| d.into_values().next())
+        .unwrap_or_default();
+    let known = unknown_keys(&merged, &schema, "", &mut problems);
+    let checked = Figment::from(Serialized::defaults(Value::from(known)));
+    // Each section is read on its own, so a type error in one does not hide the others; a
+    // section that cannot be read is replaced by its defaults for the semantic checks below.
+    let config = Config {
+        server: section(&checked, "server", &mut problems),
+        sse: section(&checked, "sse", &mut problems),
+        ws: section(&checked, "ws", &mut problems),
+        connection: section(&checked, "connection", &mut problems),
+        publish: section(&checked, "publish", &mut problems),
+        channels: section(&checked, "channels", &mut problems),
+        engine: section(&checked, "engine", &mut problems),
+        log: section(&checked, "log", &mut problems),
     };
     problems.extend(config.problems());
     if problems.is_empty() {
@@ -193,7 +198,29 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
     }
 }
 
-fn unknown_keys(user: &Dict, schema: &Dict, path: &str, out: &mut Vec<String>) {
+fn section<T: serde::de::DeserializeOwned + Default>(
+    figment: &Figment,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> T {
+    match figment.extract_inner::<T>(key) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.extend(e.into_iter().map(|e| {
+                // figment's path may repeat the section name; print it once, first.
+                let rest: Vec<&str> =
+                    e.path.iter().map(String::as_str).filter(|p| *p != key).collect();
+                let path = std::iter::once(key).chain(rest).collect::<Vec<_>>().join(".");
+                format!("{path}: {}", e.kind)
+            }));
+            T::default()
+        }
+    }
+}
+
+/// Reports keys of `user` that `schema` does not have, and returns `user` without them.
+fn unknown_keys(user: &Dict, schema: &Dict, path: &str, out: &mut Vec<String>) -> Dict {
+    let mut kept = Dict::new();
     for (key, value) in user {
         let full = if path.is_empty() {
             key.clone()
@@ -201,15 +228,15 @@ fn unknown_keys(user: &Dict, schema: &Dict, path: &str, out: &mut Vec<String>) {
             format!("{path}.{key}")
         };
         if path == "channels.namespaces" {
-            let ns_schema = Figment::from(Serialized::defaults(
-                herald_core::NamespaceOptions::default(),
-            ))
-            .data()
-            .ok()
-            .and_then(|d| d.into_values().next())
-            .unwrap_or_default();
-            if let Value::Dict(_, d) = value {
-                unknown_keys(d, &ns_schema, &full, out);
+            let ns_schema =
+                Figment::from(Serialized::defaults(herald_core::NamespaceOptions::default()))
+                    .data()
+                    .ok()
+                    .and_then(|d| d.into_values().next())
+                    .unwrap_or_default();
+            if let Value::Dict(tag, d) = value {
+                let pruned = unknown_keys(d, &ns_schema, &full, out);
+                kept.insert(key.clone(), Value::Dict(*tag, pruned));
             } else {
                 out.push(format!("{full} must be a table of namespace options"));
             }
@@ -217,10 +244,16 @@ fn unknown_keys(user: &Dict, schema: &Dict, path: &str, out: &mut Vec<String>) {
         }
         match (schema.get(key), value) {
             (None, _) => out.push(format!("unknown key `{full}`")),
-            (Some(Value::Dict(_, s)), Value::Dict(_, u)) => unknown_keys(u, s, &full, out),
-            _ => {}
+            (Some(Value::Dict(_, s)), Value::Dict(tag, u)) => {
+                let pruned = unknown_keys(u, s, &full, out);
+                kept.insert(key.clone(), Value::Dict(*tag, pruned));
+            }
+            _ => {
+                kept.insert(key.clone(), value.clone());
+            }
         }
     }
+    kept
 }
 
 impl Config {
@@ -315,6 +348,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("unknown key `bogus`"), "{text}");
+        assert!(text.contains("sse.keepalive must be more than 0s"), "{text}");
+    }
+
+    #[test]
+    fn type_errors_in_several_sections_and_semantic_problems_are_reported_together() {
+        let f = file(
+            "[server]\nmax_connections = \"abc\"\n[sse]\nretry = \"zz\"\n[ws]\nping_interval = \"90s\"\n",
+        );
+        let text = load(Some(&f.0), &Overrides::default()).unwrap_err().to_string();
+        assert!(text.contains("server.max_connections: invalid type"), "{text}");
+        assert!(text.contains("sse.retry: invalid value"), "{text}");
+        assert!(text.contains("ws.ping_interval must be"), "{text}");
     }
 
     #[test]
