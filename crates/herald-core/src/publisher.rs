@@ -195,7 +195,10 @@ impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
         Ok(Checked)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, Checked>()?.is_some() {}
+        while map
+            .next_entry::<serde::de::IgnoredAny, Checked>()?
+            .is_some()
+        {}
         Ok(Checked)
     }
 }

@@ -482,12 +482,17 @@ impl Drop for Session {
 mod tests {
     use super::*;
     use crate::memory::{MemoryEngine, MemoryEngineConfig, MemoryPresenceStore};
-    use crate::{ChannelsConfig, EventName, Hub, NamespaceOptions, Publisher, PublisherLimits, Stats};
+    use crate::{
+        ChannelsConfig, EventName, Hub, NamespaceOptions, Publisher, PublisherLimits, Stats,
+    };
 
     fn node(history_size: usize) -> Node {
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(stats.clone()));
-        let engine = Arc::new(MemoryEngine::new(hub.clone(), MemoryEngineConfig::default()));
+        let engine = Arc::new(MemoryEngine::new(
+            hub.clone(),
+            MemoryEngineConfig::default(),
+        ));
         let channels = Arc::new(ChannelsConfig {
             defaults: NamespaceOptions {
                 history_size,
@@ -498,7 +503,9 @@ mod tests {
         let publisher = Arc::new(Publisher::new(
             engine.clone(),
             channels.clone(),
-            PublisherLimits { max_data_bytes: 1024 },
+            PublisherLimits {
+                max_data_bytes: 1024,
+            },
             stats.clone(),
         ));
         Node {
@@ -534,7 +541,8 @@ mod tests {
     #[tokio::test]
     async fn a_gap_is_filled_from_history_and_duplicates_are_dropped() {
         let node = node(100);
-        let (mut s, mut outbox) = Session::new(node.clone(), Transport::Ws, SessionLimits::default());
+        let (mut s, mut outbox) =
+            Session::new(node.clone(), Transport::Ws, SessionLimits::default());
         let mut out = Vec::new();
         s.subscribe("c", None, &mut out).await.unwrap();
         publish(&node, 3).await;
@@ -554,7 +562,8 @@ mod tests {
     #[tokio::test]
     async fn a_gap_history_cannot_fill_is_announced_as_a_reset() {
         let node = node(1);
-        let (mut s, mut outbox) = Session::new(node.clone(), Transport::Sse, SessionLimits::default());
+        let (mut s, mut outbox) =
+            Session::new(node.clone(), Transport::Sse, SessionLimits::default());
         let mut out = Vec::new();
         s.subscribe("c", None, &mut out).await.unwrap();
         publish(&node, 3).await;
@@ -562,7 +571,9 @@ mod tests {
         outbox.recv(&mut queued).await.unwrap();
         s.accept(queued[2].clone(), &mut out).await;
         assert_eq!(offsets(&out), ["beyond_retention", "3"]);
-        let Emit::Reset { channels, .. } = &out[0] else { unreachable!() };
+        let Emit::Reset { channels, .. } = &out[0] else {
+            unreachable!()
+        };
         assert_eq!(channels[0].position.offset, 2);
         assert_eq!(s.positions().next().unwrap().offset, 3);
         assert_eq!(node.stats.resets.load(Relaxed), 1);

@@ -15,10 +15,8 @@ pub enum CloseCode {
     HeartbeatTimeout,
     /// An operator disconnected the connection and allows it to come back.
     DisconnectReconnect,
-    /// The server could not write to the connection in time.
-    WriteTimeout,
-    /// An internal error ended the connection; reconnecting is safe.
-    InternalError,
+    /// The node cannot take the connection now (full, shutting down, engine down); retry later.
+    TryLater,
     /// The client broke the protocol (binary frames, for example).
     ProtocolError,
     /// A frame was larger than the configured maximum.
@@ -35,8 +33,7 @@ impl CloseCode {
             Self::SlowConsumer => 4001,
             Self::HeartbeatTimeout => 4002,
             Self::DisconnectReconnect => 4003,
-            Self::WriteTimeout => 4004,
-            Self::InternalError => 4005,
+            Self::TryLater => 4005,
             Self::ProtocolError => 4500,
             Self::MessageTooBig => 4501,
             Self::DisconnectTerminal => 4503,
@@ -55,8 +52,7 @@ impl CloseCode {
             Self::SlowConsumer => "slow consumer",
             Self::HeartbeatTimeout => "heartbeat timeout",
             Self::DisconnectReconnect => "disconnected",
-            Self::WriteTimeout => "write timeout",
-            Self::InternalError => "internal error",
+            Self::TryLater => "try again later",
             Self::ProtocolError => "protocol error",
             Self::MessageTooBig => "message too big",
             Self::DisconnectTerminal => "disconnected",

@@ -20,7 +20,8 @@ struct RawRequest<'a> {
     id: Option<u64>,
     op: Option<&'a str>,
     channel: Option<String>,
-    since: Option<StreamPosition>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
     event: Option<String>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
@@ -124,13 +125,24 @@ impl ClientRequest {
         let op = raw
             .op
             .ok_or_else(|| fail(ErrorCode::BadRequest, "missing field `op`"))?;
+        let since = match raw.since {
+            None => None,
+            Some(v) if v.get() == "null" => None,
+            Some(v) => Some(
+                serde_json::from_str::<StreamPosition>(v.get()).map_err(|e| RequestError {
+                    id: raw.id,
+                    code: ErrorCode::BadPosition,
+                    message: format!("`since` is not a position: {e}"),
+                })?,
+            ),
+        };
         let channel = |c: Option<String>| {
             c.ok_or_else(|| fail(ErrorCode::BadRequest, "missing field `channel`"))
         };
         let request = match op {
             "subscribe" => Request::Subscribe {
                 channel: channel(raw.channel)?,
-                since: raw.since,
+                since: since.clone(),
             },
             "unsubscribe" => Request::Unsubscribe {
                 channel: channel(raw.channel)?,
@@ -145,7 +157,7 @@ impl ClientRequest {
             },
             "history" => Request::History {
                 channel: channel(raw.channel)?,
-                since: raw.since,
+                since: since.clone(),
                 limit: raw.limit,
             },
             "presence" => Request::Presence {

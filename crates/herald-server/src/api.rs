@@ -7,6 +7,7 @@ use crate::{ApiError, App};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 use herald_core::{ChannelName, ConnId, HistoryPage, HistoryQuery, Publication};
 use herald_protocol::{parse_sse_id, CloseCode, ErrorCode};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// Most commands in one batch.
 const MAX_BATCH_COMMANDS: usize = 1000;
-/// Default and largest `limit` for history and channel listings.
+/// Default and largest `limit` for history; channel listings default to 1000.
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 10_000;
 
@@ -252,7 +253,10 @@ pub(crate) struct HistoryReply<'a> {
 }
 
 /// The wire form of a history page.
-pub(crate) fn history_json<'a>(channel: &'a ChannelName, page: &'a HistoryPage) -> HistoryReply<'a> {
+pub(crate) fn history_json<'a>(
+    channel: &'a ChannelName,
+    page: &'a HistoryPage,
+) -> HistoryReply<'a> {
     HistoryReply {
         channel: channel.as_str(),
         position: &page.top,
@@ -269,7 +273,7 @@ pub(crate) fn history_json<'a>(channel: &'a ChannelName, page: &'a HistoryPage) 
 pub(crate) async fn history(
     State(app): State<App>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let q = query(raw.as_deref());
     only(&q, &["channel", "since", "limit"])?;
     let channel = channel_param(&q)?;
@@ -294,9 +298,8 @@ pub(crate) async fn history(
         .read(&channel, HistoryQuery { since, limit })
         .await
         .map_err(unavailable)?;
-    Ok(Json(serde_json::to_value(history_json(&channel, &page)).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string())
-    })?))
+    // Serialized straight from the stored raw JSON, so payloads come back byte for byte.
+    Ok(Json(history_json(&channel, &page)).into_response())
 }
 
 pub(crate) fn unavailable(e: herald_core::EngineError) -> ApiError {

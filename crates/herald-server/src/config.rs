@@ -68,7 +68,7 @@ impl Default for SseConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsConfig {
-    /// The server pings after this much silence from the server side.
+    /// The server sends a WebSocket ping this often.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// A peer that sends nothing (not even a pong) for this long is closed.

@@ -5,7 +5,6 @@
 //! The response body is the connection's single task: hyper polls it, and each poll waits on
 //! the outbox, the keep-alive deadline and shutdown.
 
-use crate::api::unavailable;
 use crate::error::status_for;
 use crate::{ApiError, App};
 use axum::body::{Body, Bytes};
@@ -80,25 +79,23 @@ async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Respon
         ),
         None => None,
     };
-    let last_id = header_id.or(query_id).filter(|s| !s.is_empty());
+    let last_id = header_id
+        .filter(|s| !s.is_empty())
+        .or(query_id.filter(|s| !s.is_empty()));
     let positions = match &last_id {
         Some(id) => {
             Some(parse_sse_id(id, channels.len()).map_err(|e| bad_position(e.to_string()))?)
         }
         None => None,
     };
+    // Temporary refusals are a short stream that tells the client to retry: a browser never
+    // retries an EventSource after a non-200 answer.
     if app.shutdown.is_cancelled() {
-        return Err(unavailable(herald_core::EngineError::Unavailable(
-            "shutting down",
-        )));
+        return Ok(try_later(&app, CloseCode::ServerShutdown));
     }
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         app.node.stats.connections_rejected.fetch_add(1, Relaxed);
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServerFull,
-            "this node is at its connection limit",
-        ));
+        return Ok(try_later(&app, CloseCode::TryLater));
     };
 
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Sse, app.limits);
@@ -108,6 +105,10 @@ async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Respon
         let since = positions.as_ref().map(|p| p[i].clone());
         if let Err(e) = session.subscribe(channel, since, &mut emits).await {
             session.close().await;
+            if e.code() == ErrorCode::Unavailable {
+                tracing::warn!(error = %e, "SSE subscribe failed; asking the client to retry.");
+                return Ok(try_later(&app, CloseCode::TryLater));
+            }
             return Err(e.into());
         }
     }
@@ -300,6 +301,20 @@ impl SseStream {
         }
         out
     }
+}
+
+/// A complete stream that only says "retry later": `retry:`, `herald.disconnect`, end.
+fn try_later(app: &App, code: CloseCode) -> Response {
+    let mut body = format!("retry: {}\n\n", app.sse.retry.as_millis()).into_bytes();
+    body.extend_from_slice(&disconnect_event(code));
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 fn disconnect_event(code: CloseCode) -> Bytes {

@@ -20,7 +20,21 @@ use tracing::Instrument;
 /// Most publications one `history` request returns.
 const MAX_HISTORY_LIMIT: u32 = 10_000;
 
-pub(crate) async fn handler(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn handler(
+    State(app): State<App>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(
+                rejection.status(),
+                ErrorCode::BadRequest,
+                format!("not a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response()
+        }
+    };
     if app.shutdown.is_cancelled() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -97,7 +111,13 @@ async fn run(app: App, socket: WebSocket, _permit: OwnedSemaphorePermit) {
                         }
                         Some(Ok(Message::Binary(_))) => break Some(CloseCode::ProtocolError),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => break None,
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queued the close reply; flush it so the client sees a
+                            // clean close rather than a dropped connection.
+                            let _ = sink.close().await;
+                            break None;
+                        }
+                        None => break None,
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "WebSocket read failed.");
                             // tungstenite reports oversize frames as a capacity error.
@@ -200,7 +220,7 @@ async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> Str
         } => match session.publish(&channel, event.as_deref(), data).await {
             Ok(p) => ServerPush::reply(
                 id,
-                &json!({"channel": p.channel.as_str(), "offset": p.position.offset, "epoch": p.position.epoch}),
+                &json!({"channel": p.channel.as_str(), "offset": p.position.offset, "epoch": p.position.epoch, "time": p.time_ms}),
             ),
             Err(e) => error_reply(Some(id), &e),
         },
@@ -209,8 +229,15 @@ async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> Str
             since,
             limit,
         } => {
-            let limit = limit.unwrap_or(100).clamp(1, MAX_HISTORY_LIMIT) as usize;
-            match session.history(&channel, since, limit).await {
+            let limit = limit.unwrap_or(100);
+            if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+                return ServerPush::error(
+                    Some(id),
+                    ErrorCode::BadRequest,
+                    &format!("`limit` must be from 1 to {MAX_HISTORY_LIMIT}"),
+                );
+            }
+            match session.history(&channel, since, limit as usize).await {
                 Ok(page) => match ChannelName::parse(&channel) {
                     Ok(name) => ServerPush::reply(id, &history_json(&name, &page)),
                     Err(e) => error_reply(Some(id), &SessionError::BadChannel(e)),

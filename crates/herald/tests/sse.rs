@@ -129,3 +129,35 @@ async fn bad_sse_requests_get_json_errors() {
     let (status, _) = server.get("/health/live").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_full_node_tells_sse_clients_to_retry_instead_of_failing_them() {
+    let server = TestServer::start("[server]\nmax_connections = 1\n").await;
+    let _first = Sse::connect(&server, &["a"], None).await;
+    // A browser gives up for good on a non-200 answer, so the refusal is a stream that says
+    // "retry later" and ends.
+    let mut second = Sse::connect(&server, &["a"], None).await;
+    let events = second.until_end().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].event, "herald.disconnect");
+    let data: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(data["reconnect"], true);
+    assert_eq!(data["code"], 4005);
+    // WebSocket clients get a plain 503 with the stable code.
+    let (status, body) = server.get("/ws").await;
+    assert_eq!(status, 400, "not an upgrade: {body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let err = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "server_full");
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    assert_eq!(server.stats().await["connections"]["rejected"], 2);
+}

@@ -165,17 +165,17 @@ async fn bad_requests_get_error_replies_and_the_connection_survives() {
         (
             r#"{"id":8,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":-1}}"#,
             json!(8),
-            "bad_request",
+            "bad_position",
         ),
         (
             r#"{"id":9,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":99999999999999999999999}}"#,
             json!(9),
-            "bad_request",
+            "bad_position",
         ),
         (
             r#"{"id":10,"op":"subscribe","channel":"a","since":{"epoch":"NOT VALID","offset":1}}"#,
             json!(10),
-            "bad_request",
+            "bad_position",
         ),
         (
             r#"{"id":11,"op":"publish","channel":"chat:x","event":"herald.reset","data":1}"#,
@@ -295,4 +295,18 @@ async fn silent_peer_is_pinged_then_closed_with_heartbeat_timeout() {
         "the server pinged first: {opcodes:?}"
     );
     assert_eq!(close_code, 4002);
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let server = TestServer::start(CONFIG).await;
+    let mut ws = Ws::connect(&server).await;
+    ws.inner.close(None).await.unwrap();
+    let answer = within(WAIT, futures_util::StreamExt::next(&mut ws.inner)).await;
+    assert!(
+        matches!(answer, Some(Ok(Message::Close(_))) | None),
+        "expected the server's close reply, got {answer:?}"
+    );
+    let pong_from_server = server.get("/health/live").await.0;
+    assert_eq!(pong_from_server, 200);
 }

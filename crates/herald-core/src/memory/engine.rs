@@ -106,7 +106,7 @@ impl MemoryEngine {
             return Ok(slot.clone());
         }
         if self.channels.load(Relaxed) >= self.config.max_channels {
-            return Err(EngineError::LimitReached("engine.memory.max_channels"));
+            return Err(EngineError::LimitReached("engine.max_channels"));
         }
         self.channels.fetch_add(1, Relaxed);
         let slot = Arc::new(Mutex::new(ChannelState {
