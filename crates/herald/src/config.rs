@@ -208,9 +208,16 @@ fn section<T: serde::de::DeserializeOwned + Default>(
         Err(e) => {
             problems.extend(e.into_iter().map(|e| {
                 // figment's path may repeat the section name; print it once, first.
-                let rest: Vec<&str> =
-                    e.path.iter().map(String::as_str).filter(|p| *p != key).collect();
-                let path = std::iter::once(key).chain(rest).collect::<Vec<_>>().join(".");
+                let rest: Vec<&str> = e
+                    .path
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| *p != key)
+                    .collect();
+                let path = std::iter::once(key)
+                    .chain(rest)
+                    .collect::<Vec<_>>()
+                    .join(".");
                 format!("{path}: {}", e.kind)
             }));
             T::default()
@@ -228,12 +235,13 @@ fn unknown_keys(user: &Dict, schema: &Dict, path: &str, out: &mut Vec<String>) -
             format!("{path}.{key}")
         };
         if path == "channels.namespaces" {
-            let ns_schema =
-                Figment::from(Serialized::defaults(herald_core::NamespaceOptions::default()))
-                    .data()
-                    .ok()
-                    .and_then(|d| d.into_values().next())
-                    .unwrap_or_default();
+            let ns_schema = Figment::from(Serialized::defaults(
+                herald_core::NamespaceOptions::default(),
+            ))
+            .data()
+            .ok()
+            .and_then(|d| d.into_values().next())
+            .unwrap_or_default();
             if let Value::Dict(tag, d) = value {
                 let pruned = unknown_keys(d, &ns_schema, &full, out);
                 kept.insert(key.clone(), Value::Dict(*tag, pruned));
@@ -348,7 +356,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("unknown key `bogus`"), "{text}");
-        assert!(text.contains("sse.keepalive must be more than 0s"), "{text}");
+        assert!(
+            text.contains("sse.keepalive must be more than 0s"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -356,8 +367,13 @@ mod tests {
         let f = file(
             "[server]\nmax_connections = \"abc\"\n[sse]\nretry = \"zz\"\n[ws]\nping_interval = \"90s\"\n",
         );
-        let text = load(Some(&f.0), &Overrides::default()).unwrap_err().to_string();
-        assert!(text.contains("server.max_connections: invalid type"), "{text}");
+        let text = load(Some(&f.0), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("server.max_connections: invalid type"),
+            "{text}"
+        );
         assert!(text.contains("sse.retry: invalid value"), "{text}");
         assert!(text.contains("ws.ping_interval must be"), "{text}");
     }
