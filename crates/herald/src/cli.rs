@@ -47,6 +47,9 @@ enum Command {
         #[arg(long, env = "HERALD_URL", default_value = client::DEFAULT_SERVER)]
         server: String,
     },
+    /// Load generator: fan-out, idle memory, connect rate, publish rate, ceiling server.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
     /// Follow channels over SSE, print each event as a JSON line, resume after drops.
     Tail {
         /// Channel names.
@@ -100,5 +103,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
         } => client::publish(&server, &channel, &json, event.as_deref()).await,
         Command::Tail { channels, server } => client::tail(&server, &channels).await,
+        Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }

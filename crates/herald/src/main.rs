@@ -1,6 +1,7 @@
 //! The `herald` binary: parses the command line and runs `serve`, `check-config`, `publish` or
 //! `tail`. Wiring, configuration and shutdown live in their own modules.
 
+mod bench;
 mod cli;
 mod client;
 mod config;

@@ -1,0 +1,443 @@
+//! `herald bench fanout`: N subscribers over C channels, M messages of S bytes published at a
+//! rate (or as fast as the server accepts, within a delivery window), every message carrying
+//! its sequence number and send time. Reports delivered vs expected (lost, duplicated,
+//! reordered), delivered msg/s and end-to-end latency.
+
+use super::report::{self, Latencies};
+use super::wire::{self, Endpoint, Subscriber, Target, Transport};
+use anyhow::{bail, Context};
+use bytes::Buf;
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Options of a fan-out run.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FanoutArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:7077")]
+    pub(crate) url: String,
+    /// Which server's URL layout to use (`ceiling` is the bench's bare fan-out server).
+    #[arg(long, value_enum, default_value = "herald")]
+    pub(crate) target: Target,
+    /// Subscriber transport.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub(crate) transport: Transport,
+    /// Number of subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) subscribers: usize,
+    /// Number of channels; subscriber i listens to channel i mod C.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) channels: usize,
+    /// Messages to publish in total (spread evenly over the channels).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) messages: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) size: usize,
+    /// Publications per second in total; 0 publishes as fast as the server accepts.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) rate: f64,
+    /// Concurrent publishing connections.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) publishers: usize,
+    /// Most messages per subscriber published but not yet delivered (flow control).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) window: u64,
+    /// Concurrent connection attempts while subscribing.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) connect_concurrency: usize,
+    /// Give up waiting for stragglers after this long without progress.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// Process id of the server, to report its CPU time.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    out_of_order: AtomicU64,
+    duplicated: AtomicU64,
+    published: AtomicU64,
+    publish_errors: AtomicU64,
+    last_delivery_us: AtomicU64,
+    first_publish_us: AtomicU64,
+}
+
+/// The bench's clock: microseconds since the run started.
+fn micros(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn channel_name(target: Target, c: usize) -> String {
+    match target {
+        Target::Herald | Target::Ceiling | Target::Nchan => format!("bench_{c}"),
+    }
+}
+
+/// Opens `n` subscribers with bounded concurrency.
+pub(crate) async fn open_subscribers(
+    ep: &Endpoint,
+    n: usize,
+    channels: usize,
+    transport: Transport,
+    target: Target,
+    concurrency: usize,
+    quiet: bool,
+) -> (Vec<(usize, Subscriber)>, usize) {
+    let bar = report::progress(n as u64, "connecting", quiet);
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let ep = ep.clone();
+        let sem = sem.clone();
+        let channel = channel_name(target, i % channels.max(1));
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (
+                i,
+                wire::subscribe(&ep, i, transport, target, &channel).await,
+            )
+        }));
+    }
+    let mut subs = Vec::with_capacity(n);
+    let mut failed = 0;
+    for t in tasks {
+        match t.await {
+            Ok((i, Ok(s))) => subs.push((i, s)),
+            Ok((i, Err(e))) => {
+                if failed == 0 {
+                    eprintln!("subscriber {i} failed: {e:#}");
+                }
+                failed += 1;
+            }
+            Err(_) => failed += 1,
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    (subs, failed)
+}
+
+/// Runs a fan-out measurement.
+pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
+    if args.target == Target::Ceiling && args.channels != 1 {
+        bail!("the ceiling server has one channel; use --channels 1");
+    }
+    let ep = Endpoint::parse(&args.url)?;
+    let channels = args.channels.max(1);
+    let start = Instant::now();
+    let (subs, failed) = open_subscribers(
+        &ep,
+        args.subscribers,
+        channels,
+        args.transport,
+        args.target,
+        args.connect_concurrency,
+        args.json,
+    )
+    .await;
+    let connect_secs = start.elapsed().as_secs_f64();
+    let mut per_channel = vec![0u64; channels];
+    for (i, _) in &subs {
+        per_channel[i % channels] += 1;
+    }
+    let per_channel_msgs = args.messages / channels as u64;
+    let expected: u64 = per_channel.iter().map(|n| n * per_channel_msgs).sum();
+
+    let counters = Arc::new(Counters::default());
+    let latencies = Arc::new(Latencies::new(16));
+    let stop = CancellationToken::new();
+    let cpu_before = report::cpu_seconds("self");
+    let server_cpu_before = args
+        .server_pid
+        .and_then(|p| report::cpu_seconds(&p.to_string()));
+    let t0 = Instant::now();
+    let mut readers = Vec::with_capacity(subs.len());
+    for (i, sub) in subs {
+        let counters = counters.clone();
+        let latencies = latencies.clone();
+        let stop = stop.clone();
+        readers.push(tokio::spawn(read_loop(
+            sub, i, counters, latencies, stop, start,
+        )));
+    }
+
+    // Publishers: channel c belongs to publisher c mod K, so each channel's sequence is sent in
+    // order by one task.
+    let k = args.publishers.clamp(1, channels.max(1));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(k)
+        .build()
+        .context("building the HTTP client")?;
+    let subs_total = per_channel.iter().sum::<u64>().max(1);
+    let mut pubs = Vec::with_capacity(k);
+    for p in 0..k {
+        let mine: Vec<usize> = (0..channels).filter(|c| c % k == p).collect();
+        let client = client.clone();
+        let url = args.url.trim_end_matches('/').to_owned();
+        let counters = counters.clone();
+        let per_channel = per_channel.clone();
+        let a = args.clone();
+        pubs.push(tokio::spawn(async move {
+            publish_loop(PublishPlan {
+                client,
+                url,
+                target: a.target,
+                mine,
+                per_channel_msgs,
+                size: a.size,
+                rate: if a.rate > 0.0 { a.rate / k as f64 } else { 0.0 },
+                window: a.window,
+                subs_on: per_channel,
+                subs_total,
+                channels,
+                counters,
+                start,
+            })
+            .await
+        }));
+    }
+    let bar = report::progress(expected, "delivering", args.json);
+    for p in pubs {
+        p.await.context("publisher task")??;
+    }
+    // Wait for deliveries to finish (or stall).
+    let mut last = counters.delivered.load(Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = counters.delivered.load(Relaxed);
+        bar.set_position(now);
+        if now >= expected {
+            break;
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > args.drain_timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+    let wall = t0.elapsed().as_secs_f64();
+    stop.cancel();
+    for r in readers {
+        let _ = r.await;
+    }
+    let cpu = cpu_before
+        .zip(report::cpu_seconds("self"))
+        .map(|(a, b)| b - a);
+    let server_cpu = server_cpu_before
+        .zip(
+            args.server_pid
+                .and_then(|p| report::cpu_seconds(&p.to_string())),
+        )
+        .map(|(a, b)| b - a);
+
+    let delivered = counters.delivered.load(Relaxed);
+    let ooo = counters.out_of_order.load(Relaxed);
+    let dup = counters.duplicated.load(Relaxed);
+    let unique = delivered.saturating_sub(ooo);
+    let lost = expected.saturating_sub(unique);
+    let first = counters.first_publish_us.load(Relaxed);
+    let last = counters.last_delivery_us.load(Relaxed);
+    let span = (last.saturating_sub(first)) as f64 / 1e6;
+    let rate = if span > 0.0 {
+        delivered as f64 / span
+    } else {
+        0.0
+    };
+    let h = latencies.merged();
+    Ok(json!({
+        "mode": "fanout",
+        "target": args.target,
+        "transport": args.transport,
+        "subscribers": args.subscribers,
+        "channels": channels,
+        "payload_bytes": args.size,
+        "messages": per_channel_msgs * channels as u64,
+        "rate": args.rate,
+        "connected": args.subscribers - failed,
+        "connect_failures": failed,
+        "connect_seconds": connect_secs,
+        "expected": expected,
+        "delivered": delivered,
+        "lost": lost,
+        "duplicated": dup,
+        "reordered": ooo.saturating_sub(dup),
+        "publish_errors": counters.publish_errors.load(Relaxed),
+        "delivered_per_sec": rate,
+        "latency": report::latency_json(&h),
+        "seconds": wall,
+        "generator_cpu_seconds": cpu,
+        "server_cpu_seconds": server_cpu,
+        "ok": lost == 0 && ooo == 0 && failed == 0,
+    }))
+}
+
+struct PublishPlan {
+    client: reqwest::Client,
+    url: String,
+    target: Target,
+    mine: Vec<usize>,
+    per_channel_msgs: u64,
+    size: usize,
+    rate: f64,
+    window: u64,
+    subs_on: Vec<u64>,
+    subs_total: u64,
+    channels: usize,
+    counters: Arc<Counters>,
+    start: Instant,
+}
+
+async fn publish_loop(p: PublishPlan) -> anyhow::Result<()> {
+    let pad_len = p.size.saturating_sub(40).max(1);
+    let pad = "x".repeat(pad_len);
+    let period = (p.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / p.rate));
+    let mut next_at = tokio::time::Instant::now();
+    let avg_subs = p.subs_total as f64 / p.channels as f64;
+    for seq in 1..=p.per_channel_msgs {
+        for &c in &p.mine {
+            if p.subs_on[c] == 0 {
+                continue;
+            }
+            // Flow control: keep the average backlog per subscriber under the window.
+            loop {
+                let published = p.counters.published.load(Relaxed) as f64;
+                let delivered = p.counters.delivered.load(Relaxed) as f64;
+                let backlog = published * avg_subs - delivered;
+                if backlog <= (p.window as f64) * p.subs_total as f64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            if let Some(period) = period {
+                tokio::time::sleep_until(next_at).await;
+                next_at += period;
+            }
+            let now = micros(p.start);
+            let _ = p
+                .counters
+                .first_publish_us
+                .compare_exchange(0, now, Relaxed, Relaxed);
+            let data = format!(r#"{{"q":{seq},"t":{now},"p":"{pad}"}}"#);
+            let channel = channel_name(p.target, c);
+            let req = match p.target {
+                Target::Herald | Target::Ceiling => p
+                    .client
+                    .post(format!("{}/api/publish", p.url))
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"channel":"{channel}","data":{data}}}"#)),
+                Target::Nchan => p
+                    .client
+                    .post(format!("{}/pub?id={channel}", p.url))
+                    .body(data),
+            };
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                }
+                Ok(r) => {
+                    if p.counters.publish_errors.fetch_add(1, Relaxed) == 0 {
+                        eprintln!("publish failed: {}", r.status());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if p.counters.publish_errors.fetch_add(1, Relaxed) == 0 {
+                        eprintln!("publish failed: {e}");
+                    }
+                    continue;
+                }
+            }
+            p.counters.published.fetch_add(1, Relaxed);
+        }
+    }
+    Ok(())
+}
+
+async fn read_loop(
+    mut sub: Subscriber,
+    index: usize,
+    counters: Arc<Counters>,
+    latencies: Arc<Latencies>,
+    stop: CancellationToken,
+    start: Instant,
+) {
+    let mut last_seq = 0u64;
+    let mut frames = Vec::new();
+    let mut samples: Vec<u64> = Vec::with_capacity(256);
+    loop {
+        let now = micros(start);
+        let mut n = 0u64;
+        let mut ooo = 0u64;
+        let mut dup = 0u64;
+        let mut on_marker = |q: u64, t: u64| {
+            n += 1;
+            // A jump forward is a gap (counted as lost at the end); going back is out of order.
+            if q > last_seq {
+                last_seq = q;
+            } else {
+                ooo += 1;
+                if q == last_seq {
+                    dup += 1;
+                }
+            }
+            samples.push(now.saturating_sub(t));
+        };
+        match sub.transport {
+            Transport::Ws => {
+                if wire::next_ws_frames(&mut sub.buf, &mut frames).is_err() {
+                    return;
+                }
+                for (op, payload) in frames.drain(..) {
+                    match op {
+                        0x1 | 0x2 => wire::markers(&payload, &mut on_marker),
+                        0x9 => {
+                            let pong = wire::client_frame(0xA, &payload);
+                            if sub.stream.write_all(&pong).await.is_err() {
+                                return;
+                            }
+                        }
+                        0x8 => return,
+                        _ => {}
+                    }
+                }
+            }
+            Transport::Sse => {
+                if let Some(end) = memchr::memrchr(b'\n', &sub.buf) {
+                    wire::markers(&sub.buf[..=end], &mut on_marker);
+                    sub.buf.advance(end + 1);
+                }
+            }
+        }
+        if n > 0 {
+            counters.delivered.fetch_add(n, Relaxed);
+            counters.out_of_order.fetch_add(ooo, Relaxed);
+            counters.duplicated.fetch_add(dup, Relaxed);
+            counters.last_delivery_us.fetch_max(now, Relaxed);
+            latencies.record(index, &samples);
+        }
+        samples.clear();
+        if sub.buf.capacity() - sub.buf.len() < 4096 {
+            sub.buf.reserve(64 * 1024);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = sub.stream.read_buf(&mut sub.buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `herald bench idle`: open N connections, hold them (answering heartbeats), and report the
+//! server's resident memory per connection; `herald bench connect` reports how fast they open.
+
+use super::fanout::open_subscribers;
+use super::report;
+use super::wire::{self, Endpoint, Target, Transport};
+use anyhow::Context;
+use bytes::Buf;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Options of an idle or connect run.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct IdleArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:7077")]
+    pub(crate) url: String,
+    /// Which server's URL layout to use.
+    #[arg(long, value_enum, default_value = "herald")]
+    pub(crate) target: Target,
+    /// Connection transport.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub(crate) transport: Transport,
+    /// Number of connections.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) connections: usize,
+    /// Channels the connections spread over.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) channels: usize,
+    /// Concurrent connection attempts.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) connect_concurrency: usize,
+    /// How long to hold the connections once all are open (idle mode).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) hold: Duration,
+    /// Process id of the server; its RSS is read from /proc (otherwise from /api/stats).
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+async fn server_rss(args: &IdleArgs) -> anyhow::Result<u64> {
+    if let Some(pid) = args.server_pid {
+        return report::rss_bytes(&pid.to_string()).context("reading the server's RSS");
+    }
+    let stats: serde_json::Value =
+        reqwest::get(format!("{}/api/stats", args.url.trim_end_matches('/')))
+            .await
+            .context("GET /api/stats")?
+            .json()
+            .await
+            .context("reading /api/stats")?;
+    stats["memory"]["rss_bytes"]
+        .as_u64()
+        .context("/api/stats has no memory.rss_bytes; pass --server-pid")
+}
+
+/// Opens connections, holds them, reports RSS per connection.
+pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
+    let ep = Endpoint::parse(&args.url)?;
+    let before = server_rss(&args).await?;
+    let start = Instant::now();
+    let (subs, failed) = open_subscribers(
+        &ep,
+        args.connections,
+        args.channels.max(1),
+        args.transport,
+        args.target,
+        args.connect_concurrency,
+        args.json,
+    )
+    .await;
+    let connect_secs = start.elapsed().as_secs_f64();
+    let open = subs.len();
+    // Hold: each connection answers pings and discards everything else.
+    let mut holders = Vec::with_capacity(open);
+    for (_, mut sub) in subs {
+        holders.push(tokio::spawn(async move {
+            let mut frames = Vec::new();
+            loop {
+                if sub.transport == Transport::Ws {
+                    if wire::next_ws_frames(&mut sub.buf, &mut frames).is_err() {
+                        return false;
+                    }
+                    for (op, payload) in frames.drain(..) {
+                        if op == 0x9 {
+                            let pong = wire::client_frame(0xA, &payload);
+                            if sub.stream.write_all(&pong).await.is_err() {
+                                return false;
+                            }
+                        } else if op == 0x8 {
+                            return false;
+                        }
+                    }
+                } else {
+                    let n = sub.buf.len();
+                    sub.buf.advance(n);
+                }
+                match sub.stream.read_buf(&mut sub.buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(args.hold).await;
+    let after = server_rss(&args).await?;
+    let still_open = holders.iter().filter(|h| !h.is_finished()).count();
+    for h in &holders {
+        h.abort();
+    }
+    let per_conn = if open > 0 {
+        after.saturating_sub(before) as f64 / open as f64
+    } else {
+        0.0
+    };
+    Ok(json!({
+        "mode": "idle",
+        "target": args.target,
+        "transport": args.transport,
+        "connections": args.connections,
+        "connected": open,
+        "connect_failures": failed,
+        "still_open_after_hold": still_open,
+        "connect_seconds": connect_secs,
+        "connects_per_sec": open as f64 / connect_secs.max(1e-9),
+        "hold_seconds": args.hold.as_secs_f64(),
+        "server_rss_before_bytes": before,
+        "server_rss_after_bytes": after,
+        "server_rss_per_connection_bytes": per_conn,
+        "ok": failed == 0 && still_open == open,
+    }))
+}
+
+/// Opens connections as fast as allowed and reports the rate.
+pub(crate) async fn connect(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
+    let ep = Endpoint::parse(&args.url)?;
+    let start = Instant::now();
+    let (subs, failed) = open_subscribers(
+        &ep,
+        args.connections,
+        args.channels.max(1),
+        args.transport,
+        args.target,
+        args.connect_concurrency,
+        args.json,
+    )
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    let open = subs.len();
+    drop(subs);
+    Ok(json!({
+        "mode": "connect",
+        "target": args.target,
+        "transport": args.transport,
+        "connections": args.connections,
+        "connected": open,
+        "connect_failures": failed,
+        "seconds": secs,
+        "connects_per_sec": open as f64 / secs.max(1e-9),
+        "ok": failed == 0,
+    }))
+}

@@ -1,0 +1,60 @@
+//! `herald bench`: a load generator pointed at any running Herald (or a peer), with a progress
+//! bar, a final table and `--json`. Modes: `fanout`, `idle`, `connect`, `publish`, and
+//! `ceiling-server` (a bare fan-out server that shows what the machine allows at all).
+
+mod ceiling;
+mod fanout;
+mod idle;
+mod publish;
+mod report;
+mod wire;
+
+use clap::Subcommand;
+use std::process::ExitCode;
+
+/// The bench modes.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Subscribers over channels receive published messages; throughput, loss, latency.
+    Fanout(fanout::FanoutArgs),
+    /// Hold idle connections; server memory per connection.
+    Idle(idle::IdleArgs),
+    /// Connection establishment rate.
+    Connect(idle::IdleArgs),
+    /// HTTP publish requests per second.
+    Publish(publish::PublishArgs),
+    /// Run the bare fan-out server used as the ceiling.
+    CeilingServer(ceiling::CeilingArgs),
+}
+
+/// Runs one bench mode; exits non-zero when the run lost, duplicated or reordered messages.
+pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    let (result, json) = match cmd {
+        BenchCommand::Fanout(a) => {
+            let json = a.json;
+            (fanout::run(a).await?, json)
+        }
+        BenchCommand::Idle(a) => {
+            let json = a.json;
+            (idle::idle(a).await?, json)
+        }
+        BenchCommand::Connect(a) => {
+            let json = a.json;
+            (idle::connect(a).await?, json)
+        }
+        BenchCommand::Publish(a) => {
+            let json = a.json;
+            (publish::run(a).await?, json)
+        }
+        BenchCommand::CeilingServer(a) => {
+            ceiling::serve(a).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    report::print(&result, json);
+    Ok(if result["ok"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
