@@ -339,7 +339,7 @@ mod tests {
             r#"{"id":1,"op":"subscribe","channel":"a","since":{"epoch":"x","offset":1e99}}"#,
         )
         .unwrap_err();
-        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!((e.id, e.code), (Some(1), ErrorCode::BadPosition));
     }
 
     #[test]
