@@ -24,6 +24,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Largest chunk a replay is cut into, in bytes (approximately).
+const MAX_CHUNK_BYTES: usize = 256 * 1024;
+
 /// SSE event type sent just before Herald ends a stream on purpose.
 const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";
 
@@ -224,6 +227,10 @@ impl SseStream {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
+        if !self.emits.is_empty() {
+            // The rest of a long replay goes out before anything new is read.
+            return Some(Bytes::from(self.encode()));
+        }
         if self.done {
             return None;
         }
@@ -261,13 +268,28 @@ impl SseStream {
         }
     }
 
-    /// Encodes pending emits, each publication followed by the id of all positions so far.
+    /// Encodes pending emits, each publication followed by the id of all positions so far,
+    /// stopping after about [`MAX_CHUNK_BYTES`] so a long replay is written in bounded pieces.
     fn encode(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         let Some(session) = self.session.as_ref() else {
             return out;
         };
-        for emit in self.emits.drain(..) {
+        let take = self
+            .emits
+            .iter()
+            .scan(0usize, |bytes, e| {
+                if *bytes >= MAX_CHUNK_BYTES {
+                    return None;
+                }
+                *bytes += match e {
+                    Emit::Publication(p) => p.queued_bytes(),
+                    _ => 256,
+                };
+                Some(())
+            })
+            .count();
+        for emit in self.emits.drain(..take) {
             match emit {
                 Emit::Publication(p) => {
                     if let Some(i) = session.channels().position(|c| *c == p.channel) {

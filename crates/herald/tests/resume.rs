@@ -239,3 +239,46 @@ async fn resume_during_a_publishing_burst_has_no_gap_and_no_duplicate() {
     }
     publisher.await.unwrap();
 }
+
+/// A replay larger than one write is sent in pieces, still complete and in order.
+#[tokio::test]
+async fn a_long_sse_replay_arrives_complete_and_in_order() {
+    let server = TestServer::start(CONFIG).await;
+    let pad = "z".repeat(2048);
+    let first = server
+        .publish("long", None, json!({"i": 1, "pad": pad}))
+        .await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    for range in [2..=300, 301..=600] {
+        let commands: Vec<Value> = range
+            .map(|i| json!({"channel": "long", "data": {"i": i, "pad": pad}}))
+            .collect();
+        let (status, _) = server
+            .post("/api/batch", &json!({"commands": commands}).to_string())
+            .await;
+        assert_eq!(status, 200);
+    }
+    let mut sse = Sse::connect(&server, &["long"], Some(&format!("{epoch}-0"))).await;
+    for want in 1..=600u64 {
+        let (_, v) = sse.next_json().await;
+        assert_eq!(offset(&v), want);
+    }
+    assert!(sse
+        .decoder
+        .last_event_id()
+        .ends_with(&format!("-{}", base36(600))));
+}
+
+fn base36(mut n: u64) -> String {
+    let mut s = Vec::new();
+    loop {
+        let d = (n % 36) as u8;
+        s.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.reverse();
+    String::from_utf8(s).unwrap()
+}
