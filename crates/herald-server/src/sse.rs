@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::TaskTracker;
 
 /// Largest chunk a replay is cut into, in bytes (approximately).
@@ -132,7 +132,7 @@ async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Respon
         emits: Vec::new(),
         keepalive: Box::pin(tokio::time::sleep(app.sse.keepalive)),
         keepalive_every: app.sse.keepalive,
-        shutdown: app.shutdown.clone(),
+        shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
         tracker: app.tracker.clone(),
         first: None,
         done: false,
@@ -215,7 +215,8 @@ struct SseStream {
     emits: Vec<Emit>,
     keepalive: Pin<Box<Sleep>>,
     keepalive_every: Duration,
-    shutdown: CancellationToken,
+    /// Created once: each `cancelled()` call registers with the shared root token.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     tracker: TaskTracker,
     first: Option<Bytes>,
     done: bool,
@@ -237,7 +238,7 @@ impl SseStream {
         loop {
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => {
+                () = &mut self.shutdown => {
                     self.done = true;
                     return Some(disconnect_event(CloseCode::ServerShutdown));
                 }
