@@ -120,10 +120,14 @@ run_suite() {
 start_herald
 HERALD_PID=$SERVER_PID
 run_suite herald herald "http://127.0.0.1:$HERALD_PORT" "$HERALD_PID"
+# Idle memory is measured on a fresh process each time: a server that has just carried a load
+# keeps freed memory in its allocator and would hide the cost of new connections.
 for t in ws sse; do
+  stop_server; start_herald
   bench "idle-$IDLE_CONNS-$t" herald idle --url "http://127.0.0.1:$HERALD_PORT" --transport "$t" \
-    --connections "$IDLE_CONNS" --hold 3s --server-pid "$HERALD_PID"
+    --connections "$IDLE_CONNS" --hold 3s --server-pid "$SERVER_PID"
 done
+stop_server; start_herald; HERALD_PID=$SERVER_PID
 bench "connect-5000-ws" herald connect --url "http://127.0.0.1:$HERALD_PORT" --connections 5000
 bench "publish-32" herald publish --url "http://127.0.0.1:$HERALD_PORT" --concurrency 32 --duration 5s --server-pid "$HERALD_PID"
 for subs in $SCALE_SUBS; do
@@ -147,6 +151,7 @@ stop_server
 if start_nchan; then
   run_suite nchan nchan "http://127.0.0.1:$NCHAN_PORT" "$NCHAN_WORKER"
   for t in ws sse; do
+    stop_server; start_nchan
     bench "idle-$IDLE_CONNS-$t" nchan idle --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --transport "$t" \
       --connections "$IDLE_CONNS" --hold 3s --server-pid "$NCHAN_WORKER"
   done

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 /// tungstenite's read buffer per connection (its default is 128 KiB).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Most publications one `history` request returns.
 const MAX_HISTORY_LIMIT: u32 = 10_000;
