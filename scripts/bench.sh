@@ -159,5 +159,8 @@ if start_nchan; then
   stop_server
 fi
 
+# The in-process hot path (no sockets): fan-out and drain cost per delivery.
+cargo run --release -q -p herald-core --example hot_path 10000 200 | tee "$OUT/hot_path.txt" >&2
+
 python3 "$HERE/bench_tables.py" "$RESULTS" "$ROOT/BENCHMARKS.md"
 echo "Results: $RESULTS; tables updated in BENCHMARKS.md" >&2

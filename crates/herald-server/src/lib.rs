@@ -6,6 +6,7 @@
 
 mod api;
 mod config;
+mod direct;
 mod error;
 mod health;
 mod listener;

@@ -2,7 +2,7 @@
 //! cut off), a write timeout on every socket (a client that stops reading cannot pin a
 //! connection forever), and graceful shutdown.
 
-use crate::App;
+use crate::{direct, App};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -39,18 +39,24 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
             },
         };
         let _ = tcp.set_nodelay(true);
-        let mut io = TimeoutStream::new(tcp);
-        io.set_write_timeout(Some(write_timeout));
-        let io = TokioIo::new(Box::pin(io));
-        let svc = router
-            .clone()
-            .map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new));
-        let conn = http
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let router = router.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = app.server.header_read_timeout;
         app.tracker.spawn(async move {
-            if let Err(e) = conn.await {
+            let tcp = match direct::try_serve(tcp, &router, header_timeout, write_timeout).await {
+                direct::Outcome::Served => return,
+                direct::Outcome::Hyper(tcp) => tcp,
+            };
+            let mut io = TimeoutStream::new(tcp);
+            io.set_write_timeout(Some(write_timeout));
+            let io = TokioIo::new(Box::pin(io));
+            let svc =
+                router.map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new));
+            let conn = http
+                .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
             }
         });

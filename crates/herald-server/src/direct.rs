@@ -1,0 +1,151 @@
+//! The lean path for SSE: a connection whose first request is `GET /sse` is answered without
+//! hyper's per-connection machinery (two 8 KiB buffers and a dispatcher that live as long as the
+//! stream). The request head is read here, run through the same router (so routing, CORS and
+//! errors are identical), and the response is written straight to the socket, delimited by the
+//! connection's close. Anything else, or a head that did not arrive in one piece, goes to hyper.
+
+use axum::body::Body;
+use axum::Router;
+use http_body_util::BodyExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+/// Largest request head the lean path reads; bigger heads go to hyper.
+const MAX_HEAD_BYTES: usize = 4096;
+/// Most request headers the lean path parses.
+const MAX_HEADERS: usize = 32;
+
+/// What happened to a connection offered to the lean path.
+pub(crate) enum Outcome {
+    /// It was an SSE request and has been served to the end.
+    Served,
+    /// Not for this path: serve it with hyper (nothing was consumed from the socket).
+    Hyper(TcpStream),
+}
+
+/// Serves `tcp` here if its first request is a complete `GET /sse` head.
+pub(crate) async fn try_serve(
+    tcp: TcpStream,
+    router: &Router,
+    header_timeout: Duration,
+    write_timeout: Duration,
+) -> Outcome {
+    let mut peek = [0u8; MAX_HEAD_BYTES];
+    let n = match tokio::time::timeout(header_timeout, tcp.peek(&mut peek)).await {
+        Ok(Ok(n)) => n,
+        _ => return Outcome::Hyper(tcp),
+    };
+    let head = &peek[..n];
+    if !(head.starts_with(b"GET /sse?") || head.starts_with(b"GET /sse ")) {
+        return Outcome::Hyper(tcp);
+    }
+    let Some(end) = memchr::memmem::find(head, b"\r\n\r\n").map(|i| i + 4) else {
+        return Outcome::Hyper(tcp);
+    };
+    let Some(request) = parse(&head[..end]) else {
+        return Outcome::Hyper(tcp);
+    };
+    serve(tcp, end, request, router, write_timeout).await;
+    Outcome::Served
+}
+
+fn parse(head: &[u8]) -> Option<axum::http::Request<Body>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    if req.version != Some(1) {
+        return None;
+    }
+    let mut builder = axum::http::Request::builder()
+        .method(axum::http::Method::GET)
+        .uri(req.path?)
+        .version(axum::http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    builder.body(Body::empty()).ok()
+}
+
+async fn serve(
+    mut tcp: TcpStream,
+    head_len: usize,
+    request: axum::http::Request<Body>,
+    router: &Router,
+    write_timeout: Duration,
+) {
+    // Consume the head that was only peeked at.
+    let mut sink = vec![0u8; head_len];
+    if tcp.read_exact(&mut sink).await.is_err() {
+        return;
+    }
+    drop(sink);
+    let Ok(response) = router.clone().oneshot(request).await;
+    let (parts, mut body) = response.into_parts();
+    let streaming = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        if name == axum::http::header::CONNECTION || name == axum::http::header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: close\r\n");
+    if !streaming {
+        // A short error body: send it whole, with its length.
+        let Ok(collected) = body.collect().await else {
+            return;
+        };
+        let bytes = collected.to_bytes();
+        head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
+        head.extend_from_slice(&bytes);
+        let _ = tokio::time::timeout(write_timeout, tcp.write_all(&head)).await;
+        let _ = tcp.shutdown().await;
+        return;
+    }
+    head.extend_from_slice(b"\r\n");
+    let (mut rd, mut wr) = tcp.into_split();
+    if !matches!(
+        tokio::time::timeout(write_timeout, wr.write_all(&head)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    drop(head);
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let written = tokio::time::timeout(write_timeout, wr.write_all(&data)).await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(_)) | None => break,
+            },
+            // An SSE client sends nothing more; end of input means it went away.
+            r = rd.read(&mut probe) => if !matches!(r, Ok(n) if n > 0) {
+                return;
+            },
+        }
+    }
+    let _ = wr.shutdown().await;
+}
