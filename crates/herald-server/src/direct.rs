@@ -33,9 +33,8 @@ pub(crate) async fn try_serve(
     write_timeout: Duration,
 ) -> Outcome {
     let mut peek = [0u8; MAX_HEAD_BYTES];
-    let n = match tokio::time::timeout(header_timeout, tcp.peek(&mut peek)).await {
-        Ok(Ok(n)) => n,
-        _ => return Outcome::Hyper(tcp),
+    let Ok(Ok(n)) = tokio::time::timeout(header_timeout, tcp.peek(&mut peek)).await else {
+        return Outcome::Hyper(tcp);
     };
     let head = &peek[..n];
     if !(head.starts_with(b"GET /sse?") || head.starts_with(b"GET /sse ")) {
