@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Largest request head the lean path reads; bigger heads go to hyper.
@@ -19,7 +20,7 @@ const MAX_HEADERS: usize = 32;
 
 /// What happened to a connection offered to the lean path.
 pub(crate) enum Outcome {
-    /// It was an SSE request and has been served to the end.
+    /// It was an SSE request and has been served to the end, or the peer sent nothing in time.
     Served,
     /// Not for this path: serve it with hyper (nothing was consumed from the socket).
     Hyper(TcpStream),
@@ -31,10 +32,17 @@ pub(crate) async fn try_serve(
     router: &Router,
     header_timeout: Duration,
     write_timeout: Duration,
+    shutdown: &CancellationToken,
 ) -> Outcome {
     let mut peek = [0u8; MAX_HEAD_BYTES];
-    let Ok(Ok(n)) = tokio::time::timeout(header_timeout, tcp.peek(&mut peek)).await else {
-        return Outcome::Hyper(tcp);
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(header_timeout, tcp.peek(&mut peek)) => r,
+        () = shutdown.cancelled() => return Outcome::Served,
+    };
+    let n = match peeked {
+        Ok(Ok(n)) if n > 0 => n,
+        // Silent for the whole header timeout, closed, or failed: drop the connection.
+        _ => return Outcome::Served,
     };
     let head = &peek[..n];
     if !(head.starts_with(b"GET /sse?") || head.starts_with(b"GET /sse ")) {

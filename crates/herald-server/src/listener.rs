@@ -43,8 +43,10 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         let http = http.clone();
         let watcher = graceful.watcher();
         let header_timeout = app.server.header_read_timeout;
+        let shutdown = app.shutdown.clone();
         app.tracker.spawn(async move {
-            let tcp = match direct::try_serve(tcp, &router, header_timeout, write_timeout).await {
+            let offered = direct::try_serve(tcp, &router, header_timeout, write_timeout, &shutdown);
+            let tcp = match offered.await {
                 direct::Outcome::Served => return,
                 direct::Outcome::Hyper(tcp) => tcp,
             };

@@ -191,3 +191,19 @@ async fn grace_period_counts_from_the_signal_not_from_startup() {
     server.terminate();
     assert_clean_exit(&mut server, signalled).await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_does_not_hold_up_shutdown() {
+    let mut server =
+        TestServer::start("[server]\nshutdown_grace = \"5s\"\nheader_read_timeout = \"30s\"\n")
+            .await;
+    let _silent = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    server
+        .wait_stats("the server answering", |s| s["uptime_seconds"].is_u64())
+        .await;
+    server.terminate();
+    let status = within(std::time::Duration::from_secs(3), server.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
