@@ -156,10 +156,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Latencies::new(16));
     let stop = CancellationToken::new();
-    let cpu_before = report::cpu_seconds("self");
-    let server_cpu_before = args
-        .server_pid
-        .and_then(|p| report::cpu_seconds(&p.to_string()));
+    let meter = report::CpuMeter::start(args.server_pid);
     let t0 = Instant::now();
     let mut readers = Vec::with_capacity(subs.len());
     for (i, sub) in subs {
@@ -233,15 +230,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     for r in readers {
         let _ = r.await;
     }
-    let cpu = cpu_before
-        .zip(report::cpu_seconds("self"))
-        .map(|(a, b)| b - a);
-    let server_cpu = server_cpu_before
-        .zip(
-            args.server_pid
-                .and_then(|p| report::cpu_seconds(&p.to_string())),
-        )
-        .map(|(a, b)| b - a);
+    let (cpu, server_cpu) = meter.stop();
 
     let delivered = counters.delivered.load(Relaxed);
     let ooo = counters.out_of_order.load(Relaxed);

@@ -58,13 +58,12 @@ async fn server_rss(args: &IdleArgs) -> anyhow::Result<u64> {
         .context("/api/stats has no memory.rss_bytes; pass --server-pid")
 }
 
-/// Opens connections, holds them, reports RSS per connection.
-pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.url)?;
-    let before = server_rss(&args).await?;
-    let start = Instant::now();
-    let (subs, failed) = open_subscribers(
-        &ep,
+async fn open_all(
+    ep: &Endpoint,
+    args: &IdleArgs,
+) -> (Vec<(usize, super::wire::Subscriber)>, usize) {
+    open_subscribers(
+        ep,
         args.connections,
         args.channels.max(1),
         args.transport,
@@ -72,7 +71,15 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
         args.connect_concurrency,
         args.json,
     )
-    .await;
+    .await
+}
+
+/// Opens connections, holds them, reports RSS per connection.
+pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
+    let ep = Endpoint::parse(&args.url)?;
+    let before = server_rss(&args).await?;
+    let start = Instant::now();
+    let (subs, failed) = open_all(&ep, &args).await;
     let connect_secs = start.elapsed().as_secs_f64();
     let open = subs.len();
     // Hold: each connection answers pings and discards everything else.
@@ -139,16 +146,7 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
 pub(crate) async fn connect(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
     let ep = Endpoint::parse(&args.url)?;
     let start = Instant::now();
-    let (subs, failed) = open_subscribers(
-        &ep,
-        args.connections,
-        args.channels.max(1),
-        args.transport,
-        args.target,
-        args.connect_concurrency,
-        args.json,
-    )
-    .await;
+    let (subs, failed) = open_all(&ep, &args).await;
     let secs = start.elapsed().as_secs_f64();
     let open = subs.len();
     drop(subs);

@@ -79,10 +79,7 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> 
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Latencies::new(16));
     let deadline = Instant::now() + args.duration;
-    let cpu_before = report::cpu_seconds("self");
-    let server_cpu_before = args
-        .server_pid
-        .and_then(|p| report::cpu_seconds(&p.to_string()));
+    let meter = report::CpuMeter::start(args.server_pid);
     let start = Instant::now();
     let pad = "x".repeat(args.size.saturating_sub(20).max(1));
     let mut tasks = Vec::new();
@@ -140,15 +137,7 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> 
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_before
-        .zip(report::cpu_seconds("self"))
-        .map(|(a, b)| b - a);
-    let server_cpu = server_cpu_before
-        .zip(
-            args.server_pid
-                .and_then(|p| report::cpu_seconds(&p.to_string())),
-        )
-        .map(|(a, b)| b - a);
+    let (cpu, server_cpu) = meter.stop();
     let n = ok.load(Relaxed);
     Ok(json!({
         "mode": "publish",

@@ -72,6 +72,38 @@ pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds used by this process and, when known, the server, over a measurement.
+#[derive(Debug)]
+pub(crate) struct CpuMeter {
+    server_pid: Option<String>,
+    generator: Option<f64>,
+    server: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring.
+    pub(crate) fn start(server_pid: Option<u32>) -> Self {
+        let server_pid = server_pid.map(|p| p.to_string());
+        Self {
+            generator: cpu_seconds("self"),
+            server: server_pid.as_deref().and_then(cpu_seconds),
+            server_pid,
+        }
+    }
+
+    /// CPU seconds since `start`: (generator, server).
+    pub(crate) fn stop(&self) -> (Option<f64>, Option<f64>) {
+        let delta = |before: Option<f64>, now: Option<f64>| before.zip(now).map(|(a, b)| b - a);
+        (
+            delta(self.generator, cpu_seconds("self")),
+            delta(
+                self.server,
+                self.server_pid.as_deref().and_then(cpu_seconds),
+            ),
+        )
+    }
+}
+
 /// Resident memory of process `pid`, in bytes.
 pub(crate) fn rss_bytes(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
