@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the results in BENCHMARKS.md.
 #
-#   scripts/bench.sh short    one run per case, smaller loads (a few minutes)
-#   scripts/bench.sh full     three runs per case, the whole scaling table
+#   scripts/bench.sh short         one run per case, smaller loads (under 5 minutes)
+#   scripts/bench.sh full          three runs per case, the whole scaling table (about 25 minutes)
+#   scripts/bench.sh MODE idle     only the idle-memory cases, replacing those rows of MODE's results
 #
 # The server under test is pinned to CPU 0 and the load generator to CPU 1 (taskset), so the
 # generator never competes with the server for a core; each result reports both processes'
@@ -10,7 +11,9 @@
 set -euo pipefail
 
 MODE="${1:-short}"
-case "$MODE" in short) RUNS=1 ;; full) RUNS=3 ;; *) echo "usage: $0 short|full" >&2; exit 2 ;; esac
+ONLY="${2:-all}"
+case "$MODE" in short) RUNS=1 ;; full) RUNS=3 ;; *) echo "usage: $0 short|full [idle]" >&2; exit 2 ;; esac
+case "$ONLY" in all|idle) ;; *) echo "usage: $0 short|full [idle]" >&2; exit 2 ;; esac
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -18,7 +21,14 @@ cd "$ROOT"
 OUT="$ROOT/bench/results"
 mkdir -p "$OUT"
 RESULTS="$OUT/$MODE.jsonl"
-: > "$RESULTS"
+if [ "$ONLY" = all ]; then
+  : > "$RESULTS"
+else
+  # Keep every other case's rows; this run rewrites the idle ones.
+  touch "$RESULTS"
+  grep -v '"case":"idle-' "$RESULTS" > "$RESULTS.keep" || true
+  mv "$RESULTS.keep" "$RESULTS"
+fi
 WORK="$(mktemp -d)"
 SERVER_CPU=0
 GEN_CPU=1
@@ -116,18 +126,42 @@ run_suite() {
   done
 }
 
+# Idle memory is measured on a fresh process for every run: a server that has just carried a
+# load (or a previous run) keeps freed memory in its allocator and would hide the cost of new
+# connections.
+idle_cases() {
+  local saved_runs=$RUNS
+  for t in ws sse; do
+    for run in $(seq "$saved_runs"); do
+      stop_server; start_herald
+      RUNS=1 bench "idle-$IDLE_CONNS-$t" herald idle --url "http://127.0.0.1:$HERALD_PORT" --transport "$t" \
+        --connections "$IDLE_CONNS" --hold 3s --server-pid "$SERVER_PID"
+    done
+  done
+  stop_server
+  if start_nchan; then
+    stop_server
+    for t in ws sse; do
+      for run in $(seq "$saved_runs"); do
+        start_nchan
+        RUNS=1 bench "idle-$IDLE_CONNS-$t" nchan idle --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --transport "$t" \
+          --connections "$IDLE_CONNS" --hold 3s --server-pid "$NCHAN_WORKER"
+        stop_server
+      done
+    done
+  fi
+}
+
+if [ "$ONLY" = idle ]; then
+  idle_cases
+  python3 "$HERE/bench_tables.py" "$RESULTS" "$ROOT/BENCHMARKS.md"
+  exit 0
+fi
+
 # Herald
 start_herald
 HERALD_PID=$SERVER_PID
 run_suite herald herald "http://127.0.0.1:$HERALD_PORT" "$HERALD_PID"
-# Idle memory is measured on a fresh process each time: a server that has just carried a load
-# keeps freed memory in its allocator and would hide the cost of new connections.
-for t in ws sse; do
-  stop_server; start_herald
-  bench "idle-$IDLE_CONNS-$t" herald idle --url "http://127.0.0.1:$HERALD_PORT" --transport "$t" \
-    --connections "$IDLE_CONNS" --hold 3s --server-pid "$SERVER_PID"
-done
-stop_server; start_herald; HERALD_PID=$SERVER_PID
 bench "connect-5000-ws" herald connect --url "http://127.0.0.1:$HERALD_PORT" --connections 5000
 bench "publish-32" herald publish --url "http://127.0.0.1:$HERALD_PORT" --concurrency 32 --duration 5s --server-pid "$HERALD_PID"
 for subs in $SCALE_SUBS; do
@@ -141,6 +175,7 @@ for subs in $SCALE_SUBS; do
   done
 done
 stop_server
+idle_cases
 
 # Ceiling
 start_ceiling
@@ -150,11 +185,6 @@ stop_server
 # Nchan
 if start_nchan; then
   run_suite nchan nchan "http://127.0.0.1:$NCHAN_PORT" "$NCHAN_WORKER"
-  for t in ws sse; do
-    stop_server; start_nchan
-    bench "idle-$IDLE_CONNS-$t" nchan idle --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --transport "$t" \
-      --connections "$IDLE_CONNS" --hold 3s --server-pid "$NCHAN_WORKER"
-  done
   bench "publish-32" nchan publish --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --concurrency 32 --duration 5s --server-pid "$NCHAN_WORKER"
   stop_server
 fi
