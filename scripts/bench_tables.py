@@ -19,7 +19,8 @@ for line in open(results_path):
         rows[(r["case"], r["server"])].append(r["result"])
 
 
-def spread(case, server, key, fmt="{:,.0f}"):
+def values(case, server, key):
+    """Every run's value of a dotted key, for one case and server."""
     vals = []
     for r in rows.get((case, server), []):
         v = r
@@ -27,6 +28,11 @@ def spread(case, server, key, fmt="{:,.0f}"):
             v = v.get(k) if isinstance(v, dict) else None
         if isinstance(v, (int, float)):
             vals.append(v)
+    return vals
+
+
+def spread(case, server, key, fmt="{:,.0f}"):
+    vals = values(case, server, key)
     if not vals:
         return "–"
     if len(vals) == 1:
@@ -35,13 +41,7 @@ def spread(case, server, key, fmt="{:,.0f}"):
 
 
 def median(case, server, key):
-    vals = []
-    for r in rows.get((case, server), []):
-        v = r
-        for k in key.split("."):
-            v = v.get(k) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)):
-            vals.append(v)
+    vals = values(case, server, key)
     return statistics.median(vals) if vals else None
 
 

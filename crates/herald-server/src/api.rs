@@ -119,13 +119,7 @@ pub(crate) async fn broadcast(
     State(app): State<App>,
     JsonBody(body): JsonBody<BroadcastBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::BadRequest,
-            format!("channels must list 1 to {MAX_BROADCAST_CHANNELS} channels"),
-        ));
-    }
+    list_size("channels", body.channels.len(), MAX_BROADCAST_CHANNELS)?;
     let publisher = &app.node.publisher;
     let mut prepared = Vec::with_capacity(body.channels.len());
     for c in &body.channels {
@@ -145,13 +139,7 @@ pub(crate) async fn batch(
     State(app): State<App>,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if body.commands.is_empty() || body.commands.len() > MAX_BATCH_COMMANDS {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::BadRequest,
-            format!("commands must hold 1 to {MAX_BATCH_COMMANDS} commands"),
-        ));
-    }
+    list_size("commands", body.commands.len(), MAX_BATCH_COMMANDS)?;
     let publisher = &app.node.publisher;
     let mut prepared = Vec::with_capacity(body.commands.len());
     for (i, c) in body.commands.into_iter().enumerate() {
@@ -165,6 +153,19 @@ pub(crate) async fn batch(
         prepared.push(p);
     }
     run_in_order(&app, prepared).await
+}
+
+/// A body list must hold 1 to `max` items.
+fn list_size(what: &str, len: usize, max: usize) -> Result<(), ApiError> {
+    if (1..=max).contains(&len) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::BadRequest,
+            format!("`{what}` must hold 1 to {max} items; it holds {len}"),
+        ))
+    }
 }
 
 async fn run_in_order(

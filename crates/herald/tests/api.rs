@@ -11,6 +11,16 @@ const CONFIG: &str = r#"
 history_size = 5
 "#;
 
+/// The offsets of a history reply's publications.
+fn offsets(history: &Value) -> Vec<u64> {
+    history["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect()
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<none>")
 }
@@ -82,12 +92,7 @@ async fn history_channels_stats_and_health() {
     }
     let (status, h) = server.get("/api/history?channel=small:h").await;
     assert_eq!(status, 200);
-    let offs: Vec<u64> = h["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
+    let offs = offsets(&h);
     assert_eq!(
         offs,
         [4, 5, 6, 7, 8],
@@ -99,12 +104,7 @@ async fn history_channels_stats_and_health() {
             "/api/history?channel=small:h&since={epoch}-5&limit=2"
         ))
         .await;
-    let offs: Vec<u64> = h["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
+    let offs = offsets(&h);
     assert_eq!(offs, [6, 7]);
     assert_eq!(h["reset"], Value::Null);
     let (_, h) = server

@@ -5,6 +5,7 @@
 
 use super::report::{self, Latencies};
 use super::wire::{self, Endpoint, Subscriber, Target, Transport};
+use super::ServerArgs;
 use anyhow::{bail, Context};
 use bytes::Buf;
 use serde_json::json;
@@ -17,12 +18,9 @@ use tokio_util::sync::CancellationToken;
 /// Options of a fan-out run.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct FanoutArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7077")]
-    pub(crate) url: String,
-    /// Which server's URL layout to use (`ceiling` is the bench's bare fan-out server).
-    #[arg(long, value_enum, default_value = "herald")]
-    pub(crate) target: Target,
+    /// Which server to measure and how to report.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
     /// Subscriber transport.
     #[arg(long, value_enum, default_value = "ws")]
     pub(crate) transport: Transport,
@@ -53,12 +51,6 @@ pub(crate) struct FanoutArgs {
     /// Give up waiting for stragglers after this long without progress.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(crate) drain_timeout: Duration,
-    /// Process id of the server, to report its CPU time.
-    #[arg(long)]
-    pub(crate) server_pid: Option<u32>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 #[derive(Debug, Default)]
@@ -129,10 +121,10 @@ pub(crate) async fn open_subscribers(
 
 /// Runs a fan-out measurement.
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
-    if args.target == Target::Ceiling && args.channels != 1 {
+    if args.server.target == Target::Ceiling && args.channels != 1 {
         bail!("the ceiling server has one channel; use --channels 1");
     }
-    let ep = Endpoint::parse(&args.url)?;
+    let ep = Endpoint::parse(&args.server.url)?;
     let channels = args.channels.max(1);
     let start = Instant::now();
     let (subs, failed) = open_subscribers(
@@ -140,9 +132,9 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         args.subscribers,
         channels,
         args.transport,
-        args.target,
+        args.server.target,
         args.connect_concurrency,
-        args.json,
+        args.server.json,
     )
     .await;
     let connect_secs = start.elapsed().as_secs_f64();
@@ -156,7 +148,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Latencies::new(16));
     let stop = CancellationToken::new();
-    let meter = report::CpuMeter::start(args.server_pid);
+    let meter = report::CpuMeter::start(args.server.server_pid);
     let t0 = Instant::now();
     let mut readers = Vec::with_capacity(subs.len());
     for (i, sub) in subs {
@@ -180,7 +172,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     for p in 0..k {
         let mine: Vec<usize> = (0..channels).filter(|c| c % k == p).collect();
         let client = client.clone();
-        let url = args.url.trim_end_matches('/').to_owned();
+        let url = args.server.url.trim_end_matches('/').to_owned();
         let counters = counters.clone();
         let per_channel = per_channel.clone();
         let a = args.clone();
@@ -188,7 +180,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
             publish_loop(PublishPlan {
                 client,
                 url,
-                target: a.target,
+                target: a.server.target,
                 mine,
                 per_channel_msgs,
                 size: a.size,
@@ -203,7 +195,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
             .await
         }));
     }
-    let bar = report::progress(expected, "delivering", args.json);
+    let bar = report::progress(expected, "delivering", args.server.json);
     for p in pubs {
         p.await.context("publisher task")??;
     }
@@ -248,7 +240,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let h = latencies.merged();
     Ok(json!({
         "mode": "fanout",
-        "target": args.target,
+        "target": args.server.target,
         "transport": args.transport,
         "subscribers": args.subscribers,
         "channels": channels,

@@ -3,7 +3,8 @@
 
 use super::fanout::open_subscribers;
 use super::report;
-use super::wire::{self, Endpoint, Target, Transport};
+use super::wire::{self, Endpoint, Transport};
+use super::ServerArgs;
 use anyhow::Context;
 use bytes::Buf;
 use serde_json::json;
@@ -13,12 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Options of an idle or connect run.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct IdleArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7077")]
-    pub(crate) url: String,
-    /// Which server's URL layout to use.
-    #[arg(long, value_enum, default_value = "herald")]
-    pub(crate) target: Target,
+    /// Which server to measure and how to report.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
     /// Connection transport.
     #[arg(long, value_enum, default_value = "ws")]
     pub(crate) transport: Transport,
@@ -34,25 +32,21 @@ pub(crate) struct IdleArgs {
     /// How long to hold the connections once all are open (idle mode).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(crate) hold: Duration,
-    /// Process id of the server; its RSS is read from /proc (otherwise from /api/stats).
-    #[arg(long)]
-    pub(crate) server_pid: Option<u32>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 async fn server_rss(args: &IdleArgs) -> anyhow::Result<u64> {
-    if let Some(pid) = args.server_pid {
+    if let Some(pid) = args.server.server_pid {
         return report::rss_bytes(&pid.to_string()).context("reading the server's RSS");
     }
-    let stats: serde_json::Value =
-        reqwest::get(format!("{}/api/stats", args.url.trim_end_matches('/')))
-            .await
-            .context("GET /api/stats")?
-            .json()
-            .await
-            .context("reading /api/stats")?;
+    let stats: serde_json::Value = reqwest::get(format!(
+        "{}/api/stats",
+        args.server.url.trim_end_matches('/')
+    ))
+    .await
+    .context("GET /api/stats")?
+    .json()
+    .await
+    .context("reading /api/stats")?;
     stats["memory"]["rss_bytes"]
         .as_u64()
         .context("/api/stats has no memory.rss_bytes; pass --server-pid")
@@ -67,16 +61,16 @@ async fn open_all(
         args.connections,
         args.channels.max(1),
         args.transport,
-        args.target,
+        args.server.target,
         args.connect_concurrency,
-        args.json,
+        args.server.json,
     )
     .await
 }
 
 /// Opens connections, holds them, reports RSS per connection.
 pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.url)?;
+    let ep = Endpoint::parse(&args.server.url)?;
     let before = server_rss(&args).await?;
     let start = Instant::now();
     let (subs, failed) = open_all(&ep, &args).await;
@@ -126,7 +120,7 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
     };
     Ok(json!({
         "mode": "idle",
-        "target": args.target,
+        "target": args.server.target,
         "transport": args.transport,
         "connections": args.connections,
         "connected": open,
@@ -144,7 +138,7 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
 
 /// Opens connections as fast as allowed and reports the rate.
 pub(crate) async fn connect(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.url)?;
+    let ep = Endpoint::parse(&args.server.url)?;
     let start = Instant::now();
     let (subs, failed) = open_all(&ep, &args).await;
     let secs = start.elapsed().as_secs_f64();
@@ -152,7 +146,7 @@ pub(crate) async fn connect(args: IdleArgs) -> anyhow::Result<serde_json::Value>
     drop(subs);
     Ok(json!({
         "mode": "connect",
-        "target": args.target,
+        "target": args.server.target,
         "transport": args.transport,
         "connections": args.connections,
         "connected": open,

@@ -10,6 +10,24 @@ mod report;
 mod wire;
 
 use clap::Subcommand;
+use wire::Target;
+
+/// Options every measuring mode shares.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:7077")]
+    pub(crate) url: String,
+    /// Which server's URL layout to use (`ceiling` is the bench's bare fan-out server).
+    #[arg(long, value_enum, default_value = "herald")]
+    pub(crate) target: Target,
+    /// Process id of the server: its CPU time (and, for `idle`, its RSS) is read from /proc.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
 use std::process::ExitCode;
 
 /// The bench modes.
@@ -31,19 +49,19 @@ pub(crate) enum BenchCommand {
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     let (result, json) = match cmd {
         BenchCommand::Fanout(a) => {
-            let json = a.json;
+            let json = a.server.json;
             (fanout::run(a).await?, json)
         }
         BenchCommand::Idle(a) => {
-            let json = a.json;
+            let json = a.server.json;
             (idle::idle(a).await?, json)
         }
         BenchCommand::Connect(a) => {
-            let json = a.json;
+            let json = a.server.json;
             (idle::connect(a).await?, json)
         }
         BenchCommand::Publish(a) => {
-            let json = a.json;
+            let json = a.server.json;
             (publish::run(a).await?, json)
         }
         BenchCommand::CeilingServer(a) => {

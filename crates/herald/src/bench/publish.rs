@@ -3,6 +3,7 @@
 
 use super::report::{self, Latencies};
 use super::wire::{self, Endpoint, Target};
+use super::ServerArgs;
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use serde_json::json;
@@ -15,12 +16,9 @@ use tokio::net::TcpStream;
 /// Options of a publish run.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct PublishArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7077")]
-    pub(crate) url: String,
-    /// Which server's URL layout to use.
-    #[arg(long, value_enum, default_value = "herald")]
-    pub(crate) target: Target,
+    /// Which server to measure and how to report.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 32)]
     pub(crate) concurrency: usize,
@@ -33,12 +31,6 @@ pub(crate) struct PublishArgs {
     /// Channels to publish to (round robin).
     #[arg(long, default_value_t = 100)]
     pub(crate) channels: usize,
-    /// Process id of the server, to report its CPU time.
-    #[arg(long)]
-    pub(crate) server_pid: Option<u32>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<u16> {
@@ -74,12 +66,12 @@ async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Re
 
 /// Runs a publish measurement.
 pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.url)?;
+    let ep = Endpoint::parse(&args.server.url)?;
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Latencies::new(16));
     let deadline = Instant::now() + args.duration;
-    let meter = report::CpuMeter::start(args.server_pid);
+    let meter = report::CpuMeter::start(args.server.server_pid);
     let start = Instant::now();
     let pad = "x".repeat(args.size.saturating_sub(20).max(1));
     let mut tasks = Vec::new();
@@ -89,7 +81,7 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> 
         let errors = errors.clone();
         let latencies = latencies.clone();
         let pad = pad.clone();
-        let target = args.target;
+        let target = args.server.target;
         let channels = args.channels.max(1);
         tasks.push(tokio::spawn(async move {
             let mut stream = wire::tcp(&ep, w).await?;
@@ -141,7 +133,7 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> 
     let n = ok.load(Relaxed);
     Ok(json!({
         "mode": "publish",
-        "target": args.target,
+        "target": args.server.target,
         "concurrency": args.concurrency,
         "payload_bytes": args.size,
         "accepted": n,
