@@ -8,7 +8,9 @@
 use crate::{ChannelName, EventName, PresenceEvent, Publication};
 use async_trait::async_trait;
 use herald_protocol::{Member, StreamPosition};
+use serde::Serialize;
 use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,10 +89,75 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Arc<Publication>, EngineError>;
     /// Delivers a presence event to every subscribed node (not kept in history).
     async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError>;
-    /// This node now has subscribers on `channel`.
+    /// A local subscriber was added to `channel` in the hub. Returns once the engine delivers
+    /// `channel` to this node (a no-op when it already does).
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError>;
-    /// This node no longer has subscribers on `channel`.
+    /// A local subscriber left `channel`; the engine stops delivering it to this node when the
+    /// hub has none left.
     async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError>;
+    /// Health and counters for `/health/ready` and `/api/stats`.
+    fn status(&self) -> EngineStatus {
+        EngineStatus::embedded()
+    }
+}
+
+/// What an engine reports about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    /// `memory`, `redis` or `nats`.
+    pub kind: &'static str,
+    /// Whether the node may take work: the engine is reachable and a canary made the round trip.
+    pub ready: bool,
+    /// `embedded`, `connected`, `connecting` or `disconnected`.
+    pub state: &'static str,
+    /// Times the connection to the engine was re-established.
+    pub reconnects: u64,
+    /// Publish round trips to the engine: count, mean and max in microseconds.
+    pub publish_latency: LatencySummary,
+    /// Engine-specific counters (recoveries after lost pub/sub messages, ingested entries…).
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+impl EngineStatus {
+    /// The in-process engine: always ready.
+    pub fn embedded() -> Self {
+        Self {
+            kind: "memory",
+            ready: true,
+            state: "embedded",
+            reconnects: 0,
+            publish_latency: LatencySummary::default(),
+            counters: BTreeMap::new(),
+        }
+    }
+}
+
+/// Count, mean and max of a latency, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: u64,
+    /// Largest.
+    pub max_us: u64,
+}
+
+/// Decides whether reading on from `since` is possible, given the channel's current `epoch`,
+/// its newest offset `top` and the oldest offset still kept (`top + 1` when none is).
+pub fn resume_reset(
+    since: &StreamPosition,
+    epoch: &herald_protocol::Epoch,
+    top: u64,
+    oldest: u64,
+) -> Option<ResetReason> {
+    if since.epoch != *epoch || since.offset > top {
+        Some(ResetReason::EpochChanged)
+    } else if since.offset + 1 < oldest {
+        Some(ResetReason::BeyondRetention)
+    } else {
+        None
+    }
 }
 
 /// Reads the per-channel streams the broker appends to.

@@ -14,13 +14,14 @@ mod node;
 mod outbox;
 mod publication;
 mod publisher;
+mod remote;
 mod session;
 mod stats;
 
 pub use channel::{ChannelError, ChannelName, EventName, MAX_CHANNEL_BYTES, MAX_EVENT_BYTES};
 pub use engine::{
-    Broker, EngineError, HistoryPage, HistoryQuery, HistoryStore, PresenceStore, ResetReason,
-    Retention,
+    resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
+    LatencySummary, PresenceStore, ResetReason, Retention,
 };
 pub use hub::{ConnId, Hub};
 pub use namespace::{ChannelsConfig, NamespaceOptions};
@@ -28,8 +29,21 @@ pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use publication::{PresenceEvent, PresenceKind, Publication};
 pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
+pub use remote::{EngineHealth, LinkState, RemoteSubscriber, RemoteSubscriptions};
 pub use session::{publish_error_code, Emit, Session, SessionError, SessionLimits, Transport};
 pub use stats::{Stats, StatsSnapshot};
+
+/// A new random epoch: 8 base36 characters.
+pub fn new_epoch() -> herald_protocol::Epoch {
+    let s: String = (0..8)
+        .map(|_| {
+            let d = fastrand::u8(..36);
+            char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 })
+        })
+        .collect();
+    // Invariant: 8 characters of [0-9a-z] is a valid epoch.
+    herald_protocol::Epoch::parse(&s).expect("generated epoch is valid")
+}
 
 /// Milliseconds since the Unix epoch, for publication timestamps.
 pub fn now_ms() -> u64 {

@@ -57,6 +57,19 @@ pub struct Prepared {
     data: Box<RawValue>,
 }
 
+impl Prepared {
+    /// The channel.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// The parts, for an engine that publishes outside [`Publisher::publish`] (such as a
+    /// queue consumer that must acknowledge in the same step).
+    pub fn into_parts(self) -> (ChannelName, EventName, Box<RawValue>) {
+        (self.channel, self.event, self.data)
+    }
+}
+
 /// Validates and publishes.
 #[derive(Debug)]
 pub struct Publisher {
@@ -117,21 +130,36 @@ impl Publisher {
         })
     }
 
-    /// Publishes a prepared command.
-    pub async fn publish(&self, p: Prepared) -> Result<Arc<Publication>, PublishError> {
-        if self.closed.load(Relaxed) {
-            return Err(PublishError::ShuttingDown);
-        }
-        let o = self.channels.options(&p.channel);
-        let retention = Retention {
+    /// How much history `channel`'s namespace keeps.
+    pub fn retention(&self, channel: &ChannelName) -> Retention {
+        let o = self.channels.options(channel);
+        Retention {
             size: o.retained(),
             ttl: o.history_ttl,
-        };
+        }
+    }
+
+    /// Whether shutdown has begun (publishing is refused).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Counts a publication made outside [`Publisher::publish`].
+    pub fn count_published(&self) {
+        self.stats.publications.fetch_add(1, Relaxed);
+    }
+
+    /// Publishes a prepared command.
+    pub async fn publish(&self, p: Prepared) -> Result<Arc<Publication>, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let retention = self.retention(&p.channel);
         let publication = self
             .broker
             .publish(p.channel, p.event, p.data, retention)
             .await?;
-        self.stats.publications.fetch_add(1, Relaxed);
+        self.count_published();
         tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
         Ok(publication)
     }

@@ -213,15 +213,14 @@ impl Session {
         let options = self.node.channels.options(&channel).clone();
         // Register first: anything published from here on is queued in the outbox, and the
         // history read below covers what came before. Duplicates are dropped by offset.
-        if self
-            .node
+        // The broker is told every time (not only for the node's first subscriber) so this
+        // call returns only once the engine delivers the channel to this node.
+        self.node
             .hub
-            .subscribe(&channel, self.conn_id, self.tx.clone())
-        {
-            if let Err(e) = self.node.broker.subscribe(&channel).await {
-                self.node.hub.unsubscribe(&channel, self.conn_id);
-                return Err(e.into());
-            }
+            .subscribe(&channel, self.conn_id, self.tx.clone());
+        if let Err(e) = self.node.broker.subscribe(&channel).await {
+            self.release(&channel).await;
+            return Err(e.into());
         }
         let read = match &since {
             Some(p) => HistoryQuery {
@@ -329,10 +328,9 @@ impl Session {
     }
 
     async fn release(&self, channel: &ChannelName) {
-        if self.node.hub.unsubscribe(channel, self.conn_id) {
-            if let Err(error) = self.node.broker.unsubscribe(channel).await {
-                tracing::warn!(channel = %channel, error = %error, "Broker unsubscribe failed.");
-            }
+        self.node.hub.unsubscribe(channel, self.conn_id);
+        if let Err(error) = self.node.broker.unsubscribe(channel).await {
+            tracing::warn!(channel = %channel, error = %error, "Broker unsubscribe failed.");
         }
     }
 

@@ -382,6 +382,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         "resumes": s.resumes,
         "resets": s.resets,
         "memory": { "rss_bytes": rss_bytes() },
+        "engine": app.node.broker.status(),
     }))
 }
 

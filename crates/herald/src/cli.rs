@@ -26,6 +26,13 @@ struct ConfigArgs {
     /// Log format: pretty or json (overrides log.format).
     #[arg(long)]
     log_format: Option<config::LogFormat>,
+    /// Engine: memory (one node), redis or nats (many nodes) (overrides engine.kind).
+    #[arg(long)]
+    engine: Option<config::EngineKind>,
+    /// Engine server URL, e.g. redis://127.0.0.1:6379 or nats://127.0.0.1:4222
+    /// (overrides engine.url).
+    #[arg(long)]
+    engine_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +75,8 @@ impl ConfigArgs {
             &Overrides {
                 listen: self.listen,
                 log_format: self.log_format,
+                engine: self.engine,
+                engine_url: self.engine_url.clone(),
             },
         )
     }

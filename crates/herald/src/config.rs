@@ -9,6 +9,7 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use herald_core::memory::MemoryEngineConfig;
 use herald_core::{ChannelsConfig, OutboxLimits, SessionLimits};
+use herald_redis::RedisEngineConfig;
 use herald_server::{ServerConfig, SseConfig, WsConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -86,6 +87,39 @@ impl Default for PublishConfig {
 pub(crate) enum EngineConfig {
     /// In-process: one node, history in memory.
     Memory(MemoryEngineConfig),
+    /// Many nodes over one Redis.
+    Redis(RedisEngineConfig),
+}
+
+/// The engine kinds, as named in `engine.kind` and `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum EngineKind {
+    /// In-process (the default).
+    Memory,
+    /// Redis.
+    Redis,
+    /// NATS with JetStream.
+    Nats,
+}
+
+impl EngineConfig {
+    /// The defaults of the engine named `kind`.
+    fn defaults(kind: &str) -> Option<Self> {
+        match kind {
+            "memory" => Some(Self::Memory(MemoryEngineConfig::default())),
+            "redis" => Some(Self::Redis(RedisEngineConfig::default())),
+            _ => None,
+        }
+    }
+
+    /// `memory`, `redis` or `nats`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -118,6 +152,8 @@ pub(crate) enum LogFormat {
 pub(crate) struct Overrides {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) log_format: Option<LogFormat>,
+    pub(crate) engine: Option<EngineKind>,
+    pub(crate) engine_url: Option<String>,
 }
 
 /// Environment variables with the `HERALD_` prefix that are not configuration keys.
@@ -149,7 +185,14 @@ fn env_provider() -> Env {
 /// Loads the configuration from defaults, `file`, the environment and `flags`.
 pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Problems> {
     let mut problems = Vec::new();
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    // The engine section's defaults depend on its kind, so the base layer names only the
+    // kind; the chosen engine's own defaults fill in the rest when it is read.
+    let mut base = dict_of(Config::default());
+    base.insert(
+        "engine".to_owned(),
+        Value::from(Dict::from([("kind".to_owned(), Value::from("memory"))])),
+    );
+    let mut figment = Figment::from(Serialized::defaults(Value::from(base)));
     if let Some(path) = file {
         if !path.exists() {
             return Err(Problems(vec![format!(
@@ -166,16 +209,35 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
     if let Some(format) = flags.log_format {
         figment = figment.merge(Serialized::default("log.format", format));
     }
+    if let Some(kind) = flags.engine {
+        figment = figment.merge(Serialized::default("engine.kind", kind));
+    }
+    if let Some(url) = &flags.engine_url {
+        figment = figment.merge(Serialized::default("engine.url", url));
+    }
     // Unknown keys: report all of them, then drop them so the rest can still be checked.
     let merged = match figment.data() {
         Ok(data) => data.into_values().next().unwrap_or_default(),
         Err(e) => return Err(Problems(e.into_iter().map(|e| e.to_string()).collect())),
     };
-    let schema = Figment::from(Serialized::defaults(Config::default()))
-        .data()
-        .ok()
-        .and_then(|d| d.into_values().next())
-        .unwrap_or_default();
+    let mut schema = dict_of(Config::default());
+    let kind = match merged.get("engine") {
+        Some(Value::Dict(_, e)) => e.get("kind").and_then(|k| k.as_str().map(str::to_owned)),
+        _ => None,
+    };
+    match kind.as_deref().map(EngineConfig::defaults) {
+        Some(Some(engine)) => {
+            schema.insert("engine".to_owned(), Value::from(dict_of(engine)));
+        }
+        Some(None) => {
+            problems.push(format!(
+                "engine.kind: unknown engine {:?}; expected memory, redis or nats",
+                kind.unwrap_or_default()
+            ));
+            return Err(Problems(problems));
+        }
+        None => {}
+    }
     let known = unknown_keys(&merged, &schema, "", &mut problems);
     let checked = Figment::from(Serialized::defaults(Value::from(known)));
     // Each section is read on its own, so a type error in one does not hide the others; a
@@ -196,6 +258,15 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
     } else {
         Err(Problems(problems))
     }
+}
+
+/// `value` as a figment dictionary (its serialized form).
+fn dict_of<T: Serialize>(value: T) -> Dict {
+    Figment::from(Serialized::defaults(value))
+        .data()
+        .ok()
+        .and_then(|d| d.into_values().next())
+        .unwrap_or_default()
 }
 
 fn section<T: serde::de::DeserializeOwned + Default>(
@@ -297,8 +368,54 @@ impl Config {
                     out.push("engine.max_channels must be at least 1".to_owned());
                 }
             }
+            EngineConfig::Redis(r) => {
+                remote_problems(
+                    &r.url,
+                    "redis://",
+                    r.presence_lease,
+                    r.command_timeout,
+                    &mut out,
+                );
+                if r.prefix.is_empty() || r.prefix.contains(['{', '}', ' ']) {
+                    out.push(
+                        "engine.prefix must be non-empty, without braces or spaces".to_owned(),
+                    );
+                }
+            }
         }
         out
+    }
+}
+
+/// Checks shared by the engines that connect to a server.
+fn remote_problems(
+    url: &str,
+    scheme: &str,
+    lease: std::time::Duration,
+    timeout: std::time::Duration,
+    out: &mut Vec<String>,
+) {
+    let schemes: &[&str] = if scheme == "redis://" {
+        &[
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "redis-sentinel://",
+        ]
+    } else {
+        &["nats://", "tls://"]
+    };
+    if !schemes.iter().any(|s| url.starts_with(s)) {
+        out.push(format!(
+            "engine.url {url:?} must start with {}",
+            schemes.join(" or ")
+        ));
+    }
+    if lease < std::time::Duration::from_secs(1) {
+        out.push("engine.presence_lease must be at least 1s".to_owned());
+    }
+    if timeout.is_zero() {
+        out.push("engine.command_timeout must be more than 0s".to_owned());
     }
 }
 
@@ -396,11 +513,56 @@ mod tests {
             Some(&f.0),
             &Overrides {
                 listen: Some("127.0.0.1:9001".parse().unwrap()),
-                log_format: None,
+                ..Overrides::default()
             },
         )
         .unwrap();
         assert_eq!(c.server.listen.port(), 9001);
+    }
+
+    #[test]
+    fn engine_is_chosen_by_file_or_flags_with_its_own_keys() {
+        let f = file("[engine]\nkind = \"redis\"\nprefix = \"app\"\n");
+        let c = load(Some(&f.0), &Overrides::default()).unwrap();
+        let EngineConfig::Redis(r) = &c.engine else {
+            panic!("not redis: {:?}", c.engine);
+        };
+        assert_eq!(r.prefix, "app");
+        assert_eq!(r.url, "redis://127.0.0.1:6379");
+
+        let c = load(
+            None,
+            &Overrides {
+                engine: Some(EngineKind::Redis),
+                engine_url: Some("redis://127.0.0.1:7000".to_owned()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(&c.engine, EngineConfig::Redis(r) if r.url == "redis://127.0.0.1:7000"));
+
+        // A key of another engine, an unknown kind, and a URL of the wrong scheme are errors.
+        let f = file("[engine]\nkind = \"redis\"\nmax_channels = 5\n");
+        let text = load(Some(&f.0), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("unknown key `engine.max_channels`"), "{text}");
+        let f = file("[engine]\nkind = \"etcd\"\n");
+        let text = load(Some(&f.0), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("unknown engine"), "{text}");
+        let text = load(
+            None,
+            &Overrides {
+                engine: Some(EngineKind::Redis),
+                engine_url: Some("http://x".to_owned()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("must start with redis://"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::{shutdown, tasks};
 use anyhow::Context;
 use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
 use herald_core::{Hub, Node, Publisher, PublisherLimits, Stats};
+use herald_redis::RedisEngine;
 use herald_server::App;
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,16 +20,36 @@ use tokio_util::task::TaskTracker;
 /// How often the memory engine drops expired history and idle channels.
 const MEMORY_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What an engine contributes to the node.
+type EngineParts = (
+    Arc<dyn herald_core::Broker>,
+    Arc<dyn herald_core::HistoryStore>,
+    Arc<dyn herald_core::PresenceStore>,
+    Arc<Publisher>,
+);
+
 /// Builds the engine parts for `config`, spawning their background tasks on `tracker`.
-pub(crate) fn build(config: &Config, root: &CancellationToken, tracker: &TaskTracker) -> Node {
+/// Fails when a shared engine cannot be reached or cannot honour the configuration.
+pub(crate) async fn build(
+    config: &Config,
+    root: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Node> {
     let stats = Arc::new(Stats::default());
     let hub = Arc::new(Hub::new(stats.clone()));
     let channels = Arc::new(config.channels.clone());
-    let (broker, history, presence): (
-        Arc<dyn herald_core::Broker>,
-        Arc<dyn herald_core::HistoryStore>,
-        Arc<dyn herald_core::PresenceStore>,
-    ) = match &config.engine {
+    let publisher = |broker: Arc<dyn herald_core::Broker>| {
+        Arc::new(Publisher::new(
+            broker,
+            channels.clone(),
+            PublisherLimits {
+                max_data_bytes: usize::try_from(config.publish.max_data.as_u64())
+                    .unwrap_or(usize::MAX),
+            },
+            stats.clone(),
+        ))
+    };
+    let (broker, history, presence, publisher): EngineParts = match &config.engine {
         EngineConfig::Memory(m) => {
             let engine = Arc::new(MemoryEngine::new(hub.clone(), m.clone()));
             let sweeper = engine.clone();
@@ -44,20 +65,19 @@ pub(crate) fn build(config: &Config, root: &CancellationToken, tracker: &TaskTra
             });
             (
                 engine.clone(),
-                engine,
+                engine.clone(),
                 Arc::new(MemoryPresenceStore::default()),
+                publisher(engine),
             )
         }
+        EngineConfig::Redis(r) => {
+            let engine = RedisEngine::connect(r.clone(), hub.clone()).await?;
+            let p = publisher(engine.clone());
+            engine.start(p.clone(), root.clone(), tracker).await;
+            (engine.clone(), engine.clone(), engine.presence(), p)
+        }
     };
-    let publisher = Arc::new(Publisher::new(
-        broker.clone(),
-        channels.clone(),
-        PublisherLimits {
-            max_data_bytes: usize::try_from(config.publish.max_data.as_u64()).unwrap_or(usize::MAX),
-        },
-        stats.clone(),
-    ));
-    Node {
+    Ok(Node {
         hub,
         broker,
         history,
@@ -65,14 +85,14 @@ pub(crate) fn build(config: &Config, root: &CancellationToken, tracker: &TaskTra
         publisher,
         channels,
         stats,
-    }
+    })
 }
 
 /// Runs the server until SIGINT/SIGTERM, then shuts down within the grace period.
 pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let node = build(&config, &root, &tracker);
+    let node = build(&config, &root, &tracker).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -80,7 +100,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let signals = shutdown::install().context("installing signal handlers")?;
     tracing::info!(
         addr = %addr,
-        engine = "memory",
+        engine = config.engine.kind(),
         "Herald is listening."
     );
     // One line on stdout so scripts (and tests) can find the port when listening on :0.

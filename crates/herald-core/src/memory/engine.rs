@@ -4,7 +4,7 @@
 
 use crate::{
     Broker, ChannelName, EngineError, EventName, HistoryPage, HistoryQuery, HistoryStore, Hub,
-    Outgoing, PresenceEvent, Publication, ResetReason, Retention,
+    Outgoing, PresenceEvent, Publication, Retention,
 };
 use async_trait::async_trait;
 use herald_protocol::{Epoch, StreamPosition};
@@ -75,18 +75,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A new random epoch: 8 base36 characters.
-fn new_epoch() -> Epoch {
-    let s: String = (0..8)
-        .map(|_| {
-            let d = fastrand::u8(..36);
-            char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 })
-        })
-        .collect();
-    // Invariant: 8 characters of [0-9a-z] is a valid epoch.
-    Epoch::parse(&s).expect("generated epoch is valid")
-}
-
 impl MemoryEngine {
     /// An engine delivering into `hub`.
     pub fn new(hub: Arc<Hub>, config: MemoryEngineConfig) -> Self {
@@ -110,7 +98,7 @@ impl MemoryEngine {
         }
         self.channels.fetch_add(1, Relaxed);
         let slot = Arc::new(Mutex::new(ChannelState {
-            epoch: new_epoch(),
+            epoch: crate::new_epoch(),
             top: 0,
             ring: VecDeque::new(),
             touched: Instant::now(),
@@ -222,13 +210,7 @@ impl HistoryStore for MemoryEngine {
             .ring
             .front()
             .map_or(st.top + 1, |(_, p)| p.position.offset);
-        let reset = if since.epoch != st.epoch || since.offset > st.top {
-            Some(ResetReason::EpochChanged)
-        } else if since.offset + 1 < oldest {
-            Some(ResetReason::BeyondRetention)
-        } else {
-            None
-        };
+        let reset = crate::resume_reset(&since, &st.epoch, st.top, oldest);
         let publications = if reset.is_some() {
             Vec::new()
         } else {
@@ -250,6 +232,7 @@ impl HistoryStore for MemoryEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ResetReason;
     use crate::Stats;
 
     fn engine() -> MemoryEngine {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backends;
+
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::{SseDecoder, SseEvent};
 use serde_json::{json, Value};

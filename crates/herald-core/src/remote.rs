@@ -1,0 +1,234 @@
+//! Shared parts of the engines that connect nodes (Redis, NATS): keeping the engine-side
+//! subscriptions in step with the hub, and the health counters they report.
+
+use crate::{ChannelName, EngineError, EngineStatus, Hub, LatencySummary};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// The engine side of a per-channel subscription.
+#[async_trait]
+pub trait RemoteSubscriber: Send + Sync {
+    /// Starts receiving `channel` from the engine; returns once the engine confirmed it.
+    async fn remote_subscribe(&self, channel: &ChannelName) -> Result<(), EngineError>;
+    /// Stops receiving `channel`.
+    async fn remote_unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError>;
+}
+
+/// Which channels this node receives from the engine.
+///
+/// Sessions change the hub first and then call [`RemoteSubscriptions::sync`], which compares
+/// the hub's state with the engine's under a per-channel lock. A subscribe racing an
+/// unsubscribe therefore always ends with the engine subscribed exactly when the hub has
+/// subscribers: the last `sync` sees the final state.
+#[derive(Debug)]
+pub struct RemoteSubscriptions {
+    shards: Box<[Mutex<HashSet<ChannelName>>]>,
+    hasher: RandomState,
+}
+
+impl Default for RemoteSubscriptions {
+    fn default() -> Self {
+        Self {
+            shards: (0..64).map(|_| Mutex::new(HashSet::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl RemoteSubscriptions {
+    /// Subscribes or unsubscribes `channel` at the engine so it matches the hub.
+    pub async fn sync<S: RemoteSubscriber + ?Sized>(
+        &self,
+        hub: &Hub,
+        channel: &ChannelName,
+        engine: &S,
+    ) -> Result<(), EngineError> {
+        let i = (self.hasher.hash_one(channel.as_str()) as usize) % self.shards.len();
+        let mut subscribed = self.shards[i].lock().await;
+        let wanted = hub.subscribers(channel) > 0;
+        let have = subscribed.contains(channel);
+        if wanted && !have {
+            engine.remote_subscribe(channel).await?;
+            subscribed.insert(channel.clone());
+        } else if !wanted && have {
+            // Forget it first: if the engine call fails, a later subscribe retries cleanly.
+            subscribed.remove(channel);
+            engine.remote_unsubscribe(channel).await?;
+        }
+        Ok(())
+    }
+
+    /// Every channel currently subscribed at the engine.
+    pub async fn channels(&self) -> Vec<ChannelName> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.lock().await.iter().cloned());
+        }
+        out
+    }
+}
+
+/// Connection state of a remote engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    /// Not connected yet.
+    Connecting = 0,
+    /// Connected.
+    Connected = 1,
+    /// Lost; reconnecting.
+    Disconnected = 2,
+}
+
+/// Health and counters of a remote engine, updated lock-free from its tasks.
+#[derive(Debug)]
+pub struct EngineHealth {
+    kind: &'static str,
+    ready: AtomicBool,
+    state: AtomicU8,
+    reconnects: AtomicU64,
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    latency_max_us: AtomicU64,
+    counters: BTreeMap<&'static str, AtomicU64>,
+}
+
+impl EngineHealth {
+    /// Health for an engine of `kind` with the named counters, all zero and not ready.
+    pub fn new(kind: &'static str, counters: &[&'static str]) -> Self {
+        Self {
+            kind,
+            ready: AtomicBool::new(false),
+            state: AtomicU8::new(LinkState::Connecting as u8),
+            reconnects: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            latency_sum_us: AtomicU64::new(0),
+            latency_max_us: AtomicU64::new(0),
+            counters: counters.iter().map(|c| (*c, AtomicU64::new(0))).collect(),
+        }
+    }
+
+    /// Whether the last canary made the round trip.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// Records a canary result.
+    pub fn set_ready(&self, ready: bool) {
+        let was = self.ready.swap(ready, Relaxed);
+        if was != ready {
+            if ready {
+                tracing::info!(engine = self.kind, "Engine is ready.");
+            } else {
+                tracing::warn!(engine = self.kind, "Engine is not ready.");
+            }
+        }
+    }
+
+    /// Records the connection state.
+    pub fn set_state(&self, state: LinkState) {
+        self.state.store(state as u8, Relaxed);
+    }
+
+    /// Counts a re-established connection.
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Relaxed);
+        self.set_state(LinkState::Connected);
+    }
+
+    /// Records one publish round trip.
+    pub fn publish_took(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+        self.latency_max_us.fetch_max(us, Relaxed);
+    }
+
+    /// Adds `n` to the named counter (which must be one given to [`EngineHealth::new`]).
+    pub fn count(&self, name: &'static str, n: u64) {
+        if let Some(c) = self.counters.get(name) {
+            c.fetch_add(n, Relaxed);
+        } else {
+            debug_assert!(false, "unknown engine counter {name}");
+        }
+    }
+
+    /// The status for `/api/stats`.
+    pub fn status(&self) -> EngineStatus {
+        let count = self.latency_count.load(Relaxed);
+        let state = match self.state.load(Relaxed) {
+            1 => "connected",
+            2 => "disconnected",
+            _ => "connecting",
+        };
+        EngineStatus {
+            kind: self.kind,
+            ready: self.is_ready(),
+            state,
+            reconnects: self.reconnects.load(Relaxed),
+            publish_latency: LatencySummary {
+                count,
+                mean_us: self
+                    .latency_sum_us
+                    .load(Relaxed)
+                    .checked_div(count)
+                    .unwrap_or(0),
+                max_us: self.latency_max_us.load(Relaxed),
+            },
+            counters: self
+                .counters
+                .iter()
+                .map(|(k, v)| (*k, v.load(Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{outbox, ConnId, OutboxLimits, Stats};
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct Counting {
+        subs: std::sync::Mutex<Vec<(bool, String)>>,
+    }
+
+    #[async_trait]
+    impl RemoteSubscriber for Counting {
+        async fn remote_subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
+            self.subs.lock().unwrap().push((true, c.to_string()));
+            Ok(())
+        }
+        async fn remote_unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
+            self.subs.lock().unwrap().push((false, c.to_string()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_follows_the_hub_whatever_order_calls_arrive_in() {
+        let hub = Hub::new(Arc::new(Stats::default()));
+        let remote = RemoteSubscriptions::default();
+        let engine = Counting::default();
+        let ch = ChannelName::parse("c").unwrap();
+        let (tx, _rx) = outbox(OutboxLimits::default());
+        let a = ConnId::random();
+        hub.subscribe(&ch, a, tx.clone());
+        remote.sync(&hub, &ch, &engine).await.unwrap();
+        // A second sync with subscribers still present does nothing.
+        remote.sync(&hub, &ch, &engine).await.unwrap();
+        // The last subscriber leaves and another arrives before the leave's sync runs.
+        hub.unsubscribe(&ch, a);
+        hub.subscribe(&ch, ConnId::random(), tx);
+        remote.sync(&hub, &ch, &engine).await.unwrap();
+        remote.sync(&hub, &ch, &engine).await.unwrap();
+        assert_eq!(*engine.subs.lock().unwrap(), vec![(true, "c".to_owned())]);
+        assert_eq!(remote.channels().await, vec![ch]);
+    }
+}

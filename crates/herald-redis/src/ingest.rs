@@ -1,0 +1,252 @@
+//! The worker stream: any program with a Redis connection publishes by adding an entry to
+//! `PREFIX:ingest` with the fields `channel`, `data` (JSON) and optionally `event`. Nodes read
+//! it as one consumer group; the publish script acknowledges the entry in the same step that
+//! publishes it, so each entry is published exactly once even when a node dies mid-way (its
+//! pending entries are claimed by another node after [`CLAIM_IDLE`]). Entries that cannot be
+//! published (bad channel, bad JSON, too large) are moved to `PREFIX:ingest:rejected` with
+//! the reason.
+
+use crate::RedisEngine;
+use fred::interfaces::{ClientLike, StreamsInterface};
+use fred::prelude::{Builder, Client, Value};
+use fred::types::CustomCommand;
+use herald_core::{EngineError, Publisher};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Consumer group name shared by all nodes.
+const GROUP: &str = "herald";
+/// Entries read per round.
+const BATCH: u64 = 100;
+/// How long a read blocks waiting for new entries.
+const BLOCK_MS: u64 = 1000;
+/// A pending entry idle this long (its node died) is claimed by another node.
+const CLAIM_IDLE: Duration = Duration::from_secs(30);
+/// Rejected entries kept for inspection.
+const REJECTED_KEEP: u64 = 10_000;
+
+struct Entry {
+    id: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Entry {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses an XREADGROUP / XAUTOCLAIM entry list.
+fn entries(list: Value) -> Vec<Entry> {
+    list.into_array()
+        .into_iter()
+        .filter_map(|e| {
+            let mut e = e.into_array().into_iter();
+            let id = e.next()?.as_str()?.into_owned();
+            let flat = e.next()?.into_array();
+            let fields = flat
+                .chunks(2)
+                .filter_map(|kv| {
+                    Some((
+                        kv.first()?.as_str()?.into_owned(),
+                        kv.get(1)?.as_str()?.into_owned(),
+                    ))
+                })
+                .collect();
+            Some(Entry { id, fields })
+        })
+        .collect()
+}
+
+/// Runs the consumer until `token` is cancelled.
+pub(crate) async fn run(
+    engine: Arc<RedisEngine>,
+    publisher: Arc<Publisher>,
+    token: CancellationToken,
+) {
+    // Blocking reads need a connection of their own.
+    let client = match Builder::from_config(engine.client.client_config()).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot build the worker stream client; worker publishing is off.");
+            return;
+        }
+    };
+    let _ = client.init().await;
+    let stream = format!("{}:ingest", engine.config.prefix);
+    let consumer = format!("node-{:016x}", fastrand::u64(..));
+    let mut claim_next = tokio::time::Instant::now();
+    let mut backlog = true;
+    loop {
+        if token.is_cancelled() || publisher.is_closed() {
+            break;
+        }
+        let round = async {
+            ensure_group(&client, &stream).await?;
+            let mut batch = Vec::new();
+            if tokio::time::Instant::now() >= claim_next {
+                claim_next = tokio::time::Instant::now() + CLAIM_IDLE / 3;
+                let claimed: Value = client
+                    .custom(
+                        CustomCommand::new_static("XAUTOCLAIM", None, false),
+                        vec![
+                            stream.clone(),
+                            GROUP.to_owned(),
+                            consumer.clone(),
+                            CLAIM_IDLE.as_millis().to_string(),
+                            "0-0".to_owned(),
+                            "COUNT".to_owned(),
+                            BATCH.to_string(),
+                        ],
+                    )
+                    .await?;
+                batch.extend(entries(
+                    claimed
+                        .into_array()
+                        .into_iter()
+                        .nth(1)
+                        .unwrap_or(Value::Null),
+                ));
+            }
+            if batch.is_empty() {
+                // Our own pending entries first (a failed round leaves them there), then new.
+                let id = if backlog { "0" } else { ">" };
+                let mut args = vec![
+                    "GROUP".to_owned(),
+                    GROUP.to_owned(),
+                    consumer.clone(),
+                    "COUNT".to_owned(),
+                    BATCH.to_string(),
+                ];
+                if !backlog {
+                    args.extend(["BLOCK".to_owned(), BLOCK_MS.to_string()]);
+                }
+                args.extend(["STREAMS".to_owned(), stream.clone(), id.to_owned()]);
+                let read: Value = client
+                    .custom(CustomCommand::new_static("XREADGROUP", None, true), args)
+                    .await?;
+                let got = read
+                    .into_array()
+                    .into_iter()
+                    .next()
+                    .map(|s| entries(s.into_array().into_iter().nth(1).unwrap_or(Value::Null)))
+                    .unwrap_or_default();
+                if backlog && got.is_empty() {
+                    backlog = false;
+                }
+                batch = got;
+            }
+            Ok::<_, fred::error::Error>(batch)
+        };
+        let batch = tokio::select! {
+            () = token.cancelled() => break,
+            b = round => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "Worker stream read failed; retrying.");
+                backlog = true;
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        for entry in batch {
+            if let Err(e) = handle(&engine, &publisher, &client, &stream, &entry).await {
+                tracing::debug!(error = %e, id = entry.id, "Publishing a worker entry failed; it stays pending.");
+                backlog = true;
+                break;
+            }
+        }
+    }
+    let _ = client.quit().await;
+}
+
+async fn ensure_group(client: &Client, stream: &str) -> Result<(), fred::error::Error> {
+    let made: Result<Value, _> = client.xgroup_create(stream, GROUP, "$", true).await;
+    match made {
+        Err(e) if !e.details().contains("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn handle(
+    engine: &RedisEngine,
+    publisher: &Publisher,
+    client: &Client,
+    stream: &str,
+    entry: &Entry,
+) -> Result<(), EngineError> {
+    let prepared = entry
+        .get("data")
+        .ok_or_else(|| "the entry has no data field".to_owned())
+        .and_then(|d| {
+            RawValue::from_string(d.to_owned()).map_err(|e| format!("data is not JSON: {e}"))
+        })
+        .and_then(|data| {
+            let channel = entry
+                .get("channel")
+                .ok_or("the entry has no channel field")?;
+            publisher
+                .prepare(channel, entry.get("event"), data)
+                .map_err(|e| e.to_string())
+        });
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(reason) => {
+            engine.health.count("ingest_rejected", 1);
+            tracing::warn!(id = entry.id, reason, "Rejected a worker stream entry.");
+            let mut fields: Vec<(String, String)> = vec![
+                ("id".to_owned(), entry.id.clone()),
+                ("error".to_owned(), reason),
+            ];
+            fields.extend(entry.fields.iter().cloned());
+            let rejected = format!("{stream}:rejected");
+            let _: Value = client
+                .xadd(
+                    &rejected,
+                    false,
+                    ("MAXLEN", "~", REJECTED_KEEP),
+                    "*",
+                    fields,
+                )
+                .await
+                .map_err(|_| EngineError::Unavailable("redis engine unreachable"))?;
+            let _: Value = client
+                .xack(stream, GROUP, entry.id.as_str())
+                .await
+                .map_err(|_| EngineError::Unavailable("redis engine unreachable"))?;
+            let _: Value = client
+                .xdel(stream, entry.id.as_str())
+                .await
+                .map_err(|_| EngineError::Unavailable("redis engine unreachable"))?;
+            return Ok(());
+        }
+    };
+    let retention = publisher.retention(prepared.channel());
+    let (channel, event, data) = prepared.into_parts();
+    match engine
+        .publish_with_ack(
+            &channel,
+            &event,
+            &data,
+            retention,
+            Some((stream, GROUP, &entry.id)),
+        )
+        .await?
+    {
+        Some(_) => {
+            publisher.count_published();
+            engine.health.count("ingested", 1);
+        }
+        None => engine.health.count("ingest_duplicates", 1),
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The Lua scripts that make each engine step atomic in Redis.
+//!
+//! Keys of one channel share the hash tag `{channel}`, so every script touches one slot.
+//! Times come from Redis's own clock (`TIME`), so nodes with skewed clocks agree on expiry.
+
+/// Milliseconds on Redis's clock, as a Lua local `now`.
+macro_rules! now_ms {
+    () => {
+        "local tm = redis.call('TIME')\nlocal now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    };
+}
+
+/// Ensures the channel's epoch exists (creating it, and dropping any stale stream, when it
+/// does not), drops expired history from the head of the stream, and refreshes the meta TTL.
+/// Leaves `e` (epoch) and `t` (top offset) as Lua locals.
+macro_rules! channel_state {
+    () => {
+        r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+local t
+if not e then
+  e = ARGV[1]
+  t = 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 't', 0)
+else
+  t = tonumber(redis.call('HGET', KEYS[1], 't'))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for _ = 1, 1000 do
+  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][8]) > now then break end
+  redis.call('XDEL', KEYS[2], head[1][1])
+end
+"#
+    };
+}
+
+/// Publish: assign the next offset, append to history, deliver over pub/sub, and (for a
+/// worker's stream entry) acknowledge it, all in one step.
+///
+/// KEYS: meta, stream, [ingest stream]
+/// ARGV: new epoch, state ttl ms, history size, history ttl ms, event, data, pub/sub channel,
+///       publish command (PUBLISH or SPUBLISH), [group, entry id]
+/// Returns `{epoch, offset, time}`, or `{}` when the ingest entry was already acknowledged.
+pub(crate) const PUBLISH: &str = concat!(
+    now_ms!(),
+    r#"
+if KEYS[3] then
+  if redis.call('XACK', KEYS[3], ARGV[9], ARGV[10]) == 0 then return {} end
+  redis.call('XDEL', KEYS[3], ARGV[10])
+end
+"#,
+    channel_state!(),
+    r#"
+t = redis.call('HINCRBY', KEYS[1], 't', 1)
+local size = tonumber(ARGV[3])
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, t .. '-0',
+    'e', ARGV[5], 'd', ARGV[6], 'c', now, 'x', now + tonumber(ARGV[4]))
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call(ARGV[8], ARGV[7], 'P ' .. e .. ' ' .. t .. ' ' .. now .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
+return {e, t, now}
+"#
+);
+
+/// Read history.
+///
+/// KEYS: meta, stream
+/// ARGV: new epoch, state ttl ms, since offset (or "" for the newest), limit
+/// Returns `{epoch, top, oldest offset kept (top + 1 when none), entries}`; entries as
+/// returned by XRANGE, oldest first.
+pub(crate) const READ: &str = concat!(
+    now_ms!(),
+    channel_state!(),
+    r#"
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local oldest = t + 1
+if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+local limit = tonumber(ARGV[4])
+local entries = {}
+if limit > 0 then
+  if ARGV[3] == '' then
+    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+    local n = #entries
+    for i = 1, math.floor(n / 2) do
+      entries[i], entries[n - i + 1] = entries[n - i + 1], entries[i]
+    end
+  else
+    entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[3] .. '-0', '+', 'COUNT', limit)
+  end
+end
+return {e, t, oldest, entries}
+"#
+);
+
+/// Join or refresh a presence member.
+///
+/// KEYS: lease zset, member hash
+/// ARGV: conn id, member JSON, lease ms
+pub(crate) const PRESENCE_JOIN: &str = concat!(
+    now_ms!(),
+    r#"
+local lease = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+redis.call('PEXPIRE', KEYS[2], lease * 2)
+return 1
+"#
+);
+
+/// List presence members whose lease has not expired, dropping the expired ones.
+///
+/// KEYS: lease zset, member hash
+/// Returns the member JSON strings.
+pub(crate) const PRESENCE_MEMBERS: &str = concat!(
+    now_ms!(),
+    r#"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #live == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(live))
+"#
+);
+
+/// A script run by its hash, loaded again when Redis forgot it (after a restart).
+#[derive(Debug)]
+pub(crate) struct Lua(fred::types::scripts::Script);
+
+impl Lua {
+    pub(crate) fn new(source: &'static str) -> Self {
+        Self(fred::types::scripts::Script::from_lua(source))
+    }
+
+    /// Runs the script with `options` (fail-fast and a timeout).
+    pub(crate) async fn run(
+        &self,
+        client: &fred::prelude::Client,
+        options: &fred::types::config::Options,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<fred::prelude::Value, fred::error::Error> {
+        use fred::interfaces::ClientLike;
+        use fred::types::{ClusterHash, CustomCommand};
+        let mut argv = Vec::with_capacity(2 + keys.len() + args.len());
+        argv.push(self.0.sha1().to_string());
+        argv.push(keys.len().to_string());
+        argv.extend(keys);
+        argv.extend(args);
+        // Route by the first key, which names the channel's slot.
+        let command = || CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        let with = client.with_options(options);
+        match with.custom(command(), argv.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                self.0.load(client).await?;
+                with.custom(command(), argv).await
+            }
+            other => other,
+        }
+    }
+}

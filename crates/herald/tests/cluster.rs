@@ -1,0 +1,484 @@
+//! Many nodes over a shared engine (Redis, NATS): fan-out between nodes, one order for every
+//! subscriber, resume on any node, presence leases, engine outages, and worker publishing
+//! through Redis alone. Each test starts its own engine server on a free port.
+
+mod common;
+
+use common::backends::{Backend, Kind};
+use common::{within, Sse, TestServer, Ws, WAIT};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn config(backend: &Backend, extra: &str) -> String {
+    let kind = match backend.kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    format!(
+        r#"
+[sse]
+retry = "200ms"
+
+[engine]
+kind = "{kind}"
+url = "{url}"
+presence_lease = "2s"
+
+[channels.defaults]
+history_size = 1000
+
+[channels.namespaces.room]
+presence = true
+{extra}
+"#,
+        url = backend.url()
+    )
+}
+
+async fn nodes(backend: &Backend, n: usize) -> Vec<TestServer> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TestServer::start(&config(backend, "")).await);
+    }
+    out
+}
+
+/// Polls `GET path` until `pred(status, body)` holds.
+async fn wait_get(server: &TestServer, path: &str, what: &str, pred: impl Fn(u16, &Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get(path).await;
+        if pred(status, &body) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ws_subscribe(server: &TestServer, channel: &str, since: Option<Value>) -> Ws {
+    let mut ws = Ws::connect(server).await;
+    let mut req = json!({"op": "subscribe", "channel": channel});
+    if let Some(s) = since {
+        req["since"] = s;
+    }
+    let reply = ws.request(req).await;
+    assert!(reply.get("error").is_none(), "subscribe failed: {reply}");
+    ws
+}
+
+async fn fan_out_between_nodes_in_one_order(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let n = nodes(&backend, 3).await;
+    let mut sse = Sse::connect(&n[0], &["news"], None).await;
+    sse.wait_raw(b"id: ").await;
+    let mut ws = ws_subscribe(&n[1], "news", None).await;
+
+    let first = n[2]
+        .publish("news", Some("headline"), json!({"n": 0}))
+        .await;
+    assert_eq!(first["offset"], 1);
+    let (event, v) = sse.next_json().await;
+    assert_eq!(event, "headline");
+    assert_eq!(v["data"], json!({"n": 0}));
+    let push = ws.next_push().await;
+    assert_eq!(push["data"], json!({"n": 0}));
+    assert_eq!(push["offset"], 1);
+
+    // Two nodes publish to one channel at once; everyone must see the offsets' order.
+    const EACH: u64 = 100;
+    let publish_many = |server: &TestServer, tag: &'static str| {
+        let http = server.http.clone();
+        let url = format!("{}/api/publish", server.url);
+        async move {
+            for i in 0..EACH {
+                let resp = http
+                    .post(&url)
+                    .json(&json!({"channel": "news", "data": {"tag": tag, "i": i}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status(), 200);
+            }
+        }
+    };
+    tokio::join!(publish_many(&n[0], "a"), publish_many(&n[1], "b"));
+
+    let mut sse_offsets = Vec::new();
+    let mut per_tag = [0u64, 0u64];
+    for _ in 0..2 * EACH {
+        let (_, v) = sse.next_json().await;
+        sse_offsets.push(v["offset"].as_u64().unwrap());
+        // Each publisher's own messages stay in the order it sent them.
+        let tag = usize::from(v["data"]["tag"] == "b");
+        assert_eq!(v["data"]["i"], per_tag[tag], "publisher order broken: {v}");
+        per_tag[tag] += 1;
+    }
+    let mut ws_offsets = Vec::new();
+    for _ in 0..2 * EACH {
+        ws_offsets.push(ws.next_push().await["offset"].as_u64().unwrap());
+    }
+    let expected: Vec<u64> = (2..=2 * EACH + 1).collect();
+    assert_eq!(sse_offsets, expected);
+    assert_eq!(ws_offsets, expected);
+
+    let stats = n[0].stats().await;
+    assert_eq!(stats["engine"]["ready"], true, "{stats}");
+    assert!(
+        stats["engine"]["publish_latency"]["count"]
+            .as_u64()
+            .unwrap()
+            >= EACH
+    );
+}
+
+async fn resume_on_another_node(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let n = nodes(&backend, 3).await;
+    let mut sse = Sse::connect(&n[0], &["feed", "other"], None).await;
+    sse.wait_raw(b"id: ").await;
+    n[2].publish("feed", None, json!("before")).await;
+    let (_, v) = sse.next_json().await;
+    assert_eq!(v["data"], "before");
+    let last_id = sse.decoder.last_event_id().to_owned();
+    drop(sse);
+
+    const N: usize = 7;
+    for i in 0..N {
+        n[2].publish("feed", None, json!(format!("missed-{i}")))
+            .await;
+    }
+    n[2].publish("other", None, json!("other-missed")).await;
+    let mut sse = Sse::connect(&n[1], &["feed", "other"], Some(&last_id)).await;
+    let mut got = Vec::new();
+    for _ in 0..=N {
+        let (event, v) = sse.next_json().await;
+        assert_eq!(event, "message", "unexpected {event}: {v}");
+        got.push(v["data"].as_str().unwrap().to_owned());
+    }
+    let mut want: Vec<String> = (0..N).map(|i| format!("missed-{i}")).collect();
+    want.push("other-missed".to_owned());
+    assert_eq!(got, want);
+    n[0].publish("feed", None, json!("live")).await;
+    assert_eq!(sse.next_json().await.1["data"], "live");
+
+    // A WebSocket client resumes on the third node from a position taken on the first.
+    let mut ws = ws_subscribe(&n[0], "feed", None).await;
+    n[1].publish("feed", None, json!("ws-1")).await;
+    let push = ws.next_push().await;
+    let since = json!({"epoch": push["epoch"], "offset": push["offset"]});
+    drop(ws);
+    n[1].publish("feed", None, json!("ws-2")).await;
+    n[1].publish("feed", None, json!("ws-3")).await;
+    let mut ws = ws_subscribe(&n[2], "feed", Some(since)).await;
+    assert_eq!(ws.next_push().await["data"], "ws-2");
+    assert_eq!(ws.next_push().await["data"], "ws-3");
+}
+
+async fn dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let mut n = nodes(&backend, 2).await;
+    let _member = ws_subscribe(&n[0], "room:1", None).await;
+    let mut sse = Sse::connect(&n[0], &["room:1"], None).await;
+    sse.wait_raw(b"id: ").await;
+    wait_get(
+        &n[1],
+        "/api/presence?channel=room:1",
+        "two members",
+        |s, b| s == 200 && b["members"].as_array().is_some_and(|m| m.len() == 2),
+    )
+    .await;
+    n[1].publish("room:1", None, json!("seen")).await;
+    loop {
+        let (event, v) = sse.next_json().await;
+        if event == "message" {
+            assert_eq!(v["data"], "seen");
+            break;
+        }
+    }
+    let last_id = sse.decoder.last_event_id().to_owned();
+
+    // kill -9: no goodbye, no leave.
+    n[0].child.start_kill().expect("kill node");
+    let _ = n[0].child.wait().await;
+    for i in 0..5 {
+        n[1].publish("room:1", None, json!(i)).await;
+    }
+    wait_get(
+        &n[1],
+        "/api/presence?channel=room:1",
+        "the dead node's members gone",
+        |s, b| s == 200 && b["members"].as_array().is_some_and(Vec::is_empty),
+    )
+    .await;
+    let mut sse = Sse::connect(&n[1], &["room:1"], Some(&last_id)).await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let (event, v) = sse.next_json().await;
+        if event == "message" {
+            got.push(v["data"].clone());
+        }
+    }
+    assert_eq!(got, (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+    n.truncate(1);
+}
+
+/// What one subscriber saw, in order: publication sequence numbers and resets.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Seq(u64),
+    Reset,
+}
+
+/// Every accepted sequence number was received, or falls in a gap announced by a reset.
+fn silent_losses(accepted: &[u64], seen: &[Seen]) -> Vec<u64> {
+    let mut lost = Vec::new();
+    let mut next = 0;
+    let mut reset_since_last = false;
+    for s in seen {
+        match s {
+            Seen::Reset => reset_since_last = true,
+            Seen::Seq(x) => {
+                while next < accepted.len() && accepted[next] < *x {
+                    if !reset_since_last {
+                        lost.push(accepted[next]);
+                    }
+                    next += 1;
+                }
+                if next < accepted.len() && accepted[next] == *x {
+                    next += 1;
+                }
+                reset_since_last = false;
+            }
+        }
+    }
+    lost.extend(&accepted[next..]);
+    lost
+}
+
+async fn engine_outage_is_loud_and_lossless(kind: Kind) {
+    let Some(mut backend) = Backend::start(kind) else {
+        return;
+    };
+    let n = nodes(&backend, 2).await;
+    let mut sse = Sse::connect(&n[0], &["ticks"], None).await;
+    sse.wait_raw(b"id: ").await;
+    let mut ws = ws_subscribe(&n[1], "ticks", None).await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let mut seq = 0;
+    let mut publish = |server: &TestServer| {
+        seq += 1;
+        let s = seq;
+        let http = server.http.clone();
+        let url = format!("{}/api/publish", server.url);
+        async move {
+            let resp = http
+                .post(url)
+                .json(&json!({"channel": "ticks", "data": s}))
+                .send()
+                .await
+                .expect("publish");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("JSON body");
+            (s, status, body)
+        }
+    };
+    for _ in 0..20 {
+        let (s, status, _) = publish(&n[1]).await;
+        assert_eq!(status, 200);
+        accepted.push(s);
+    }
+
+    backend.kill();
+    wait_get(&n[0], "/health/ready", "readiness false", |s, _| s == 503).await;
+    for _ in 0..5 {
+        let (s, status, body) = publish(&n[1]).await;
+        if status == 200 {
+            accepted.push(s);
+        } else {
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no publish was refused during the outage");
+
+    backend.restart();
+    for server in &n {
+        wait_get(server, "/health/ready", "readiness true", |s, _| s == 200).await;
+    }
+    for _ in 0..20 {
+        let (s, status, body) = publish(&n[1]).await;
+        assert_eq!(status, 200, "{body}");
+        accepted.push(s);
+    }
+    let last = *accepted.last().unwrap();
+
+    let mut sse_seen = Vec::new();
+    within(WAIT * 3, async {
+        loop {
+            let (event, v) = sse.next_json().await;
+            match event.as_str() {
+                "herald.reset" => sse_seen.push(Seen::Reset),
+                "message" => {
+                    let x = v["data"].as_u64().unwrap();
+                    sse_seen.push(Seen::Seq(x));
+                    if x == last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let mut ws_seen = Vec::new();
+    within(WAIT * 3, async {
+        loop {
+            let push = ws.next_push().await;
+            match push["push"].as_str() {
+                Some("reset") => ws_seen.push(Seen::Reset),
+                Some("publication") => {
+                    let x = push["data"].as_u64().unwrap();
+                    ws_seen.push(Seen::Seq(x));
+                    if x == last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        silent_losses(&accepted, &sse_seen),
+        Vec::<u64>::new(),
+        "SSE saw {sse_seen:?}"
+    );
+    assert_eq!(
+        silent_losses(&accepted, &ws_seen),
+        Vec::<u64>::new(),
+        "WS saw {ws_seen:?}"
+    );
+    let stats = n[0].stats().await;
+    assert!(
+        stats["engine"]["reconnects"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+}
+
+#[test]
+fn silent_loss_accounting() {
+    use Seen::{Reset, Seq};
+    assert!(silent_losses(&[1, 2, 3], &[Seq(1), Seq(2), Seq(3)]).is_empty());
+    assert_eq!(silent_losses(&[1, 2, 3], &[Seq(1), Seq(3)]), vec![2]);
+    assert!(silent_losses(&[1, 2, 3, 4], &[Seq(1), Reset, Seq(4)]).is_empty());
+    assert_eq!(silent_losses(&[1, 2, 3], &[Seq(1), Seq(2)]), vec![3]);
+}
+
+#[tokio::test]
+async fn redis_fan_out_between_nodes_in_one_order() {
+    fan_out_between_nodes_in_one_order(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_resume_on_another_node() {
+    resume_on_another_node(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere() {
+    dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_outage_is_loud_and_lossless() {
+    engine_outage_is_loud_and_lossless(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_fan_out_between_nodes_in_one_order() {
+    fan_out_between_nodes_in_one_order(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_resume_on_another_node() {
+    resume_on_another_node(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere() {
+    dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_outage_is_loud_and_lossless() {
+    engine_outage_is_loud_and_lossless(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn a_worker_publishes_with_redis_cli_alone() {
+    let Some(backend) = Backend::start(Kind::Redis) else {
+        return;
+    };
+    let n = nodes(&backend, 2).await;
+    let mut sse = Sse::connect(&n[0], &["orders"], None).await;
+    sse.wait_raw(b"id: ").await;
+    let mut ws = ws_subscribe(&n[1], "orders", None).await;
+    // The command README documents.
+    let id = backend.redis_cli(&[
+        "XADD",
+        "herald:ingest",
+        "*",
+        "channel",
+        "orders",
+        "event",
+        "created",
+        "data",
+        r#"{"id":42}"#,
+    ]);
+    assert!(id.trim().contains('-'), "XADD returned {id:?}");
+    let (event, v) = sse.next_json().await;
+    assert_eq!(event, "created");
+    assert_eq!(v["data"], json!({"id": 42}));
+    assert_eq!(v["offset"], 1);
+    let push = ws.next_push().await;
+    assert_eq!(push["data"], json!({"id": 42}));
+    assert_eq!(push["offset"], 1);
+    // Published exactly once though both nodes consume the stream.
+    let a = n[0].get("/api/history?channel=orders").await.1;
+    assert_eq!(a["publications"].as_array().map(Vec::len), Some(1), "{a}");
+
+    // A bad entry is set aside with its reason, and the next good one still goes through.
+    backend.redis_cli(&[
+        "XADD",
+        "herald:ingest",
+        "*",
+        "channel",
+        "bad channel!",
+        "data",
+        "1",
+    ]);
+    backend.redis_cli(&[
+        "XADD",
+        "herald:ingest",
+        "*",
+        "channel",
+        "orders",
+        "data",
+        "2",
+    ]);
+    assert_eq!(sse.next_json().await.1["data"], 2);
+    let rejected = backend.redis_cli(&["XRANGE", "herald:ingest:rejected", "-", "+"]);
+    assert!(rejected.contains("bad channel!"), "{rejected}");
+}

@@ -1,0 +1,144 @@
+//! Engine servers for multi-node tests: a private `redis-server` or `nats-server` on a free
+//! loopback port, killable and restartable on the same port. Where the binary is missing the
+//! test is skipped, unless `HERALD_TEST_REQUIRE_BACKENDS=1` turns that into a failure.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Which engine a multi-node test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+    Nats,
+}
+
+/// A private engine server, killed on drop.
+pub struct Backend {
+    pub kind: Kind,
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn binary(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Redis => "redis-server",
+        Kind::Nats => "nats-server",
+    }
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+impl Backend {
+    /// Starts a server of `kind`, or returns None (after saying so) when its binary is missing.
+    pub fn start(kind: Kind) -> Option<Self> {
+        let bin = binary(kind);
+        if !on_path(bin) {
+            assert!(
+                !super::require_backends(),
+                "{bin} is required (HERALD_TEST_REQUIRE_BACKENDS=1) but not on PATH"
+            );
+            eprintln!("skipped: {bin} not found on PATH");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("herald-backend-{:016x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).expect("backend dir");
+        let mut b = Self {
+            kind,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        b.spawn();
+        Some(b)
+    }
+
+    /// The URL Herald connects to.
+    pub fn url(&self) -> String {
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut cmd = Command::new(binary(self.kind));
+        match self.kind {
+            Kind::Redis => cmd.args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ]),
+            Kind::Nats => cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]),
+        };
+        cmd.arg(&self.dir);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn engine server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "engine server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (Redis comes back empty; NATS keeps its store).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `redis-cli -p PORT ARGS…` and returns its stdout.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
