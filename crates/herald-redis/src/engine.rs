@@ -119,7 +119,6 @@ impl RedisEngine {
             .with_connection_config(|c| {
                 c.connection_timeout = config.command_timeout;
                 c.internal_command_timeout = config.command_timeout;
-                c.max_command_attempts = 1;
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;
@@ -226,7 +225,7 @@ impl RedisEngine {
         Options {
             fail_fast: true,
             timeout: Some(self.config.command_timeout),
-            max_attempts: Some(1),
+            max_attempts: Some(2),
             ..Options::default()
         }
     }
@@ -244,15 +243,16 @@ impl RedisEngine {
         script.run(&self.client, &self.fast(), keys, args).await
     }
 
-    /// Publishes, optionally acknowledging a worker's stream entry in the same step. Returns
-    /// `None` when that entry was already acknowledged (published by another node).
-    pub(crate) async fn publish_with_ack(
+    /// Publishes; for a worker's stream entry (`dedupe` = its id and how long ids are
+    /// remembered) records the id in the same step. Returns `None` when that entry was
+    /// already published (by another node, or before a crash).
+    pub(crate) async fn publish_deduped(
         &self,
         channel: &ChannelName,
         event: &EventName,
         data: &RawValue,
         retention: Retention,
-        ack: Option<(&str, &str, &str)>,
+        dedupe: Option<(&str, Duration)>,
     ) -> Result<Option<Arc<Publication>>, EngineError> {
         if !self.health.is_ready() {
             return Err(EngineError::Unavailable("redis engine not ready"));
@@ -268,10 +268,10 @@ impl RedisEngine {
             self.pubsub_channel(channel),
             if self.sharded { "SPUBLISH" } else { "PUBLISH" }.to_owned(),
         ];
-        if let Some((stream, group, id)) = ack {
-            keys.push(stream.to_owned());
-            args.push(group.to_owned());
+        if let Some((id, window)) = dedupe {
+            keys.push(self.key(channel, "i"));
             args.push(id.to_owned());
+            args.push(Self::ms(window));
         }
         let started = Instant::now();
         let reply = self
@@ -586,7 +586,7 @@ impl Broker for RedisEngine {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
-        self.publish_with_ack(&channel, &event, &data, retention, None)
+        self.publish_deduped(&channel, &event, &data, retention, None)
             .await?
             .ok_or(EngineError::Unavailable("redis engine gave an empty reply"))
     }

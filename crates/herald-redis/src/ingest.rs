@@ -1,15 +1,17 @@
 //! The worker stream: any program with a Redis connection publishes by adding an entry to
 //! `PREFIX:ingest` with the fields `channel`, `data` (JSON) and optionally `event`. Nodes read
-//! it as one consumer group; the publish script acknowledges the entry in the same step that
-//! publishes it, so each entry is published exactly once even when a node dies mid-way (its
-//! pending entries are claimed by another node after [`CLAIM_IDLE`]). Entries that cannot be
-//! published (bad channel, bad JSON, too large) are moved to `PREFIX:ingest:rejected` with
-//! the reason.
+//! it as one consumer group. The publish script records the entry's id in the channel's
+//! dedupe set in the same step that publishes it, and the entry is acknowledged after; a node
+//! that dies in between leaves the entry pending, another node claims it after
+//! [`CLAIM_IDLE`], and the script refuses the second publish. So each entry is published
+//! exactly once, on a single Redis and on a cluster alike (no script spans two slots).
+//! Entries that cannot be published (bad channel, bad JSON, too large) are moved to
+//! `PREFIX:ingest:rejected` with the reason.
 
 use crate::RedisEngine;
 use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::prelude::{Builder, Client, Value};
-use fred::types::CustomCommand;
+use fred::types::{ClusterHash, CustomCommand};
 use herald_core::{EngineError, Publisher};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -24,6 +26,9 @@ const BATCH: u64 = 100;
 const BLOCK_MS: u64 = 1000;
 /// A pending entry idle this long (its node died) is claimed by another node.
 const CLAIM_IDLE: Duration = Duration::from_secs(30);
+/// How long published entry ids are remembered: far beyond the time a pending entry waits
+/// before it is claimed.
+const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
 /// Rejected entries kept for inspection.
 const REJECTED_KEEP: u64 = 10_000;
 
@@ -93,7 +98,7 @@ pub(crate) async fn run(
                 claim_next = tokio::time::Instant::now() + CLAIM_IDLE / 3;
                 let claimed: Value = client
                     .custom(
-                        CustomCommand::new_static("XAUTOCLAIM", None, false),
+                        CustomCommand::new_static("XAUTOCLAIM", ClusterHash::FirstKey, false),
                         vec![
                             stream.clone(),
                             GROUP.to_owned(),
@@ -127,8 +132,10 @@ pub(crate) async fn run(
                     args.extend(["BLOCK".to_owned(), BLOCK_MS.to_string()]);
                 }
                 args.extend(["STREAMS".to_owned(), stream.clone(), id.to_owned()]);
+                // Routed by the stream's slot (the key is not the first argument).
+                let slot = fred::util::redis_keyslot(stream.as_bytes());
                 let read: Value = client
-                    .custom(CustomCommand::new_static("XREADGROUP", None, true), args)
+                    .custom(CustomCommand::new_static("XREADGROUP", slot, true), args)
                     .await?;
                 let got = read
                     .into_array()
@@ -219,26 +226,18 @@ async fn handle(
                 )
                 .await
                 .map_err(|_| EngineError::Unavailable("redis engine unreachable"))?;
-            let _: Value = client
-                .xack(stream, GROUP, entry.id.as_str())
-                .await
-                .map_err(|_| EngineError::Unavailable("redis engine unreachable"))?;
-            let _: Value = client
-                .xdel(stream, entry.id.as_str())
-                .await
-                .map_err(|_| EngineError::Unavailable("redis engine unreachable"))?;
-            return Ok(());
+            return ack(client, stream, &entry.id).await;
         }
     };
     let retention = publisher.retention(prepared.channel());
     let (channel, event, data) = prepared.into_parts();
     match engine
-        .publish_with_ack(
+        .publish_deduped(
             &channel,
             &event,
             &data,
             retention,
-            Some((stream, GROUP, &entry.id)),
+            Some((&entry.id, DEDUPE_WINDOW)),
         )
         .await?
     {
@@ -248,5 +247,15 @@ async fn handle(
         }
         None => engine.health.count("ingest_duplicates", 1),
     }
-    Ok(())
+    ack(client, stream, &entry.id).await
+}
+
+/// Acknowledges and deletes a handled entry.
+async fn ack(client: &Client, stream: &str, id: &str) -> Result<(), EngineError> {
+    let acked: Result<Value, _> = client.xack(stream, GROUP, id).await;
+    let deleted: Result<Value, _> = client.xdel(stream, id).await;
+    acked
+        .and(deleted)
+        .map(|_| ())
+        .map_err(|_| EngineError::Unavailable("redis engine unreachable"))
 }

@@ -11,13 +11,14 @@
 //! - **Presence** lives in a lease sorted set per channel, refreshed by the node that holds the
 //!   connection; members of a node that dies vanish once their lease runs out.
 //! - **Workers** publish by adding an entry to the ingest stream; nodes consume it as one
-//!   group and acknowledge each entry in the same script that publishes it (exactly once).
+//!   group; the publish script records the entry id so a retried entry is not published twice.
 //! - **Health.** A canary goes through pub/sub every 500 ms; the engine is ready only while it
 //!   comes back, and publishing is refused (503) while it is not.
 //!
 //! Keys (with the default prefix `herald`): `herald:{CHANNEL}:m` (meta), `herald:{CHANNEL}:h`
 //! (history stream), `herald:{CHANNEL}:p` (pub/sub channel), `herald:{CHANNEL}:z` and
-//! `herald:{CHANNEL}:u` (presence leases and members), `herald:ingest` (worker stream),
+//! `herald:{CHANNEL}:u` (presence leases and members), `herald:{CHANNEL}:i` (ids of worker
+//! entries published in the last hour), `herald:ingest` (worker stream),
 //! `herald:ingest:rejected`.
 
 mod engine;

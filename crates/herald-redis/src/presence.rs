@@ -57,7 +57,7 @@ impl RedisPresence {
         Options {
             fail_fast: true,
             timeout: Some(self.timeout),
-            max_attempts: Some(1),
+            max_attempts: Some(2),
             ..Options::default()
         }
     }

@@ -36,19 +36,22 @@ end
     };
 }
 
-/// Publish: assign the next offset, append to history, deliver over pub/sub, and (for a
-/// worker's stream entry) acknowledge it, all in one step.
+/// Publish: assign the next offset, append to history and deliver over pub/sub in one step.
+/// For a worker's stream entry, its id is recorded in the channel's dedupe set in the same
+/// step, and an id already recorded is not published again.
 ///
-/// KEYS: meta, stream, [ingest stream]
+/// KEYS: meta, stream, [dedupe set]
 /// ARGV: new epoch, state ttl ms, history size, history ttl ms, event, data, pub/sub channel,
-///       publish command (PUBLISH or SPUBLISH), [group, entry id]
-/// Returns `{epoch, offset, time}`, or `{}` when the ingest entry was already acknowledged.
+///       publish command (PUBLISH or SPUBLISH), [entry id, dedupe window ms]
+/// Returns `{epoch, offset, time}`, or `{}` when the entry was already published.
 pub(crate) const PUBLISH: &str = concat!(
     now_ms!(),
     r#"
 if KEYS[3] then
-  if redis.call('XACK', KEYS[3], ARGV[9], ARGV[10]) == 0 then return {} end
-  redis.call('XDEL', KEYS[3], ARGV[10])
+  if redis.call('ZADD', KEYS[3], 'NX', now, ARGV[9]) == 0 then return {} end
+  local window = tonumber(ARGV[10])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[3], window)
 end
 "#,
     channel_state!(),

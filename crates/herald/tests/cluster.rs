@@ -482,3 +482,57 @@ async fn a_worker_publishes_with_redis_cli_alone() {
     let rejected = backend.redis_cli(&["XRANGE", "herald:ingest:rejected", "-", "+"]);
     assert!(rejected.contains("bad channel!"), "{rejected}");
 }
+
+#[tokio::test]
+async fn redis_cluster_spreads_channels_over_shards() {
+    let Some(cluster) = common::backends::RedisCluster::start() else {
+        return;
+    };
+    let config = format!(
+        "[engine]\nkind = \"redis\"\nurl = \"{}\"\n[channels.defaults]\nhistory_size = 100\n",
+        cluster.url()
+    );
+    let a = TestServer::start(&config).await;
+    let b = TestServer::start(&config).await;
+    // Enough channels that every shard owns some.
+    let channels: Vec<String> = (0..12).map(|i| format!("shard-{i}")).collect();
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let mut sse = Sse::connect(&a, &names, None).await;
+    sse.wait_raw(b"id: ").await;
+    for c in &channels {
+        b.publish(c, None, json!(c)).await;
+    }
+    let mut got = Vec::new();
+    for _ in &channels {
+        got.push(sse.next_json().await.1["data"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    let mut want = channels.clone();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Resume on the other node, and a worker entry through the cluster.
+    let last_id = sse.decoder.last_event_id().to_owned();
+    drop(sse);
+    b.publish("shard-3", None, json!("missed")).await;
+    let mut sse = Sse::connect(&b, &names, Some(&last_id)).await;
+    assert_eq!(sse.next_json().await.1["data"], "missed");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", &cluster.nodes[0].port.to_string()])
+        .args([
+            "XADD",
+            "herald:ingest",
+            "*",
+            "channel",
+            "shard-7",
+            "data",
+            "\"from a worker\"",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success());
+    let (_, v) = sse.next_json().await;
+    assert_eq!(v["data"], "from a worker");
+    assert_eq!(v["channel"], "shard-7");
+    assert_eq!(v["offset"], 2);
+}

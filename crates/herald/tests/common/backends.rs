@@ -142,3 +142,87 @@ impl Drop for Backend {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A three-primary Redis Cluster on free loopback ports, or None when the binaries are
+/// missing.
+pub struct RedisCluster {
+    pub nodes: Vec<Backend>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let b = Backend::start(Kind::Redis)?;
+            nodes.push(b);
+        }
+        // Restart each node in cluster mode on its port.
+        for b in &mut nodes {
+            b.kill();
+            let port = b.port.to_string();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--dir",
+                ])
+                .arg(&b.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            b.child = Some(child);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", b.port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster node did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|b| format!("127.0.0.1:{}", b.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {out:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for b in &nodes {
+            loop {
+                if b.redis_cli(&["cluster", "info"])
+                    .contains("cluster_state:ok")
+                {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(Self { nodes })
+    }
+
+    /// The URL Herald connects to.
+    pub fn url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+}
