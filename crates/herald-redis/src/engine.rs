@@ -111,7 +111,15 @@ impl RedisEngine {
     /// Connects to Redis and checks the round trip once. Fails when Redis cannot be reached.
     pub async fn connect(config: RedisEngineConfig, hub: Arc<Hub>) -> anyhow::Result<Arc<Self>> {
         let fred_config = FredConfig::from_url(&config.url)
-            .map_err(|e| anyhow::anyhow!("engine.url {:?} is not a Redis URL: {e}", config.url))?;
+            .map_err(|e| anyhow::anyhow!("engine.url is not a Redis URL: {e}"))?;
+        // Hosts only: the URL may carry a password.
+        let hosts = fred_config
+            .server
+            .hosts()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let sharded = fred_config.server.is_clustered();
         let mut builder = Builder::from_config(fred_config);
         builder
@@ -134,8 +142,8 @@ impl RedisEngine {
         .await;
         match started {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => anyhow::bail!("cannot reach Redis at {}: {e}", config.url),
-            Err(_) => anyhow::bail!("cannot reach Redis at {}: timed out", config.url),
+            Ok(Err(e)) => anyhow::bail!("cannot reach Redis at {hosts}: {e}"),
+            Err(_) => anyhow::bail!("cannot reach Redis at {hosts}: timed out"),
         }
         let canary_channel = format!("{}:canary:{:016x}", config.prefix, fastrand::u64(..));
         let presence = Arc::new(RedisPresence::new(client.clone(), &config));

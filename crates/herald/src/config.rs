@@ -419,10 +419,30 @@ fn remote_problems(
     }
 }
 
-/// The effective configuration as TOML. There are no secrets in it yet; when there are, they
-/// are redacted by their own type.
+/// The effective configuration as TOML, with secrets (passwords in engine URLs) redacted.
 pub(crate) fn render(config: &Config) -> anyhow::Result<String> {
-    toml::to_string(config).context("rendering the configuration as TOML")
+    let mut shown = config.clone();
+    match &mut shown.engine {
+        EngineConfig::Memory(_) => {}
+        EngineConfig::Redis(r) => r.url = redact_url(&r.url),
+    }
+    toml::to_string(&shown).context("rendering the configuration as TOML")
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host` (a lone `secret@` is a token).
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let Some((creds, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let creds = match creds.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{creds}@{host}{tail}")
 }
 
 #[cfg(test)]
@@ -521,6 +541,26 @@ mod tests {
     }
 
     #[test]
+    fn engine_url_secrets_are_redacted() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://u:pw@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact_url("nats://token@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let c = load(
+            None,
+            &Overrides {
+                engine: Some(EngineKind::Redis),
+                engine_url: Some("redis://app:s3cret@127.0.0.1:6379".to_owned()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let text = render(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("redis://app:***@127.0.0.1:6379"), "{text}");
+    }
+
+    #[test]
     fn engine_is_chosen_by_file_or_flags_with_its_own_keys() {
         let f = file("[engine]\nkind = \"redis\"\nprefix = \"app\"\n");
         let c = load(Some(&f.0), &Overrides::default()).unwrap();
@@ -606,5 +646,16 @@ mod tests {
         assert!(!rendered.is_empty());
         let missing: Vec<&String> = rendered.iter().filter(|k| !listed.contains(k)).collect();
         assert!(missing.is_empty(), "herald.example.toml lacks {missing:?}");
+        // The other engines' keys are listed, commented out, with their defaults.
+        for kind in ["redis", "nats"] {
+            let engine = EngineConfig::defaults(kind).unwrap();
+            let rendered = toml::to_string(&engine).unwrap();
+            for line in rendered.lines().filter(|l| l.contains(" = ")) {
+                assert!(
+                    example.contains(&format!("# {line}\n")),
+                    "herald.example.toml lacks `# {line}` for the {kind} engine"
+                );
+            }
+        }
     }
 }

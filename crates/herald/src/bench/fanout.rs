@@ -2,10 +2,13 @@
 //! rate (or as fast as the server accepts, within a delivery window), every message carrying
 //! its sequence number and send time. Reports delivered vs expected (lost, duplicated,
 //! reordered), delivered msg/s and end-to-end latency.
+//!
+//! Several nodes of one cluster can be measured together: give `--url` more than once (or a
+//! comma-separated list) and subscriber i connects to URL i mod N, while every publication goes
+//! to the first URL; give `--server-pid` once per node to sum their CPU time.
 
 use super::report::{self, Latencies};
 use super::wire::{self, Endpoint, Subscriber, Target, Transport};
-use super::ServerArgs;
 use anyhow::{bail, Context};
 use bytes::Buf;
 use serde_json::json;
@@ -15,12 +18,36 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// The servers a fan-out run measures: the shared options of `super::ServerArgs`, except that
+/// `--url` and `--server-pid` may name several nodes of one cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FanoutServerArgs {
+    /// Server URL. Repeat it (or give a comma-separated list) to spread subscribers round-robin
+    /// over several nodes of one cluster; publications go to the first URL.
+    #[arg(
+        long = "url",
+        default_value = "http://127.0.0.1:7077",
+        value_delimiter = ','
+    )]
+    pub(crate) urls: Vec<String>,
+    /// Which server's URL layout to use (`ceiling` is the bench's bare fan-out server).
+    #[arg(long, value_enum, default_value = "herald")]
+    pub(crate) target: Target,
+    /// Process id of the server, whose CPU time is read from /proc. Repeat it (or give a
+    /// comma-separated list) for several nodes: `server_cpu_seconds` is then their sum.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub(crate) server_pids: Vec<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 /// Options of a fan-out run.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct FanoutArgs {
     /// Which server to measure and how to report.
     #[command(flatten)]
-    pub(crate) server: ServerArgs,
+    pub(crate) server: FanoutServerArgs,
     /// Subscriber transport.
     #[arg(long, value_enum, default_value = "ws")]
     pub(crate) transport: Transport,
@@ -85,11 +112,33 @@ pub(crate) async fn open_subscribers(
     concurrency: usize,
     quiet: bool,
 ) -> (Vec<(usize, Subscriber)>, usize) {
+    open_subscribers_on(
+        std::slice::from_ref(ep),
+        n,
+        channels,
+        transport,
+        target,
+        concurrency,
+        quiet,
+    )
+    .await
+}
+
+/// Opens `n` subscribers with bounded concurrency, subscriber i on endpoint i mod N.
+async fn open_subscribers_on(
+    eps: &[Endpoint],
+    n: usize,
+    channels: usize,
+    transport: Transport,
+    target: Target,
+    concurrency: usize,
+    quiet: bool,
+) -> (Vec<(usize, Subscriber)>, usize) {
     let bar = report::progress(n as u64, "connecting", quiet);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let ep = ep.clone();
+        let ep = eps[i % eps.len()].clone();
         let sem = sem.clone();
         let channel = channel_name(target, i % channels.max(1));
         tasks.push(tokio::spawn(async move {
@@ -124,11 +173,25 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     if args.server.target == Target::Ceiling && args.channels != 1 {
         bail!("the ceiling server has one channel; use --channels 1");
     }
-    let ep = Endpoint::parse(&args.server.url)?;
+    let urls: Vec<String> = args
+        .server
+        .urls
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    if urls.is_empty() {
+        bail!("--url is empty");
+    }
+    let eps = urls
+        .iter()
+        .map(|u| Endpoint::parse(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let channels = args.channels.max(1);
     let start = Instant::now();
-    let (subs, failed) = open_subscribers(
-        &ep,
+    let (subs, failed) = open_subscribers_on(
+        &eps,
         args.subscribers,
         channels,
         args.transport,
@@ -148,7 +211,10 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Latencies::new(16));
     let stop = CancellationToken::new();
-    let meter = report::CpuMeter::start(args.server.server_pid);
+    let meter = report::CpuMeter::start(None);
+    let server_pids: Vec<String> = args.server.server_pids.iter().map(u32::to_string).collect();
+    let server_cpu_before: Vec<Option<f64>> =
+        server_pids.iter().map(|p| report::cpu_seconds(p)).collect();
     let t0 = Instant::now();
     let mut readers = Vec::with_capacity(subs.len());
     for (i, sub) in subs {
@@ -172,7 +238,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     for p in 0..k {
         let mine: Vec<usize> = (0..channels).filter(|c| c % k == p).collect();
         let client = client.clone();
-        let url = args.server.url.trim_end_matches('/').to_owned();
+        let url = urls[0].clone();
         let counters = counters.clone();
         let per_channel = per_channel.clone();
         let a = args.clone();
@@ -222,7 +288,18 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     for r in readers {
         let _ = r.await;
     }
-    let (cpu, server_cpu) = meter.stop();
+    let (cpu, _) = meter.stop();
+    // Per server process; the total is known only when every process could be read.
+    let server_cpu_each: Vec<Option<f64>> = server_pids
+        .iter()
+        .zip(&server_cpu_before)
+        .map(|(p, before)| before.zip(report::cpu_seconds(p)).map(|(a, b)| b - a))
+        .collect();
+    let server_cpu: Option<f64> = if server_cpu_each.is_empty() {
+        None
+    } else {
+        server_cpu_each.iter().copied().sum()
+    };
 
     let delivered = counters.delivered.load(Relaxed);
     let ooo = counters.out_of_order.load(Relaxed);
@@ -238,7 +315,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         0.0
     };
     let h = latencies.merged();
-    Ok(json!({
+    let mut result = json!({
         "mode": "fanout",
         "target": args.server.target,
         "transport": args.transport,
@@ -262,7 +339,14 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "generator_cpu_seconds": cpu,
         "server_cpu_seconds": server_cpu,
         "ok": lost == 0 && ooo == 0 && failed == 0,
-    }))
+    });
+    // Only multi-node runs carry these, so single-node output is unchanged.
+    if urls.len() > 1 || server_pids.len() > 1 {
+        result["nodes"] = json!(urls.len());
+        result["urls"] = json!(urls);
+        result["server_cpu_seconds_per_process"] = json!(server_cpu_each);
+    }
+    Ok(result)
 }
 
 struct PublishPlan {
