@@ -357,9 +357,13 @@ impl RedisEngine {
                         "Redis pub/sub receiver lagged; recovering from history."
                     );
                     let me = self.clone();
+                    let token = token.clone();
                     tokio::spawn(async move {
                         while !me.recover().await {
-                            tokio::time::sleep(CANARY_EVERY).await;
+                            tokio::select! {
+                                () = token.cancelled() => return,
+                                () = tokio::time::sleep(CANARY_EVERY) => {}
+                            }
                         }
                     });
                 }

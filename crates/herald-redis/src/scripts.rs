@@ -122,13 +122,16 @@ pub(crate) const PRESENCE_MEMBERS: &str = concat!(
     now_ms!(),
     r#"
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  redis.call('HDEL', KEYS[2], unpack(expired))
+for _, id in ipairs(expired) do
+  redis.call('HDEL', KEYS[2], id)
 end
-local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-if #live == 0 then return {} end
-return redis.call('HMGET', KEYS[2], unpack(live))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local members = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local m = redis.call('HGET', KEYS[2], id)
+  if m then members[#members + 1] = m end
+end
+return members
 "#
 );
 

@@ -9,6 +9,7 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use herald_core::memory::MemoryEngineConfig;
 use herald_core::{ChannelsConfig, OutboxLimits, SessionLimits};
+use herald_nats::NatsEngineConfig;
 use herald_redis::RedisEngineConfig;
 use herald_server::{ServerConfig, SseConfig, WsConfig};
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,8 @@ pub(crate) enum EngineConfig {
     Memory(MemoryEngineConfig),
     /// Many nodes over one Redis.
     Redis(RedisEngineConfig),
+    /// Many nodes over NATS with JetStream.
+    Nats(NatsEngineConfig),
 }
 
 /// The engine kinds, as named in `engine.kind` and `--engine`.
@@ -109,6 +112,7 @@ impl EngineConfig {
         match kind {
             "memory" => Some(Self::Memory(MemoryEngineConfig::default())),
             "redis" => Some(Self::Redis(RedisEngineConfig::default())),
+            "nats" => Some(Self::Nats(NatsEngineConfig::default())),
             _ => None,
         }
     }
@@ -118,6 +122,7 @@ impl EngineConfig {
         match self {
             Self::Memory(_) => "memory",
             Self::Redis(_) => "redis",
+            Self::Nats(_) => "nats",
         }
     }
 }
@@ -382,6 +387,25 @@ impl Config {
                     );
                 }
             }
+            EngineConfig::Nats(n) => {
+                remote_problems(
+                    &n.url,
+                    "nats://",
+                    n.presence_lease,
+                    n.command_timeout,
+                    &mut out,
+                );
+                if n.prefix.is_empty()
+                    || !n.prefix.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+                {
+                    out.push(
+                        "engine.prefix must be non-empty lowercase letters, digits, _ or -"
+                            .to_owned(),
+                    );
+                }
+            }
         }
         out
     }
@@ -425,6 +449,7 @@ pub(crate) fn render(config: &Config) -> anyhow::Result<String> {
     match &mut shown.engine {
         EngineConfig::Memory(_) => {}
         EngineConfig::Redis(r) => r.url = redact_url(&r.url),
+        EngineConfig::Nats(n) => n.url = redact_url(&n.url),
     }
     toml::to_string(&shown).context("rendering the configuration as TOML")
 }

@@ -7,6 +7,7 @@ use crate::{shutdown, tasks};
 use anyhow::Context;
 use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
 use herald_core::{Hub, Node, Publisher, PublisherLimits, Stats};
+use herald_nats::NatsEngine;
 use herald_redis::RedisEngine;
 use herald_server::App;
 use std::io::Write;
@@ -74,6 +75,12 @@ pub(crate) async fn build(
             let engine = RedisEngine::connect(r.clone(), hub.clone()).await?;
             let p = publisher(engine.clone());
             engine.start(p.clone(), root.clone(), tracker).await;
+            (engine.clone(), engine.clone(), engine.presence(), p)
+        }
+        EngineConfig::Nats(n) => {
+            let engine = NatsEngine::connect(n.clone(), hub.clone(), &config.channels).await?;
+            let p = publisher(engine.clone());
+            engine.start(p.clone(), root.clone(), tracker);
             (engine.clone(), engine.clone(), engine.presence(), p)
         }
     };
