@@ -26,6 +26,7 @@ pub(crate) struct FanoutServerArgs {
     /// over several nodes of one cluster; publications go to the first URL.
     #[arg(
         long = "url",
+        value_name = "URL",
         default_value = "http://127.0.0.1:7077",
         value_delimiter = ','
     )]
@@ -35,7 +36,7 @@ pub(crate) struct FanoutServerArgs {
     pub(crate) target: Target,
     /// Process id of the server, whose CPU time is read from /proc. Repeat it (or give a
     /// comma-separated list) for several nodes: `server_cpu_seconds` is then their sum.
-    #[arg(long = "server-pid", value_delimiter = ',')]
+    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
     pub(crate) server_pids: Vec<u32>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
