@@ -68,8 +68,9 @@ const RECOVER_LIMIT: usize = 10_000;
 const CANARY_EVERY: Duration = Duration::from_millis(500);
 const CANARY_WAIT: Duration = Duration::from_secs(1);
 /// Pub/sub messages buffered between fred's reader and the message loop; overflowing it
-/// triggers a recovery, never a silent loss.
-const MESSAGE_BUFFER: usize = 1 << 16;
+/// triggers a recovery from history, never a silent loss. (The message loop only decodes and
+/// queues, so it falls this far behind only when the node is starved of CPU.)
+const MESSAGE_BUFFER: usize = 2048;
 
 /// Counters this engine reports in `/api/stats`.
 pub(crate) const COUNTERS: &[&str] = &[
@@ -130,9 +131,11 @@ impl RedisEngine {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;
-                p.broadcast_channel_capacity = MESSAGE_BUFFER;
             });
         let client = builder.build()?;
+        // fred gives each client eight broadcast channels of this capacity, allocated up
+        // front; only the subscriber needs a deep one.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER);
         let subscriber = builder.build_subscriber_client()?;
         let started = tokio::time::timeout(config.command_timeout * 3, async {
             client.init().await?;
