@@ -20,7 +20,8 @@ pub struct Publication {
     pub position: StreamPosition,
     /// When it was published, milliseconds since the Unix epoch.
     pub time_ms: u64,
-    json: OnceLock<Bytes>,
+    /// The WebSocket frame and, as a view into it, the JSON.
+    encoded: OnceLock<(Bytes, Bytes)>,
     sse: OnceLock<Bytes>,
 }
 
@@ -39,26 +40,33 @@ impl Publication {
             data,
             position,
             time_ms,
-            json: OnceLock::new(),
+            encoded: OnceLock::new(),
             sse: OnceLock::new(),
         }
     }
 
-    /// The push object as JSON: a WebSocket text frame, and the `data:` of the SSE event.
-    pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
-            Bytes::from(
-                ServerPush::Publication {
-                    channel: self.channel.as_str(),
-                    event: self.event.as_str(),
-                    offset: self.position.offset,
-                    epoch: self.position.epoch.as_str(),
-                    time: self.time_ms,
-                    data: &self.data,
-                }
-                .to_json(),
-            )
+    fn encoded(&self) -> &(Bytes, Bytes) {
+        self.encoded.get_or_init(|| {
+            ServerPush::Publication {
+                channel: self.channel.as_str(),
+                event: self.event.as_str(),
+                offset: self.position.offset,
+                epoch: self.position.epoch.as_str(),
+                time: self.time_ms,
+                data: &self.data,
+            }
+            .to_ws_frame()
         })
+    }
+
+    /// The push object as JSON (the `data:` of the SSE event).
+    pub fn json(&self) -> &Bytes {
+        &self.encoded().1
+    }
+
+    /// The push as a complete WebSocket text frame, shared by every subscriber.
+    pub fn ws_frame(&self) -> &Bytes {
+        &self.encoded().0
     }
 
     /// The SSE event without its `id:` line and final blank line: `event: E\ndata: JSON\n`.
@@ -103,7 +111,7 @@ pub struct PresenceEvent {
     pub kind: PresenceKind,
     /// Who.
     pub member: Member,
-    json: OnceLock<Bytes>,
+    encoded: OnceLock<(Bytes, Bytes)>,
     sse: OnceLock<Bytes>,
 }
 
@@ -114,22 +122,31 @@ impl PresenceEvent {
             channel,
             kind,
             member,
-            json: OnceLock::new(),
+            encoded: OnceLock::new(),
             sse: OnceLock::new(),
         }
     }
 
-    /// The push as JSON.
-    pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
+    fn encoded(&self) -> &(Bytes, Bytes) {
+        self.encoded.get_or_init(|| {
             let channel = self.channel.as_str();
             let member = &self.member;
             let push = match self.kind {
                 PresenceKind::Join => ServerPush::Join { channel, member },
                 PresenceKind::Leave => ServerPush::Leave { channel, member },
             };
-            Bytes::from(push.to_json())
+            push.to_ws_frame()
         })
+    }
+
+    /// The push as JSON.
+    pub fn json(&self) -> &Bytes {
+        &self.encoded().1
+    }
+
+    /// The push as a complete WebSocket text frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        &self.encoded().0
     }
 
     /// The SSE event, complete with its blank line (presence events carry no id).

@@ -273,6 +273,15 @@ impl ServerPush<'_> {
         serde_json::to_string(self).expect("push serializes")
     }
 
+    /// Serializes the push as a WebSocket text frame; returns `(frame, json)`, two views of
+    /// one allocation.
+    pub fn to_ws_frame(&self) -> (bytes::Bytes, bytes::Bytes) {
+        crate::ws_text_frame_with(|buf| {
+            // Invariant: as in `to_json`.
+            serde_json::to_writer(buf, self).expect("push serializes");
+        })
+    }
+
     /// A successful reply to request `id`.
     pub fn reply(id: u64, result: &impl Serialize) -> String {
         serde_json::to_string(&ReplyFrame { id, result }).unwrap_or_else(|_| {

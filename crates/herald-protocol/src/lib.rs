@@ -9,6 +9,7 @@ mod errors;
 mod frames;
 mod position;
 mod sse;
+mod wsframe;
 
 pub use close::CloseCode;
 pub use errors::ErrorCode;
@@ -21,3 +22,4 @@ pub use position::{
     MAX_SSE_ID_BYTES,
 };
 pub use sse::{SseDecoder, SseEvent};
+pub use wsframe::{ws_text_frame, ws_text_frame_with, WS_HEADER_ROOM};

@@ -1,20 +1,37 @@
 //! `GET /ws`: the WebSocket transport. One task per connection owns the socket, the session and
 //! the outbox, and selects over shutdown, queued pushes, incoming frames and the heartbeat
 //! deadline. The JSON protocol is in `docs/protocol.md`.
+//!
+//! tungstenite reads and parses client frames and writes control frames (ping, pong, close).
+//! Pushes bypass it: each publication carries its complete text frame, built once
+//! ([`herald_core::Publication::ws_frame`]), and the connection writes those shared bytes
+//! straight to the socket, many frames per vectored write, with no per-connection copy or
+//! write buffer.
 
 use crate::api::history_json;
 use crate::{ApiError, App};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::{ChannelName, Emit, Outgoing, Session, SessionError, Transport};
-use herald_protocol::{ClientRequest, CloseCode, ErrorCode, Request, ServerPush};
+use herald_protocol::{
+    ws_text_frame, ClientRequest, CloseCode, ErrorCode, Request as WsRequest, ServerPush,
+};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
+use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 /// tungstenite's read buffer per connection (its default is 128 KiB).
@@ -23,20 +40,79 @@ const READ_BUFFER_BYTES: usize = 1024;
 /// Most publications one `history` request returns.
 const MAX_HISTORY_LIMIT: u32 = 10_000;
 
-pub(crate) async fn handler(
-    State(app): State<App>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            return ApiError::new(
-                rejection.status(),
-                ErrorCode::BadRequest,
-                format!("not a WebSocket upgrade: {}", rejection.body_text()),
-            )
-            .into_response()
-        }
+/// Frames handed to one vectored write.
+const FRAMES_PER_WRITE: usize = 64;
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+fn not_upgrade(status: StatusCode, why: &str) -> Response {
+    ApiError::new(
+        status,
+        ErrorCode::BadRequest,
+        format!("not a WebSocket upgrade: {why}"),
+    )
+    .into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks the upgrade request (RFC 6455 §4.2.1); returns the `Sec-WebSocket-Accept` value.
+fn check_upgrade(req: &Request) -> Result<HeaderValue, (StatusCode, &'static str)> {
+    if req.method() != Method::GET {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the request method must be GET",
+        ));
+    }
+    let h = req.headers();
+    if !header_has_token(h, header::CONNECTION, "upgrade") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Connection` header did not include `upgrade`",
+        ));
+    }
+    if !header_has_token(h, header::UPGRADE, "websocket") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` header did not include `websocket`",
+        ));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include `13`",
+        ));
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` header missing",
+        ));
+    };
+    // Invariant: the accept key is base64, always a valid header value.
+    Ok(HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 header value"))
+}
+
+pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Response {
+    let accept = match check_upgrade(&req) {
+        Ok(a) => a,
+        Err((status, why)) => return not_upgrade(status, why),
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return not_upgrade(
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded",
+        );
     };
     if app.shutdown.is_cancelled() {
         return ApiError::new(
@@ -56,31 +132,41 @@ pub(crate) async fn handler(
         .into_response();
     };
     let max = usize::try_from(app.ws.max_message.as_u64()).unwrap_or(usize::MAX);
-    let tracker = app.tracker.clone();
     // tungstenite zero-fills its whole read buffer before every read attempt; client frames
     // are small, so a small buffer keeps both CPU per wake-up and idle memory low.
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(run(app, socket, permit)))
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let tracker = app.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                run(app, ws, permit).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed."),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-
-fn text(bytes: &bytes::Bytes) -> Message {
-    // Utf8Bytes validates once per send; the bytes themselves are shared, not copied.
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(t) => Message::Text(t),
-        Err(_) => Message::Binary(bytes.clone()),
-    }
-}
-
-async fn run(app: App, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+async fn run(app: App, mut ws: Ws, _permit: OwnedSemaphorePermit) {
     let (mut session, mut outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     async move {
         tracing::debug!("WebSocket connected.");
-        let (mut sink, mut stream) = socket.split();
         let mut buf: Vec<Outgoing> = Vec::new();
         let mut emits: Vec<Emit> = Vec::new();
         let ping_every = app.ws.ping_interval;
@@ -101,29 +187,27 @@ async fn run(app: App, socket: WebSocket, _permit: OwnedSemaphorePermit) {
                         for item in buf.drain(..) {
                             session.accept(item, &mut emits).await;
                         }
-                        if send_emits(&mut sink, &mut emits).await.is_err() {
+                        if send_emits(&mut ws, &mut emits, None).await.is_err() {
                             break None;
                         }
                     }
                     Err(code) => break Some(code),
                 },
-                msg = stream.next() => {
+                msg = ws.next() => {
                     last_seen = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
                             let reply = handle(&mut session, t.as_str(), &mut emits).await;
-                            if sink.feed(Message::Text(reply.into())).await.is_err()
-                                || send_emits(&mut sink, &mut emits).await.is_err()
-                            {
+                            if send_emits(&mut ws, &mut emits, Some(reply)).await.is_err() {
                                 break None;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => break Some(CloseCode::ProtocolError),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) => {
                             // tungstenite queued the close reply; flush it so the client sees a
                             // clean close rather than a dropped connection.
-                            let _ = sink.close().await;
+                            let _ = ws.flush().await;
                             break None;
                         }
                         None => break None,
@@ -142,7 +226,7 @@ async fn run(app: App, socket: WebSocket, _permit: OwnedSemaphorePermit) {
                         break Some(CloseCode::HeartbeatTimeout);
                     }
                     if now.duration_since(last_ping) >= ping_every {
-                        if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
                             break None;
                         }
                         last_ping = now;
@@ -159,10 +243,10 @@ async fn run(app: App, socket: WebSocket, _permit: OwnedSemaphorePermit) {
                 "Closing WebSocket."
             );
             let frame = CloseFrame {
-                code: code.code(),
+                code: WireCloseCode::from(code.code()),
                 reason: Utf8Bytes::from_static(code.reason()),
             };
-            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = ws.close(Some(frame)).await;
         }
         session.close().await;
         tracing::debug!("WebSocket ended.");
@@ -171,26 +255,70 @@ async fn run(app: App, socket: WebSocket, _permit: OwnedSemaphorePermit) {
     .await;
 }
 
-async fn send_emits(sink: &mut Sink, emits: &mut Vec<Emit>) -> Result<(), axum::Error> {
-    if emits.is_empty() {
-        return sink.flush().await;
+/// Writes an optional reply and then the pushes in `emits`, in order, as raw text frames.
+async fn send_emits(
+    ws: &mut Ws,
+    emits: &mut Vec<Emit>,
+    reply: Option<String>,
+) -> std::io::Result<()> {
+    if emits.is_empty() && reply.is_none() {
+        return Ok(());
+    }
+    let mut frames: Vec<Bytes> = Vec::with_capacity(emits.len() + 1);
+    if let Some(r) = reply {
+        frames.push(ws_text_frame(r.as_bytes()));
     }
     for emit in emits.drain(..) {
-        let msg = match emit {
-            Emit::Publication(p) => text(p.json()),
-            Emit::Presence(e) => text(e.json()),
-            Emit::Reset { reason, channels } => Message::Text(
+        frames.push(match emit {
+            Emit::Publication(p) => p.ws_frame().clone(),
+            Emit::Presence(e) => e.ws_frame().clone(),
+            Emit::Reset { reason, channels } => {
                 ServerPush::Reset {
                     reason: reason.as_str(),
                     channels: &channels,
                 }
-                .to_json()
-                .into(),
-            ),
-        };
-        sink.feed(msg).await?;
+                .to_ws_frame()
+                .0
+            }
+        });
     }
-    sink.flush().await
+    // Anything tungstenite still holds (a pong, say) goes first, so frames never interleave.
+    ws.flush()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_frames(ws.get_mut(), &frames).await
+}
+
+/// Writes every frame, several per vectored write.
+async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &[Bytes]) -> std::io::Result<()> {
+    let mut i = 0;
+    let mut offset = 0;
+    while i < frames.len() {
+        let mut slices = Vec::with_capacity(FRAMES_PER_WRITE.min(frames.len() - i));
+        slices.push(IoSlice::new(&frames[i][offset..]));
+        slices.extend(
+            frames[i + 1..]
+                .iter()
+                .take(FRAMES_PER_WRITE - 1)
+                .map(|f| IoSlice::new(f)),
+        );
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < frames.len() {
+            let left = frames[i].len() - offset;
+            if n >= left {
+                n -= left;
+                i += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    io.flush().await
 }
 
 fn error_reply(id: Option<u64>, e: &SessionError) -> String {
@@ -205,7 +333,7 @@ async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> Str
     };
     let id = req.id;
     match req.request {
-        Request::Subscribe { channel, since } => {
+        WsRequest::Subscribe { channel, since } => {
             match session.subscribe(&channel, since.clone(), emits).await {
                 Ok(position) => {
                     let recovered =
@@ -218,11 +346,11 @@ async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> Str
                 Err(e) => error_reply(Some(id), &e),
             }
         }
-        Request::Unsubscribe { channel } => match session.unsubscribe(&channel).await {
+        WsRequest::Unsubscribe { channel } => match session.unsubscribe(&channel).await {
             Ok(()) => ServerPush::reply(id, &json!({})),
             Err(e) => error_reply(Some(id), &e),
         },
-        Request::Publish {
+        WsRequest::Publish {
             channel,
             event,
             data,
@@ -233,7 +361,7 @@ async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> Str
             ),
             Err(e) => error_reply(Some(id), &e),
         },
-        Request::History {
+        WsRequest::History {
             channel,
             since,
             limit,
@@ -254,10 +382,10 @@ async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> Str
                 Err(e) => error_reply(Some(id), &e),
             }
         }
-        Request::Presence { channel } => match session.presence(&channel).await {
+        WsRequest::Presence { channel } => match session.presence(&channel).await {
             Ok(members) => ServerPush::reply(id, &json!({"channel": channel, "members": members})),
             Err(e) => error_reply(Some(id), &e),
         },
-        Request::Ping => ServerPush::reply(id, &json!({})),
+        WsRequest::Ping => ServerPush::reply(id, &json!({})),
     }
 }
