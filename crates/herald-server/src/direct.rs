@@ -26,36 +26,43 @@ pub(crate) enum Outcome {
     Hyper(TcpStream),
 }
 
-/// Serves `tcp` here if its first request is a complete `GET /sse` head.
-pub(crate) async fn try_serve(
+/// Serves `tcp` here if its first request is a complete `GET /sse` head. (A plain fn returning
+/// an `async` block for the reason given at [`serve`].)
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn try_serve<'a>(
     tcp: TcpStream,
-    router: &Router,
+    router: &'a Router,
     header_timeout: Duration,
     write_timeout: Duration,
-    shutdown: &CancellationToken,
-) -> Outcome {
-    let mut peek = [0u8; MAX_HEAD_BYTES];
-    let peeked = tokio::select! {
-        r = tokio::time::timeout(header_timeout, tcp.peek(&mut peek)) => r,
-        () = shutdown.cancelled() => return Outcome::Served,
-    };
-    let n = match peeked {
-        Ok(Ok(n)) if n > 0 => n,
-        // Silent for the whole header timeout, closed, or failed: drop the connection.
-        _ => return Outcome::Served,
-    };
-    let head = &peek[..n];
-    if !(head.starts_with(b"GET /sse?") || head.starts_with(b"GET /sse ")) {
-        return Outcome::Hyper(tcp);
+    shutdown: &'a CancellationToken,
+) -> impl std::future::Future<Output = Outcome> + Send + 'a {
+    async move {
+        // On the heap and only while peeking: an array here would sit in every SSE connection's
+        // task for the stream's whole life.
+        let mut peek = vec![0u8; MAX_HEAD_BYTES];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(header_timeout, tcp.peek(&mut peek)) => r,
+            () = shutdown.cancelled() => return Outcome::Served,
+        };
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            // Silent for the whole header timeout, closed, or failed: drop the connection.
+            _ => return Outcome::Served,
+        };
+        let head = &peek[..n];
+        if !(head.starts_with(b"GET /sse?") || head.starts_with(b"GET /sse ")) {
+            return Outcome::Hyper(tcp);
+        }
+        let Some(end) = memchr::memmem::find(head, b"\r\n\r\n").map(|i| i + 4) else {
+            return Outcome::Hyper(tcp);
+        };
+        let Some(request) = parse(&head[..end]) else {
+            return Outcome::Hyper(tcp);
+        };
+        drop(peek);
+        serve(tcp, end, request, router, write_timeout).await;
+        Outcome::Served
     }
-    let Some(end) = memchr::memmem::find(head, b"\r\n\r\n").map(|i| i + 4) else {
-        return Outcome::Hyper(tcp);
-    };
-    let Some(request) = parse(&head[..end]) else {
-        return Outcome::Hyper(tcp);
-    };
-    serve(tcp, end, request, router, write_timeout).await;
-    Outcome::Served
 }
 
 fn parse(head: &[u8]) -> Option<axum::http::Request<Body>> {
@@ -78,81 +85,93 @@ fn parse(head: &[u8]) -> Option<axum::http::Request<Body>> {
     builder.body(Body::empty()).ok()
 }
 
-async fn serve(
+/// A plain fn returning one `async` block, not an `async fn`: an `async fn` keeps its arguments
+/// (the request among them) beside the locals they are moved into for the stream's whole life
+/// (rustc issue 62958).
+#[allow(clippy::manual_async_fn)]
+fn serve<'a>(
     mut tcp: TcpStream,
     head_len: usize,
     request: axum::http::Request<Body>,
-    router: &Router,
+    router: &'a Router,
     write_timeout: Duration,
-) {
-    // Consume the head that was only peeked at.
-    let mut sink = vec![0u8; head_len];
-    if tcp.read_exact(&mut sink).await.is_err() {
-        return;
-    }
-    drop(sink);
-    let Ok(response) = router.clone().oneshot(request).await;
-    let (parts, mut body) = response.into_parts();
-    let streaming = parts
-        .headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        parts.status.as_u16(),
-        parts.status.canonical_reason().unwrap_or("")
-    )
-    .into_bytes();
-    for (name, value) in &parts.headers {
-        if name == axum::http::header::CONNECTION || name == axum::http::header::CONTENT_LENGTH {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"connection: close\r\n");
-    if !streaming {
-        // A short error body: send it whole, with its length.
-        let Ok(collected) = body.collect().await else {
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    async move {
+        // Consume the head that was only peeked at.
+        let mut sink = vec![0u8; head_len];
+        if tcp.read_exact(&mut sink).await.is_err() {
             return;
-        };
-        let bytes = collected.to_bytes();
-        head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
-        head.extend_from_slice(&bytes);
-        let _ = tokio::time::timeout(write_timeout, tcp.write_all(&head)).await;
-        let _ = tcp.shutdown().await;
-        return;
-    }
-    head.extend_from_slice(b"\r\n");
-    let (mut rd, mut wr) = tcp.into_split();
-    if !matches!(
-        tokio::time::timeout(write_timeout, wr.write_all(&head)).await,
-        Ok(Ok(()))
-    ) {
-        return;
-    }
-    drop(head);
-    let mut probe = [0u8; 64];
-    loop {
-        tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        let written = tokio::time::timeout(write_timeout, wr.write_all(&data)).await;
-                        if !matches!(written, Ok(Ok(()))) {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(_)) | None => break,
-            },
-            // An SSE client sends nothing more; end of input means it went away.
-            r = rd.read(&mut probe) => if !matches!(r, Ok(n) if n > 0) {
-                return;
-            },
         }
+        drop(sink);
+        let Ok(response) = router.clone().oneshot(request).await;
+        let (parts, mut body) = response.into_parts();
+        let streaming = parts
+            .headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        for (name, value) in &parts.headers {
+            if name == axum::http::header::CONNECTION || name == axum::http::header::CONTENT_LENGTH
+            {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"connection: close\r\n");
+        if !streaming {
+            // A short error body: send it whole, with its length.
+            let Ok(collected) = body.collect().await else {
+                return;
+            };
+            let bytes = collected.to_bytes();
+            head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
+            head.extend_from_slice(&bytes);
+            let _ = tokio::time::timeout(write_timeout, tcp.write_all(&head)).await;
+            let _ = tcp.shutdown().await;
+            return;
+        }
+        head.extend_from_slice(b"\r\n");
+        let (mut rd, mut wr) = tcp.into_split();
+        if !matches!(
+            tokio::time::timeout(write_timeout, wr.write_all(&head)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        drop(head);
+        // An SSE client sends nothing more; reading only tells when it went away.
+        let mut probe = [0u8; 16];
+        loop {
+            // The write happens after the select, so its timer never sits beside the select's
+            // futures in the connection's task.
+            let data = tokio::select! {
+                frame = body.frame() => match frame {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(_) => continue,
+                    },
+                    Some(Err(_)) | None => break,
+                },
+                r = rd.read(&mut probe) => {
+                    if matches!(r, Ok(n) if n > 0) {
+                        continue;
+                    }
+                    return;
+                }
+            };
+            let written = tokio::time::timeout(write_timeout, wr.write_all(&data)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
     }
-    let _ = wr.shutdown().await;
 }

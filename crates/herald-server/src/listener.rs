@@ -24,6 +24,9 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         .timer(TokioTimer::new())
         .header_read_timeout(app.server.header_read_timeout)
         .max_buf_size(64 * 1024);
+    // Shared: the builder is a few hundred bytes, and each connection's task would otherwise
+    // hold its own copy for its whole life.
+    let http = std::sync::Arc::new(http);
     let write_timeout = app.server.write_timeout;
     loop {
         let (tcp, peer) = tokio::select! {
@@ -50,17 +53,17 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
                 direct::Outcome::Served => return,
                 direct::Outcome::Hyper(tcp) => tcp,
             };
-            let mut io = TimeoutStream::new(tcp);
-            io.set_write_timeout(Some(write_timeout));
-            let io = TokioIo::new(Box::pin(io));
-            let svc =
-                router.map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new));
-            let conn = http
-                .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
-            }
+            // Boxed: hyper's connection future is several KB, and held inline it would make
+            // every connection's task that large, including the SSE streams served above.
+            Box::pin(serve_with_hyper(
+                tcp,
+                router,
+                http,
+                watcher,
+                write_timeout,
+                peer,
+            ))
+            .await;
         });
     }
     drop(listener);
@@ -70,4 +73,27 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         .await
         .is_ok();
     Ok(drained)
+}
+
+type Http = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
+/// Serves one connection with hyper (everything but the lean SSE path).
+async fn serve_with_hyper(
+    tcp: tokio::net::TcpStream,
+    router: Router,
+    http: std::sync::Arc<Http>,
+    watcher: hyper_util::server::graceful::Watcher,
+    write_timeout: Duration,
+    peer: std::net::SocketAddr,
+) {
+    let mut io = TimeoutStream::new(tcp);
+    io.set_write_timeout(Some(write_timeout));
+    let io = TokioIo::new(Box::pin(io));
+    let svc = router.map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new));
+    let conn = http
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
+    }
 }
