@@ -196,7 +196,23 @@ impl RedisEngine {
         tracker.spawn(async move { me.reconnect_loop(t).await });
         let me = self.clone();
         let t = token.clone();
-        tracker.spawn(async move { me.presence.refresh_loop(t).await });
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(me.presence.refresh_every());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                // Members of a node that died: every node's subscribers are told they left.
+                for (channel, member) in me.presence.refresh().await {
+                    let event = PresenceEvent::new(channel, PresenceKind::Leave, member);
+                    if let Err(e) = me.publish_presence(event).await {
+                        tracing::debug!(error = %e, "Announcing an expired presence member failed.");
+                    }
+                }
+            }
+        });
         if self.config.ingest {
             let me = self.clone();
             let t = token.clone();

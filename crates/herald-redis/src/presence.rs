@@ -13,7 +13,6 @@ use herald_protocol::Member;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Presence members shared by every node through Redis.
 #[derive(Debug)]
@@ -24,6 +23,7 @@ pub struct RedisPresence {
     timeout: Duration,
     join: Lua,
     members: Lua,
+    sweep: Lua,
     /// Members whose connection is on this node, to refresh: channel → conn id → JSON.
     local: Mutex<HashMap<ChannelName, HashMap<String, String>>>,
 }
@@ -42,6 +42,7 @@ impl RedisPresence {
             timeout: config.command_timeout,
             join: Lua::new(scripts::PRESENCE_JOIN),
             members: Lua::new(scripts::PRESENCE_MEMBERS),
+            sweep: Lua::new(scripts::PRESENCE_SWEEP),
             local: Mutex::new(HashMap::new()),
         }
     }
@@ -93,30 +94,48 @@ impl RedisPresence {
         .map(|_| ())
     }
 
-    /// Re-puts every local member every third of the lease, so live members never expire and
-    /// members lost with a Redis restart come back.
-    pub(crate) async fn refresh_loop(&self, token: CancellationToken) {
-        let mut tick = tokio::time::interval((self.lease / 3).max(Duration::from_millis(100)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return,
-                _ = tick.tick() => {}
+    /// How often [`RedisPresence::refresh`] should run: a third of the lease.
+    pub(crate) fn refresh_every(&self) -> Duration {
+        (self.lease / 3).max(Duration::from_millis(100))
+    }
+
+    /// Re-puts every local member, so live members never expire and members lost with a
+    /// Redis restart come back; then removes the members whose lease ran out on the channels
+    /// this node has members in, and returns them so their leave can be announced (once, by
+    /// whichever node removed them).
+    pub(crate) async fn refresh(&self) -> Vec<(ChannelName, Member)> {
+        let all: Vec<(ChannelName, String, String)> = self
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(|(c, m)| m.iter().map(|(id, j)| (c.clone(), id.clone(), j.clone())))
+            .collect();
+        let mut channels: Vec<ChannelName> = Vec::new();
+        for (channel, conn_id, json) in all {
+            if let Err(e) = self.put(&channel, &conn_id, &json).await {
+                tracing::debug!(error = %e, "Presence refresh failed; retrying next round.");
+                return Vec::new();
             }
-            let all: Vec<(ChannelName, String, String)> = self
-                .local
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .flat_map(|(c, m)| m.iter().map(|(id, j)| (c.clone(), id.clone(), j.clone())))
-                .collect();
-            for (channel, conn_id, json) in all {
-                if let Err(e) = self.put(&channel, &conn_id, &json).await {
-                    tracing::debug!(error = %e, "Presence refresh failed; retrying next round.");
-                    break;
+            if channels.last() != Some(&channel) {
+                channels.push(channel);
+            }
+        }
+        let mut gone = Vec::new();
+        for channel in channels {
+            let Ok(removed) = self
+                .eval(&self.sweep, self.keys(&channel), Vec::new())
+                .await
+            else {
+                break;
+            };
+            for v in removed.into_array() {
+                if let Some(member) = v.as_str().and_then(|s| serde_json::from_str(&s).ok()) {
+                    gone.push((channel.clone(), member));
                 }
             }
         }
+        gone
     }
 }
 

@@ -114,24 +114,39 @@ return 1
 "#
 );
 
-/// List presence members whose lease has not expired, dropping the expired ones.
+/// List presence members whose lease has not expired.
 ///
 /// KEYS: lease zset, member hash
 /// Returns the member JSON strings.
 pub(crate) const PRESENCE_MEMBERS: &str = concat!(
     now_ms!(),
     r#"
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, id in ipairs(expired) do
-  redis.call('HDEL', KEYS[2], id)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local members = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   local m = redis.call('HGET', KEYS[2], id)
   if m then members[#members + 1] = m end
 end
 return members
+"#
+);
+
+/// Remove presence members whose lease has expired (their node died without saying
+/// goodbye). Only the caller that removed a member gets it back, so each leave is announced
+/// once.
+///
+/// KEYS: lease zset, member hash
+/// Returns the removed members' JSON strings.
+pub(crate) const PRESENCE_SWEEP: &str = concat!(
+    now_ms!(),
+    r#"
+local gone = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  local m = redis.call('HGET', KEYS[2], id)
+  if m then gone[#gone + 1] = m end
+  redis.call('HDEL', KEYS[2], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return gone
 "#
 );
 

@@ -187,16 +187,32 @@ async fn dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere(kind: Kind) 
         return;
     };
     let mut n = nodes(&backend, 2).await;
+    // A member on the surviving node, to see the dead node's members join and leave.
+    let mut watcher = ws_subscribe(&n[1], "room:1", None).await;
+    let me = watcher
+        .request(json!({"op": "presence", "channel": "room:1"}))
+        .await["result"]["members"][0]["conn_id"]
+        .as_str()
+        .expect("the watcher is a member")
+        .to_owned();
     let _member = ws_subscribe(&n[0], "room:1", None).await;
     let mut sse = Sse::connect(&n[0], &["room:1"], None).await;
     sse.wait_raw(b"id: ").await;
     wait_get(
         &n[1],
         "/api/presence?channel=room:1",
-        "two members",
-        |s, b| s == 200 && b["members"].as_array().is_some_and(|m| m.len() == 2),
+        "three members",
+        |s, b| s == 200 && b["members"].as_array().is_some_and(|m| m.len() == 3),
     )
     .await;
+    let mut dead_members = Vec::new();
+    while dead_members.len() < 2 {
+        let push = watcher.next_push().await;
+        let id = push["member"]["conn_id"].as_str().unwrap_or_default();
+        if push["push"] == "join" && id != me {
+            dead_members.push(id.to_owned());
+        }
+    }
     n[1].publish("room:1", None, json!("seen")).await;
     loop {
         let (event, v) = sse.next_json().await;
@@ -217,9 +233,22 @@ async fn dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere(kind: Kind) 
         &n[1],
         "/api/presence?channel=room:1",
         "the dead node's members gone",
-        |s, b| s == 200 && b["members"].as_array().is_some_and(Vec::is_empty),
+        |s, b| s == 200 && b["members"].as_array().is_some_and(|m| m.len() == 1),
     )
     .await;
+    if kind == Kind::Redis {
+        // The node that removed them announces their leave.
+        let mut left = Vec::new();
+        while left.len() < 2 {
+            let push = watcher.next_push().await;
+            if push["push"] == "leave" {
+                left.push(push["member"]["conn_id"].as_str().unwrap().to_owned());
+            }
+        }
+        left.sort();
+        dead_members.sort();
+        assert_eq!(left, dead_members);
+    }
     let mut sse = Sse::connect(&n[1], &["room:1"], Some(&last_id)).await;
     let mut got = Vec::new();
     while got.len() < 5 {
