@@ -32,6 +32,10 @@ pub enum ErrorCode {
     PublishForbidden,
     /// Presence is not enabled for this namespace.
     PresenceDisabled,
+    /// The HTTP API needs `Authorization: Bearer <key>` with a configured key.
+    Unauthorized,
+    /// The caller may not use this route (the API without keys answers loopback only).
+    Forbidden,
     /// The route does not exist.
     NotFound,
     /// The route exists but not for this method.
@@ -61,6 +65,8 @@ impl ErrorCode {
             Self::TooManyChannels => "too_many_channels",
             Self::PublishForbidden => "publish_forbidden",
             Self::PresenceDisabled => "presence_disabled",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ServerFull => "server_full",

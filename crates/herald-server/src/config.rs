@@ -43,6 +43,71 @@ impl Default for ServerConfig {
     }
 }
 
+/// Who may use the HTTP API, and whether the node may run open on a public address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Keys for the HTTP API (`Authorization: Bearer <key>`). With none, the API answers
+    /// loopback callers only.
+    pub api_keys: Vec<ApiKey>,
+    /// Allow listening on a non-loopback address with no authentication configured.
+    pub allow_insecure: bool,
+}
+
+/// One named API key; several may be valid at once, so a key can be rotated.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// A name for logs and rotation (`backend`, `worker-2025`).
+    pub name: String,
+    /// The secret (at least 16 characters).
+    pub key: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Whether any authentication is configured (API keys; connection tokens later).
+    pub fn configured(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+
+    /// Problems a type cannot express.
+    pub fn problems(&self, listen: SocketAddr) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for k in &self.api_keys {
+            if k.name.is_empty() {
+                out.push("auth.api_keys: every key needs a name".to_owned());
+            } else if !names.insert(k.name.as_str()) {
+                out.push(format!(
+                    "auth.api_keys: the name {:?} is used twice",
+                    k.name
+                ));
+            }
+            if k.key.chars().count() < 16 {
+                out.push(format!(
+                    "auth.api_keys: the key named {:?} is shorter than 16 characters",
+                    k.name
+                ));
+            }
+        }
+        if !listen.ip().is_loopback() && !self.configured() && !self.allow_insecure {
+            out.push(format!(
+                "server.listen {listen} is reachable from other machines and no authentication is configured; configure auth.api_keys, listen on a loopback address, or pass --allow-insecure (auth.allow_insecure = true) to run open on purpose"
+            ));
+        }
+        out
+    }
+}
+
 /// Server-Sent Events settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -56,10 +56,15 @@ pub(crate) fn try_serve<'a>(
         let Some(end) = memchr::memmem::find(head, b"\r\n\r\n").map(|i| i + 4) else {
             return Outcome::Hyper(tcp);
         };
-        let Some(request) = parse(&head[..end]) else {
+        let Some(mut request) = parse(&head[..end]) else {
             return Outcome::Hyper(tcp);
         };
         drop(peek);
+        if let Ok(peer) = tcp.peer_addr() {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         serve(tcp, end, request, router, write_timeout).await;
         Outcome::Served
     }

@@ -5,6 +5,7 @@
 //! builds the [`App`] and calls [`serve`].
 
 mod api;
+mod auth;
 mod config;
 mod direct;
 mod error;
@@ -13,7 +14,7 @@ mod listener;
 mod sse;
 mod ws;
 
-pub use config::{ServerConfig, SseConfig, WsConfig};
+pub use config::{ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
 pub use error::ApiError;
 pub use listener::serve;
 
@@ -38,6 +39,8 @@ pub struct App {
     pub ws: Arc<WsConfig>,
     /// Per-connection bounds.
     pub limits: SessionLimits,
+    /// Who may use the HTTP API.
+    pub auth: Arc<AuthConfig>,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -45,24 +48,37 @@ pub struct App {
     connections: Arc<Semaphore>,
 }
 
+/// The settings the HTTP edge runs with, as configured.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeSettings {
+    /// Listener and HTTP settings.
+    pub server: ServerConfig,
+    /// SSE settings.
+    pub sse: SseConfig,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+    /// Per-connection bounds.
+    pub limits: SessionLimits,
+    /// Who may use the HTTP API.
+    pub auth: AuthConfig,
+}
+
 impl App {
     /// Assembles the shared state.
     pub fn new(
         node: Node,
-        server: ServerConfig,
-        sse: SseConfig,
-        ws: WsConfig,
-        limits: SessionLimits,
+        settings: EdgeSettings,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
-        let connections = Arc::new(Semaphore::new(server.max_connections));
+        let connections = Arc::new(Semaphore::new(settings.server.max_connections));
         Self {
             node,
-            server: Arc::new(server),
-            sse: Arc::new(sse),
-            ws: Arc::new(ws),
-            limits,
+            server: Arc::new(settings.server),
+            sse: Arc::new(settings.sse),
+            ws: Arc::new(settings.ws),
+            limits: settings.limits,
+            auth: Arc::new(settings.auth),
             shutdown,
             tracker,
             connections,
@@ -73,9 +89,7 @@ impl App {
 /// The router with every route.
 pub fn router(app: App) -> Router {
     let cors = config::cors_layer(&app.server.cors_allowed_origins);
-    Router::new()
-        .route("/sse", get(sse::handler))
-        .route("/ws", get(ws::handler))
+    let api = Router::new()
         .route("/api/publish", post(api::publish))
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/batch", post(api::batch))
@@ -84,6 +98,14 @@ pub fn router(app: App) -> Router {
         .route("/api/presence", get(api::presence))
         .route("/api/stats", get(api::stats))
         .route("/api/disconnect", post(api::disconnect))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_api_key,
+        ));
+    Router::new()
+        .route("/sse", get(sse::handler))
+        .route("/ws", get(ws::handler))
+        .merge(api)
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(error::not_found)

@@ -89,7 +89,11 @@ async fn serve_with_hyper(
     let mut io = TimeoutStream::new(tcp);
     io.set_write_timeout(Some(write_timeout));
     let io = TokioIo::new(Box::pin(io));
-    let svc = router.map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new));
+    let svc = router.map_request(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req.map(axum::body::Body::new)
+    });
     let conn = http
         .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
         .into_owned();

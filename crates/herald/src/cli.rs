@@ -33,6 +33,10 @@ struct ConfigArgs {
     /// (overrides engine.url).
     #[arg(long)]
     engine_url: Option<String>,
+    /// Allow listening on a non-loopback address with no authentication configured
+    /// (overrides auth.allow_insecure).
+    #[arg(long)]
+    allow_insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +57,9 @@ enum Command {
         /// Server URL.
         #[arg(long, env = "HERALD_URL", default_value = client::DEFAULT_SERVER)]
         server: String,
+        /// API key, when the server has keys configured.
+        #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Load generator: fan-out, idle memory, connect rate, publish rate, ceiling server.
     #[command(subcommand)]
@@ -77,6 +84,7 @@ impl ConfigArgs {
                 log_format: self.log_format,
                 engine: self.engine,
                 engine_url: self.engine_url.clone(),
+                allow_insecure: self.allow_insecure,
             },
         )
     }
@@ -110,7 +118,17 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             event,
             server,
-        } => client::publish(&server, &channel, &json, event.as_deref()).await,
+            api_key,
+        } => {
+            client::publish(
+                &server,
+                &channel,
+                &json,
+                event.as_deref(),
+                api_key.as_deref(),
+            )
+            .await
+        }
         Command::Tail { channels, server } => client::tail(&server, &channels).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
     }

@@ -21,6 +21,7 @@ pub(crate) async fn publish(
     channel: &str,
     json: &str,
     event: Option<&str>,
+    api_key: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let data: serde_json::Value =
         serde_json::from_str(json).context("the message is not valid JSON")?;
@@ -28,9 +29,13 @@ pub(crate) async fn publish(
     if let Some(e) = event {
         body["event"] = e.into();
     }
-    let resp = reqwest::Client::new()
+    let mut req = reqwest::Client::new()
         .post(format!("{}/api/publish", base(server)))
-        .json(&body)
+        .json(&body);
+    if let Some(key) = api_key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {server}"))?;

@@ -11,7 +11,7 @@ use herald_core::memory::MemoryEngineConfig;
 use herald_core::{ChannelsConfig, OutboxLimits, SessionLimits};
 use herald_nats::NatsEngineConfig;
 use herald_redis::RedisEngineConfig;
-use herald_server::{ServerConfig, SseConfig, WsConfig};
+use herald_server::{AuthConfig, ServerConfig, SseConfig, WsConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) publish: PublishConfig,
     pub(crate) channels: ChannelsConfig,
     pub(crate) engine: EngineConfig,
+    pub(crate) auth: AuthConfig,
     pub(crate) log: LogConfig,
 }
 
@@ -159,10 +160,11 @@ pub(crate) struct Overrides {
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) engine: Option<EngineKind>,
     pub(crate) engine_url: Option<String>,
+    pub(crate) allow_insecure: bool,
 }
 
 /// Environment variables with the `HERALD_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &["log", "config", "url"];
+const NON_CONFIG_ENV: &[&str] = &["log", "config", "url", "api_key"];
 
 /// Every problem found while loading the configuration.
 #[derive(Debug)]
@@ -220,6 +222,9 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
     if let Some(url) = &flags.engine_url {
         figment = figment.merge(Serialized::default("engine.url", url));
     }
+    if flags.allow_insecure {
+        figment = figment.merge(Serialized::default("auth.allow_insecure", true));
+    }
     // Unknown keys: report all of them, then drop them so the rest can still be checked.
     let merged = match figment.data() {
         Ok(data) => data.into_values().next().unwrap_or_default(),
@@ -255,6 +260,7 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
         publish: section(&checked, "publish", &mut problems),
         channels: section(&checked, "channels", &mut problems),
         engine: section(&checked, "engine", &mut problems),
+        auth: section(&checked, "auth", &mut problems),
         log: section(&checked, "log", &mut problems),
     };
     problems.extend(config.problems());
@@ -344,6 +350,7 @@ impl Config {
     /// Semantic checks that types alone cannot express.
     fn problems(&self) -> Vec<String> {
         let mut out = self.server.problems();
+        out.extend(self.auth.problems(self.server.listen));
         out.extend(self.ws.problems());
         out.extend(self.channels.problems());
         if self.connection.max_channels == 0 {
@@ -446,6 +453,9 @@ fn remote_problems(
 /// The effective configuration as TOML, with secrets (passwords in engine URLs) redacted.
 pub(crate) fn render(config: &Config) -> anyhow::Result<String> {
     let mut shown = config.clone();
+    for k in &mut shown.auth.api_keys {
+        k.key = "<redacted>".to_owned();
+    }
     match &mut shown.engine {
         EngineConfig::Memory(_) => {}
         EngineConfig::Redis(r) => r.url = redact_url(&r.url),

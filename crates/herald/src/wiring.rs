@@ -9,7 +9,7 @@ use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
 use herald_core::{Hub, Node, Publisher, PublisherLimits, Stats};
 use herald_nats::NatsEngine;
 use herald_redis::RedisEngine;
-use herald_server::App;
+use herald_server::{App, EdgeSettings};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -110,6 +110,18 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         engine = config.engine.kind(),
         "Herald is listening."
     );
+    if !config.auth.configured() {
+        if addr.ip().is_loopback() {
+            tracing::warn!(
+                "No authentication is configured: running open for development, on loopback only. The HTTP API answers loopback callers only; configure auth.api_keys before exposing Herald."
+            );
+        } else {
+            tracing::warn!(
+                addr = %addr,
+                "INSECURE: listening beyond loopback with no authentication (allow_insecure). Anyone who can reach this address may subscribe; the HTTP API still answers loopback callers only."
+            );
+        }
+    }
     // One line on stdout so scripts (and tests) can find the port when listening on :0.
     {
         let mut out = std::io::stdout().lock();
@@ -120,10 +132,13 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let grace = config.server.shutdown_grace;
     let app = App::new(
         node.clone(),
-        config.server.clone(),
-        config.sse.clone(),
-        config.ws.clone(),
-        config.connection.limits(),
+        EdgeSettings {
+            server: config.server.clone(),
+            sse: config.sse.clone(),
+            ws: config.ws.clone(),
+            limits: config.connection.limits(),
+            auth: config.auth.clone(),
+        },
         root.clone(),
         tracker.clone(),
     );

@@ -1,0 +1,143 @@
+//! Who may call the HTTP API: with keys configured, a request must carry
+//! `Authorization: Bearer <key>` with one of them (compared in constant time); with none, only
+//! loopback callers are served.
+
+use crate::{ApiError, App, AuthConfig};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use herald_protocol::ErrorCode;
+use std::net::SocketAddr;
+use subtle::ConstantTimeEq;
+
+pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match authorize(&app.auth, peer, req.headers()) {
+        Ok(name) => {
+            if let Some(name) = name {
+                tracing::trace!(key = name, "API request authorized.");
+            }
+            next.run(req).await
+        }
+        Err(e) => {
+            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+            let mut resp = e.into_response();
+            if unauthorized {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"herald\""),
+                );
+            }
+            resp
+        }
+    }
+}
+
+/// Decides one request; returns the matching key's name (None when no keys are configured).
+pub(crate) fn authorize<'a>(
+    auth: &'a AuthConfig,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<Option<&'a str>, ApiError> {
+    if auth.api_keys.is_empty() {
+        return if peer.is_some_and(|p| p.ip().is_loopback()) {
+            Ok(None)
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "the HTTP API answers loopback callers only until API keys are configured (auth.api_keys)",
+            ))
+        };
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "send `Authorization: Bearer <key>` with one of the configured API keys",
+        ));
+    };
+    // Every key is compared, so the time taken does not tell which one nearly matched.
+    let mut found = None;
+    for k in &auth.api_keys {
+        if bool::from(k.key.as_bytes().ct_eq(presented.as_bytes())) {
+            found = Some(k.name.as_str());
+        }
+    }
+    found.map(Some).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "the API key is not valid",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ApiKey;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn without_keys_only_loopback_is_served() {
+        let auth = AuthConfig::default();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        assert!(authorize(&auth, Some(local), &headers(None)).is_ok());
+        let e = authorize(&auth, Some(remote), &headers(None)).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+        );
+        assert!(authorize(&auth, None, &headers(None)).is_err());
+    }
+
+    #[test]
+    fn with_keys_a_valid_bearer_key_is_needed_from_anywhere() {
+        let auth = AuthConfig {
+            api_keys: vec![
+                ApiKey {
+                    name: "old".into(),
+                    key: "0123456789abcdef-old".into(),
+                },
+                ApiKey {
+                    name: "new".into(),
+                    key: "0123456789abcdef-new".into(),
+                },
+            ],
+            allow_insecure: false,
+        };
+        let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let ok = |h| authorize(&auth, Some(remote), &headers(h)).map_err(|e| e.code);
+        assert_eq!(ok(Some("Bearer 0123456789abcdef-new")), Ok(Some("new")));
+        assert_eq!(ok(Some("bearer 0123456789abcdef-old")), Ok(Some("old")));
+        assert_eq!(
+            ok(Some("Bearer 0123456789abcdef")),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            ok(Some("Basic 0123456789abcdef-new")),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(ok(None), Err(ErrorCode::Unauthorized));
+    }
+}
