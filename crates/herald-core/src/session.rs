@@ -43,6 +43,9 @@ pub struct SessionLimits {
     pub max_channels: usize,
     /// The outbound queue bounds.
     pub outbox: OutboxLimits,
+    /// Most publishes one connection may make in a minute (a token bucket holding a minute's
+    /// worth); 0 for no limit.
+    pub publish_per_minute: u32,
 }
 
 impl Default for SessionLimits {
@@ -50,6 +53,7 @@ impl Default for SessionLimits {
         Self {
             max_channels: 128,
             outbox: OutboxLimits::default(),
+            publish_per_minute: 600,
         }
     }
 }
@@ -91,6 +95,9 @@ pub enum SessionError {
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// Too many publishes from this connection.
+    #[error("this connection may publish at most {0} messages a minute")]
+    RateLimited(u32),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -106,6 +113,7 @@ impl SessionError {
             Self::TooManyChannels(_) => ErrorCode::TooManyChannels,
             Self::PresenceDisabled(_) => ErrorCode::PresenceDisabled,
             Self::Publish(e) => publish_error_code(e),
+            Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Engine(_) => ErrorCode::Unavailable,
         }
     }
@@ -139,6 +147,8 @@ pub struct Session {
     limits: SessionLimits,
     tx: OutboxTx,
     subs: Vec<Sub>,
+    /// Publish tokens left, and when they were last counted (refilled lazily on publish).
+    publish_tokens: (f32, Option<tokio::time::Instant>),
 }
 
 /// Upper bound on publications replayed for one channel in one resume.
@@ -162,6 +172,7 @@ impl Session {
             limits,
             tx,
             subs: Vec::new(),
+            publish_tokens: (limits.publish_per_minute as f32, None),
         };
         (session, rx)
     }
@@ -413,13 +424,39 @@ impl Session {
         out.push(Emit::Publication(p));
     }
 
-    /// Publishes from the client (the namespace must allow it).
+    /// Takes one publish token; false when the connection is over its rate.
+    fn take_publish_token(&mut self) -> bool {
+        let rate = self.limits.publish_per_minute;
+        if rate == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let (tokens, last) = &mut self.publish_tokens;
+        if let Some(last) = *last {
+            let refill = now.duration_since(last).as_secs_f32() * rate as f32 / 60.0;
+            *tokens = (*tokens + refill).min(rate as f32);
+        }
+        *last = Some(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Publishes from the client (the namespace must allow it, and the connection must be
+    /// within `publish_per_minute`).
     pub async fn publish(
-        &self,
+        &mut self,
         channel: &str,
         event: Option<&str>,
         data: Box<RawValue>,
     ) -> Result<Arc<Publication>, SessionError> {
+        if !self.take_publish_token() {
+            self.node.stats.refused_publish_rate.fetch_add(1, Relaxed);
+            return Err(SessionError::RateLimited(self.limits.publish_per_minute));
+        }
         let publisher = &self.node.publisher;
         let prepared = publisher.prepare(channel, event, data)?;
         Ok(publisher.publish_from_client(prepared).await?)

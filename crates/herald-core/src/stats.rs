@@ -25,6 +25,12 @@ pub struct Stats {
     pub resets: AtomicU64,
     /// Connections refused because the node was full.
     pub connections_rejected: AtomicU64,
+    /// WebSocket upgrades refused because their `Origin` is not allowed.
+    pub refused_origin: AtomicU64,
+    /// Connections refused because their address held `server.max_connections_per_ip`.
+    pub refused_per_ip: AtomicU64,
+    /// Client publishes refused by `connection.publish_per_minute`.
+    pub refused_publish_rate: AtomicU64,
 }
 
 impl Default for Stats {
@@ -39,6 +45,9 @@ impl Default for Stats {
             resumes: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
+            refused_origin: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+            refused_publish_rate: AtomicU64::new(0),
         }
     }
 }
@@ -64,6 +73,12 @@ pub struct StatsSnapshot {
     pub resets: u64,
     /// Connections refused because the node was full.
     pub connections_rejected: u64,
+    /// WebSocket upgrades refused for their origin.
+    pub refused_origin: u64,
+    /// Connections refused by the per-address limit.
+    pub refused_per_ip: u64,
+    /// Client publishes refused by the rate limit.
+    pub refused_publish_rate: u64,
 }
 
 impl Stats {
@@ -79,6 +94,9 @@ impl Stats {
             resumes: self.resumes.load(Relaxed),
             resets: self.resets.load(Relaxed),
             connections_rejected: self.connections_rejected.load(Relaxed),
+            refused_origin: self.refused_origin.load(Relaxed),
+            refused_per_ip: self.refused_per_ip.load(Relaxed),
+            refused_publish_rate: self.refused_publish_rate.load(Relaxed),
         }
     }
 }

@@ -42,6 +42,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The node is at its connection limit.
     ServerFull,
+    /// A rate or per-address limit was reached; slow down.
+    RateLimited,
     /// The engine cannot take the request now (shutting down, backend down).
     Unavailable,
     /// Something failed inside Herald; details are in the server log.
@@ -70,6 +72,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ServerFull => "server_full",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

@@ -14,6 +14,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Most simultaneous SSE and WebSocket connections; more are refused with 503.
     pub max_connections: usize,
+    /// Most simultaneous SSE and WebSocket connections from one remote address; more are
+    /// refused with 429. Loopback is not counted (a local reverse proxy); 0 for no limit.
+    pub max_connections_per_ip: usize,
     /// Largest HTTP request body.
     pub max_body: ByteSize,
     /// A client must send its request headers within this time.
@@ -25,7 +28,8 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections to finish before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Browser origins allowed by CORS (`*` for any; empty for same-origin only).
+    /// Browser origins allowed by CORS and for WebSocket upgrades (`*` for any; empty for
+    /// same-origin only).
     pub cors_allowed_origins: Vec<String>,
 }
 
@@ -34,6 +38,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7077)),
             max_connections: 100_000,
+            max_connections_per_ip: 1000,
             max_body: ByteSize::mib(1),
             header_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),

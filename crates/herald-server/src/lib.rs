@@ -10,6 +10,7 @@ mod config;
 mod direct;
 mod error;
 mod health;
+mod limits;
 mod listener;
 mod sse;
 mod ws;
@@ -46,6 +47,7 @@ pub struct App {
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
     connections: Arc<Semaphore>,
+    per_ip: Arc<limits::IpLimiter>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -72,6 +74,7 @@ impl App {
         tracker: TaskTracker,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(settings.server.max_connections));
+        let per_ip = limits::IpLimiter::new(settings.server.max_connections_per_ip);
         Self {
             node,
             server: Arc::new(settings.server),
@@ -82,6 +85,7 @@ impl App {
             shutdown,
             tracker,
             connections,
+            per_ip,
         }
     }
 }

@@ -32,10 +32,12 @@ const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";
 
 pub(crate) async fn handler(
     State(app): State<App>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    match open(app, &headers, raw.as_deref()).await {
+    let peer = peer.map(|axum::Extension(c)| c.0.ip());
+    match open(app, peer, &headers, raw.as_deref()).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -45,7 +47,12 @@ fn bad_position(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadPosition, message)
 }
 
-async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Response, ApiError> {
+async fn open(
+    app: App,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+) -> Result<Response, ApiError> {
     let mut channels: Vec<String> = Vec::new();
     let mut query_id = None;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -96,6 +103,14 @@ async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Respon
     if app.shutdown.is_cancelled() {
         return Ok(try_later(&app, CloseCode::ServerShutdown));
     }
+    let Ok(ip_guard) = app.per_ip.acquire(peer) else {
+        app.node.stats.refused_per_ip.fetch_add(1, Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "this address holds as many connections as it may (server.max_connections_per_ip)",
+        ));
+    };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         app.node.stats.connections_rejected.fetch_add(1, Relaxed);
         return Ok(try_later(&app, CloseCode::TryLater));
@@ -136,7 +151,7 @@ async fn open(app: App, headers: &HeaderMap, raw: Option<&str>) -> Result<Respon
         tracker: app.tracker.clone(),
         first: None,
         done: false,
-        _permit: permit,
+        _held: (permit, ip_guard),
     };
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
@@ -220,7 +235,7 @@ struct SseStream {
     tracker: TaskTracker,
     first: Option<Bytes>,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, Option<crate::limits::IpGuard>),
 }
 
 impl SseStream {

@@ -9,6 +9,7 @@
 //! write buffer.
 
 use crate::api::history_json;
+use crate::limits::{origin_allowed, IpGuard};
 use crate::{ApiError, App};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -122,6 +123,29 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
         )
         .into_response();
     }
+    let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
+    if !origin_allowed(&app.server.cors_allowed_origins, origin) {
+        app.node.stats.refused_origin.fetch_add(1, Relaxed);
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this origin may not open WebSocket connections (server.cors_allowed_origins)",
+        )
+        .into_response();
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let Ok(ip_guard) = app.per_ip.acquire(peer) else {
+        app.node.stats.refused_per_ip.fetch_add(1, Relaxed);
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "this address holds as many connections as it may (server.max_connections_per_ip)",
+        )
+        .into_response();
+    };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         app.node.stats.connections_rejected.fetch_add(1, Relaxed);
         return ApiError::new(
@@ -143,7 +167,9 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     let (session, outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     let tracker = app.tracker.clone();
-    tracker.spawn(connection(app, on_upgrade, permit, config, session, outbox).instrument(span));
+    tracker.spawn(
+        connection(app, on_upgrade, (permit, ip_guard), config, session, outbox).instrument(span),
+    );
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -161,7 +187,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
 fn connection(
     app: App,
     on_upgrade: OnUpgrade,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, Option<IpGuard>),
     config: WebSocketConfig,
     mut session: Session,
     mut outbox: Outbox,

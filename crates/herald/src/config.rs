@@ -42,6 +42,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) outbox_messages: usize,
     /// Most bytes queued for one connection before it is evicted as too slow.
     pub(crate) outbox_bytes: ByteSize,
+    /// Most publishes one connection may make in a minute; 0 for no limit.
+    pub(crate) publish_per_minute: u32,
 }
 
 impl Default for ConnectionConfig {
@@ -51,6 +53,7 @@ impl Default for ConnectionConfig {
             max_channels: d.max_channels,
             outbox_messages: d.outbox.messages,
             outbox_bytes: ByteSize::b(d.outbox.bytes as u64),
+            publish_per_minute: d.publish_per_minute,
         }
     }
 }
@@ -63,6 +66,7 @@ impl ConnectionConfig {
                 messages: self.outbox_messages,
                 bytes: usize::try_from(self.outbox_bytes.as_u64()).unwrap_or(usize::MAX),
             },
+            publish_per_minute: self.publish_per_minute,
         }
     }
 }
