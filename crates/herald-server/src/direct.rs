@@ -65,7 +65,7 @@ pub(crate) fn try_serve<'a>(
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
         }
-        serve(tcp, end, request, router, write_timeout).await;
+        serve(tcp, end, Box::new(request), router, write_timeout).await;
         Outcome::Served
     }
 }
@@ -97,7 +97,9 @@ fn parse(head: &[u8]) -> Option<axum::http::Request<Body>> {
 fn serve<'a>(
     mut tcp: TcpStream,
     head_len: usize,
-    request: axum::http::Request<Body>,
+    // Boxed: the request is a few hundred bytes, and as a captured value its slot would stay
+    // in the task for the stream's whole life.
+    request: Box<axum::http::Request<Body>>,
     router: &'a Router,
     write_timeout: Duration,
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
@@ -108,29 +110,37 @@ fn serve<'a>(
             return;
         }
         drop(sink);
-        let Ok(response) = router.clone().oneshot(request).await;
-        let (parts, mut body) = response.into_parts();
-        let streaming = parts
-            .headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\n",
-            parts.status.as_u16(),
-            parts.status.canonical_reason().unwrap_or("")
-        )
-        .into_bytes();
-        for (name, value) in &parts.headers {
-            if name == axum::http::header::CONNECTION || name == axum::http::header::CONTENT_LENGTH
-            {
-                continue;
+        // The response head is built in its own scope, so the response parts (with drop glue,
+        // kept until the end of their scope) do not stay in the task while the stream runs.
+        let (mut head, streaming, mut body) = {
+            // Boxed: the handler's future is large and needed only until the response head exists;
+            // inline it would size this task for the stream's whole life.
+            let Ok(response) = Box::pin(router.clone().oneshot(*request)).await;
+            let (parts, body) = response.into_parts();
+            let streaming = parts
+                .headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let mut head = format!(
+                "HTTP/1.1 {} {}\r\n",
+                parts.status.as_u16(),
+                parts.status.canonical_reason().unwrap_or("")
+            )
+            .into_bytes();
+            for (name, value) in &parts.headers {
+                if name == axum::http::header::CONNECTION
+                    || name == axum::http::header::CONTENT_LENGTH
+                {
+                    continue;
+                }
+                head.extend_from_slice(name.as_str().as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(value.as_bytes());
+                head.extend_from_slice(b"\r\n");
             }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"connection: close\r\n");
+            head.extend_from_slice(b"connection: close\r\n");
+            (head, streaming, body)
+        };
         if !streaming {
             // A short error body: send it whole, with its length.
             let Ok(collected) = body.collect().await else {

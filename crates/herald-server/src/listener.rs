@@ -48,11 +48,14 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         let header_timeout = app.server.header_read_timeout;
         let shutdown = app.shutdown.clone();
         app.tracker.spawn(async move {
-            let offered = direct::try_serve(tcp, &router, header_timeout, write_timeout, &shutdown);
-            let tcp = match offered.await {
-                direct::Outcome::Served => return,
-                direct::Outcome::Hyper(tcp) => tcp,
-            };
+            // Awaited where it is made: binding it first would store the future twice.
+            let tcp =
+                match direct::try_serve(tcp, &router, header_timeout, write_timeout, &shutdown)
+                    .await
+                {
+                    direct::Outcome::Served => return,
+                    direct::Outcome::Hyper(tcp) => tcp,
+                };
             // Boxed: hyper's connection future is several KB, and held inline it would make
             // every connection's task that large, including the SSE streams served above.
             Box::pin(serve_with_hyper(
