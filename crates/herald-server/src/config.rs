@@ -6,6 +6,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+/// Serializes a size exactly (`4 MiB`, `1000000 B`), so a printed configuration reads back to
+/// the same value; `ByteSize`'s own form rounds to one decimal (`976.6 KiB`).
+pub fn exact_size<S: serde::Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+    let n = size.as_u64();
+    for (unit, mult) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= mult && n.is_multiple_of(mult) {
+            return s.serialize_str(&format!("{} {unit}", n / mult));
+        }
+    }
+    s.serialize_str(&format!("{n} B"))
+}
+
 /// Listener and HTTP settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -18,6 +30,7 @@ pub struct ServerConfig {
     /// refused with 429. Loopback is not counted (a local reverse proxy); 0 for no limit.
     pub max_connections_per_ip: usize,
     /// Largest HTTP request body.
+    #[serde(serialize_with = "exact_size")]
     pub max_body: ByteSize,
     /// A client must send its request headers within this time.
     #[serde(with = "humantime_serde")]
@@ -145,6 +158,7 @@ pub struct WsConfig {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Largest incoming WebSocket message.
+    #[serde(serialize_with = "exact_size")]
     pub max_message: ByteSize,
 }
 

@@ -15,7 +15,7 @@ mod listener;
 mod sse;
 mod ws;
 
-pub use config::{ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
+pub use config::{exact_size, ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
 pub use error::ApiError;
 pub use listener::serve;
 

@@ -41,6 +41,7 @@ pub(crate) struct ConnectionConfig {
     /// Most messages queued for one connection before it is evicted as too slow.
     pub(crate) outbox_messages: usize,
     /// Most bytes queued for one connection before it is evicted as too slow.
+    #[serde(serialize_with = "herald_server::exact_size")]
     pub(crate) outbox_bytes: ByteSize,
     /// Most publishes one connection may make in a minute; 0 for no limit.
     pub(crate) publish_per_minute: u32,
@@ -76,6 +77,7 @@ impl ConnectionConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PublishConfig {
     /// Largest `data` payload of one publication.
+    #[serde(serialize_with = "herald_server::exact_size")]
     pub(crate) max_data: ByteSize,
 }
 
@@ -577,6 +579,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen.port(), 9001);
+    }
+
+    #[test]
+    fn printed_sizes_read_back_exactly() {
+        let f = file("[server]\nmax_body = \"1000000\"\n[connection]\noutbox_bytes = \"3 MiB\"\n");
+        let c = load(Some(&f.0), &Overrides::default()).unwrap();
+        let text = render(&c).unwrap();
+        assert!(text.contains("max_body = \"1000000 B\""), "{text}");
+        assert!(text.contains("outbox_bytes = \"3 MiB\""), "{text}");
+        let again = file(&text);
+        assert_eq!(load(Some(&again.0), &Overrides::default()).unwrap(), c);
     }
 
     #[test]
