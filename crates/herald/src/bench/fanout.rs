@@ -18,37 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// The servers a fan-out run measures: the shared options of `super::ServerArgs`, except that
-/// `--url` and `--server-pid` may name several nodes of one cluster.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct FanoutServerArgs {
-    /// Server URL. Repeat it (or give a comma-separated list) to spread subscribers round-robin
-    /// over several nodes of one cluster; publications go to the first URL.
-    #[arg(
-        long = "url",
-        value_name = "URL",
-        default_value = "http://127.0.0.1:7077",
-        value_delimiter = ','
-    )]
-    pub(crate) urls: Vec<String>,
-    /// Which server's URL layout to use (`ceiling` is the bench's bare fan-out server).
-    #[arg(long, value_enum, default_value = "herald")]
-    pub(crate) target: Target,
-    /// Process id of the server, whose CPU time is read from /proc. Repeat it (or give a
-    /// comma-separated list) for several nodes: `server_cpu_seconds` is then their sum.
-    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
-    pub(crate) server_pids: Vec<u32>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
-
 /// Options of a fan-out run.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct FanoutArgs {
     /// Which server to measure and how to report.
     #[command(flatten)]
-    pub(crate) server: FanoutServerArgs,
+    pub(crate) server: super::ServerArgs,
     /// Subscriber transport.
     #[arg(long, value_enum, default_value = "ws")]
     pub(crate) transport: Transport,

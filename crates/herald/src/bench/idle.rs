@@ -35,12 +35,12 @@ pub(crate) struct IdleArgs {
 }
 
 async fn server_rss(args: &IdleArgs) -> anyhow::Result<u64> {
-    if let Some(pid) = args.server.server_pid {
+    if let Some(pid) = args.server.server_pid() {
         return report::rss_bytes(&pid.to_string()).context("reading the server's RSS");
     }
     let stats: serde_json::Value = reqwest::get(format!(
         "{}/api/stats",
-        args.server.url.trim_end_matches('/')
+        args.server.url().trim_end_matches('/')
     ))
     .await
     .context("GET /api/stats")?
@@ -70,7 +70,7 @@ async fn open_all(
 
 /// Opens connections, holds them, reports RSS per connection.
 pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.server.url)?;
+    let ep = Endpoint::parse(args.server.url())?;
     let before = server_rss(&args).await?;
     let start = Instant::now();
     let (subs, failed) = open_all(&ep, &args).await;
@@ -138,7 +138,7 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
 
 /// Opens connections as fast as allowed and reports the rate.
 pub(crate) async fn connect(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.server.url)?;
+    let ep = Endpoint::parse(args.server.url())?;
     let start = Instant::now();
     let (subs, failed) = open_all(&ep, &args).await;
     let secs = start.elapsed().as_secs_f64();

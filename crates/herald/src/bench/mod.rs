@@ -15,19 +15,40 @@ use wire::Target;
 /// Options every measuring mode shares.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ServerArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7077")]
-    pub(crate) url: String,
+    /// Server URL. `fanout` takes it more than once (or a comma-separated list) to spread
+    /// subscribers round-robin over several nodes of one cluster, publishing to the first; the
+    /// other modes use the first.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7077",
+        value_delimiter = ','
+    )]
+    pub(crate) urls: Vec<String>,
     /// Which server's URL layout to use (`ceiling` is the bench's bare fan-out server).
     #[arg(long, value_enum, default_value = "herald")]
     pub(crate) target: Target,
     /// Process id of the server: its CPU time (and, for `idle`, its RSS) is read from /proc.
-    #[arg(long)]
-    pub(crate) server_pid: Option<u32>,
+    /// `fanout` takes it once per node and sums their CPU time; the other modes use the first.
+    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
+    pub(crate) server_pids: Vec<u32>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
 }
+
+impl ServerArgs {
+    /// The first server URL.
+    pub(crate) fn url(&self) -> &str {
+        self.urls.first().map_or("http://127.0.0.1:7077", String::as_str)
+    }
+
+    /// The first server process id.
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        self.server_pids.first().copied()
+    }
+}
+
 use std::process::ExitCode;
 
 /// The bench modes.

@@ -66,12 +66,12 @@ async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Re
 
 /// Runs a publish measurement.
 pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> {
-    let ep = Endpoint::parse(&args.server.url)?;
+    let ep = Endpoint::parse(args.server.url())?;
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Latencies::new(16));
     let deadline = Instant::now() + args.duration;
-    let meter = report::CpuMeter::start(args.server.server_pid);
+    let meter = report::CpuMeter::start(args.server.server_pid());
     let start = Instant::now();
     let pad = "x".repeat(args.size.saturating_sub(20).max(1));
     let mut tasks = Vec::new();
