@@ -100,6 +100,9 @@ pub struct RedisEngine {
     canary_channel: String,
     canary_seen: AtomicU64,
     canary_arrived: Notify,
+    /// Wakes the recovery task; holds at most one pending request, so any number of lags or
+    /// reconnects while a recovery runs cause exactly one more pass.
+    recover_wanted: Notify,
     sharded: bool,
 }
 
@@ -163,6 +166,7 @@ impl RedisEngine {
             canary_channel,
             canary_seen: AtomicU64::new(0),
             canary_arrived: Notify::new(),
+            recover_wanted: Notify::new(),
             sharded,
             config,
         });
@@ -194,6 +198,9 @@ impl RedisEngine {
         let me = self.clone();
         let t = token.clone();
         tracker.spawn(async move { me.reconnect_loop(t).await });
+        let me = self.clone();
+        let t = token.clone();
+        tracker.spawn(async move { me.recovery_loop(t).await });
         let me = self.clone();
         let t = token.clone();
         tracker.spawn(async move {
@@ -319,8 +326,8 @@ impl RedisEngine {
                 "redis engine gave a malformed reply",
             ));
         };
-        let data = RawValue::from_string(data.get().to_owned())
-            .map_err(|_| EngineError::Unavailable("redis engine: data is not JSON"))?;
+        // Already valid JSON: copied, not parsed again.
+        let data: Box<RawValue> = data.to_owned();
         Ok(Some(Arc::new(Publication::new(
             channel.clone(),
             event.clone(),
@@ -375,16 +382,7 @@ impl RedisEngine {
                         missed = n,
                         "Redis pub/sub receiver lagged; recovering from history."
                     );
-                    let me = self.clone();
-                    let token = token.clone();
-                    tokio::spawn(async move {
-                        while !me.recover().await {
-                            tokio::select! {
-                                () = token.cancelled() => return,
-                                () = tokio::time::sleep(CANARY_EVERY) => {}
-                            }
-                        }
-                    });
+                    self.recover_wanted.notify_one();
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -437,13 +435,20 @@ impl RedisEngine {
     }
 
     async fn reconnect_loop(self: Arc<Self>, token: CancellationToken) {
+        use tokio::sync::broadcast::error::RecvError;
         let mut sub_rx = self.subscriber.reconnect_rx();
         let mut client_rx = self.client.reconnect_rx();
         loop {
             let subscriber = tokio::select! {
                 () = token.cancelled() => return,
-                r = sub_rx.recv() => r.is_ok(),
-                r = client_rx.recv() => { let _ = r; false }
+                r = sub_rx.recv() => match r {
+                    Ok(_) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                },
+                r = client_rx.recv() => match r {
+                    Ok(_) | Err(RecvError::Lagged(_)) => false,
+                    Err(RecvError::Closed) => return,
+                },
             };
             self.health.reconnected();
             if !subscriber {
@@ -455,8 +460,18 @@ impl RedisEngine {
                 let _ = self.subscriber.force_reconnection().await;
                 continue;
             }
-            // Retry until every channel was read: a channel skipped here would stay silent
-            // until its next publication.
+            self.recover_wanted.notify_one();
+        }
+    }
+
+    /// Runs a recovery whenever one is wanted (a lagging receiver, a reconnect), retrying until
+    /// every channel was read: a channel skipped would stay silent until its next publication.
+    async fn recovery_loop(self: Arc<Self>, token: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = self.recover_wanted.notified() => {}
+            }
             while !self.recover().await {
                 tokio::select! {
                     () = token.cancelled() => return,

@@ -29,6 +29,8 @@ const CLAIM_IDLE: Duration = Duration::from_secs(30);
 /// How long published entry ids are remembered: far beyond the time a pending entry waits
 /// before it is claimed.
 const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
+/// Wait before reading again after a failed round.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// Rejected entries kept for inspection.
 const REJECTED_KEEP: u64 = 10_000;
 
@@ -87,12 +89,18 @@ pub(crate) async fn run(
     let consumer = format!("node-{:016x}", fastrand::u64(..));
     let mut claim_next = tokio::time::Instant::now();
     let mut backlog = true;
+    // The group is (re)created at start and after any failed round (Redis may have restarted
+    // empty), not on every read.
+    let mut group_ready = false;
     loop {
         if token.is_cancelled() || publisher.is_closed() {
             break;
         }
         let round = async {
-            ensure_group(&client, &stream).await?;
+            if !group_ready {
+                ensure_group(&client, &stream).await?;
+                group_ready = true;
+            }
             let mut batch = Vec::new();
             if tokio::time::Instant::now() >= claim_next {
                 claim_next = tokio::time::Instant::now() + CLAIM_IDLE / 3;
@@ -159,17 +167,28 @@ pub(crate) async fn run(
             Err(e) => {
                 tracing::debug!(error = %e, "Worker stream read failed; retrying.");
                 backlog = true;
+                group_ready = false;
                 tokio::select! {
                     () = token.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = tokio::time::sleep(RETRY_AFTER) => continue,
                 }
             }
         };
+        let mut failed = false;
         for entry in batch {
             if let Err(e) = handle(&engine, &publisher, &client, &stream, &entry).await {
                 tracing::debug!(error = %e, id = entry.id, "Publishing a worker entry failed; it stays pending.");
-                backlog = true;
+                failed = true;
                 break;
+            }
+        }
+        if failed {
+            // The entry stays pending and is read again; wait first, so a node whose engine is
+            // not ready does not spin.
+            backlog = true;
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(RETRY_AFTER) => {}
             }
         }
     }

@@ -86,27 +86,26 @@ async fn with_keys_the_api_needs_one_of_them_and_subscribers_are_unaffected() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
 }
 
-#[tokio::test]
-async fn keys_are_redacted_and_bad_keys_are_reported() {
-    let file = TempFile::with(KEYS);
-    let out = tokio::process::Command::new(herald_bin())
+/// Runs `herald check-config` on `config`.
+async fn check_config(config: &str) -> std::process::Output {
+    let file = TempFile::with(config);
+    tokio::process::Command::new(herald_bin())
         .args(["check-config", "--config"])
         .arg(&file.0)
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_redacted_and_bad_keys_are_reported() {
+    let out = check_config(KEYS).await;
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("0123456789abcdef"), "{text}");
     assert!(text.contains("name = \"new\""), "{text}");
 
-    let file = TempFile::with("[[auth.api_keys]]\nname = \"a\"\nkey = \"short\"\n[[auth.api_keys]]\nname = \"a\"\nkey = \"another-long-enough-key\"\n");
-    let out = tokio::process::Command::new(herald_bin())
-        .args(["check-config", "--config"])
-        .arg(&file.0)
-        .output()
-        .await
-        .unwrap();
+    let out = check_config("[[auth.api_keys]]\nname = \"a\"\nkey = \"short\"\n[[auth.api_keys]]\nname = \"a\"\nkey = \"another-long-enough-key\"\n").await;
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("shorter than 16 characters"), "{text}");

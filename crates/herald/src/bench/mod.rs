@@ -40,7 +40,9 @@ pub(crate) struct ServerArgs {
 impl ServerArgs {
     /// The first server URL.
     pub(crate) fn url(&self) -> &str {
-        self.urls.first().map_or("http://127.0.0.1:7077", String::as_str)
+        self.urls
+            .first()
+            .map_or("http://127.0.0.1:7077", String::as_str)
     }
 
     /// The first server process id.

@@ -19,6 +19,7 @@ pub struct Backend {
     pub kind: Kind,
     pub port: u16,
     dir: PathBuf,
+    extra: &'static [&'static str],
     child: Option<Child>,
 }
 
@@ -46,6 +47,11 @@ fn on_path(bin: &str) -> bool {
 impl Backend {
     /// Starts a server of `kind`, or returns None (after saying so) when its binary is missing.
     pub fn start(kind: Kind) -> Option<Self> {
+        Self::start_with(kind, &[])
+    }
+
+    /// As [`Backend::start`], with extra command-line arguments for the server.
+    pub fn start_with(kind: Kind, extra: &'static [&'static str]) -> Option<Self> {
         let bin = binary(kind);
         if !on_path(bin) {
             assert!(
@@ -61,6 +67,7 @@ impl Backend {
             kind,
             port: free_port(),
             dir,
+            extra,
             child: None,
         };
         b.spawn();
@@ -92,7 +99,7 @@ impl Backend {
             ]),
             Kind::Nats => cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]),
         };
-        cmd.arg(&self.dir);
+        cmd.arg(&self.dir).args(self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -153,43 +160,15 @@ impl RedisCluster {
     pub fn start() -> Option<Self> {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let b = Backend::start(Kind::Redis)?;
-            nodes.push(b);
-        }
-        // Restart each node in cluster mode on its port.
-        for b in &mut nodes {
-            b.kill();
-            let port = b.port.to_string();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
+            nodes.push(Backend::start_with(
+                Kind::Redis,
+                &[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
-                    "--dir",
-                ])
-                .arg(&b.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            b.child = Some(child);
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", b.port)).is_err() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "cluster node did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+                ],
+            )?);
         }
         let addrs: Vec<String> = nodes
             .iter()
