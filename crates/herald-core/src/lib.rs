@@ -8,6 +8,7 @@
 mod channel;
 mod engine;
 mod hub;
+mod identity;
 pub mod memory;
 mod namespace;
 mod node;
@@ -24,6 +25,7 @@ pub use engine::{
     LatencySummary, PresenceStore, ResetReason, Retention,
 };
 pub use hub::{ConnId, Hub};
+pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
 pub use namespace::{ChannelsConfig, NamespaceOptions};
 pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
