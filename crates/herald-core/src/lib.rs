@@ -15,6 +15,7 @@ mod node;
 mod outbox;
 mod publication;
 mod publisher;
+mod rate;
 mod remote;
 mod session;
 mod stats;
@@ -26,14 +27,15 @@ pub use engine::{
 };
 pub use hub::{ConnId, Hub};
 pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
-pub use namespace::{ChannelsConfig, NamespaceOptions};
+pub use namespace::{Access, Action, ChannelsConfig, Denied, NamespaceOptions};
 pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use publication::{PresenceEvent, PresenceKind, Publication};
 pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
+pub use rate::{KeyedBuckets, Take, TokenBucket};
 pub use remote::{EngineHealth, LinkState, RemoteSubscriber, RemoteSubscriptions};
 pub use session::{publish_error_code, Emit, Session, SessionError, SessionLimits, Transport};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{Refusals, RefusalsSnapshot, Stats, StatsSnapshot};
 
 /// A new random epoch: 8 base36 characters.
 pub fn new_epoch() -> herald_protocol::Epoch {

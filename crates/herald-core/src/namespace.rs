@@ -1,7 +1,7 @@
-//! Per-namespace channel options (history, latest state, presence, client publishing) and the
-//! lookup from a channel to its options.
+//! Per-namespace channel options (history, latest state, presence, who may subscribe, publish
+//! and read) and the lookup from a channel to its options.
 
-use crate::ChannelName;
+use crate::{channel_owner, ChannelName, Identity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,8 +19,77 @@ pub struct NamespaceOptions {
     pub latest_state: bool,
     /// Track who is subscribed and push join/leave events.
     pub presence: bool,
-    /// Allow WebSocket clients to publish to channels of this namespace.
-    pub client_publish: bool,
+    /// Who may subscribe. Unset: anyone while no authentication is configured, and only
+    /// holders of a grant once it is ("closed unless marked public").
+    pub subscribe: Option<Access>,
+    /// Who may publish from a client (WebSocket `publish`).
+    pub publish: Access,
+    /// Who may read history over WebSocket. Unset: whoever may subscribe.
+    pub read_history: Option<Access>,
+    /// Who may list presence over WebSocket. Unset: whoever may subscribe.
+    pub read_presence: Option<Access>,
+    /// Most client publishes per minute to this namespace by one user (by one connection when
+    /// anonymous), across the user's connections on this node; 0 for no limit.
+    pub publish_per_minute: u32,
+}
+
+/// Who may do something on a namespace's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Anyone, with or without a token.
+    Public,
+    /// Any connection with a valid token.
+    Authenticated,
+    /// Only a token whose grants (`channels` for reading, `publish` for publishing) match.
+    Granted,
+    /// No client; only the HTTP API.
+    None,
+}
+
+/// What a client asks to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Subscribe (including resume).
+    Subscribe,
+    /// Publish from the client.
+    Publish,
+    /// Read history.
+    History,
+    /// List presence.
+    Presence,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe to",
+            Self::Publish => "publish to",
+            Self::History => "read the history of",
+            Self::Presence => "read the presence of",
+        }
+    }
+}
+
+/// Why a client may not do something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The action needs a token and the connection has none.
+    #[error("a token is needed to {verb} {channel:?}")]
+    Unauthenticated {
+        /// What was asked.
+        verb: &'static str,
+        /// The channel.
+        channel: String,
+    },
+    /// The token does not allow it.
+    #[error("this connection may not {verb} {channel:?}")]
+    Forbidden {
+        /// What was asked.
+        verb: &'static str,
+        /// The channel.
+        channel: String,
+    },
 }
 
 impl Default for NamespaceOptions {
@@ -30,7 +99,11 @@ impl Default for NamespaceOptions {
             history_ttl: Duration::from_secs(600),
             latest_state: false,
             presence: false,
-            client_publish: false,
+            subscribe: None,
+            publish: Access::None,
+            read_history: None,
+            read_presence: None,
+            publish_per_minute: 0,
         }
     }
 }
@@ -54,6 +127,10 @@ pub struct ChannelsConfig {
     pub defaults: NamespaceOptions,
     /// Options per namespace (the text before the first `:` of a channel name).
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// Authentication is configured, so namespaces without an explicit `subscribe` are closed.
+    /// Set by the binary from the auth settings, not read from the file.
+    #[serde(skip)]
+    pub closed: bool,
 }
 
 /// Upper bound on `history_size`, to keep one channel's memory bounded.
@@ -65,6 +142,72 @@ impl ChannelsConfig {
         self.namespaces
             .get(channel.namespace())
             .unwrap_or(&self.defaults)
+    }
+
+    /// Who may subscribe to channels with these options.
+    pub fn subscribe_access(&self, options: &NamespaceOptions) -> Access {
+        options.subscribe.unwrap_or(if self.closed {
+            Access::Granted
+        } else {
+            Access::Public
+        })
+    }
+
+    /// Decides whether `who` (None: no token) may do `action` on `channel`. A user channel
+    /// (`name#user`) is readable only by its user, and publishable only by its user where the
+    /// namespace lets clients publish at all.
+    pub fn permits(
+        &self,
+        action: Action,
+        channel: &ChannelName,
+        who: Option<&Identity>,
+    ) -> Result<(), Denied> {
+        let o = self.options(channel);
+        let sub = self.subscribe_access(o);
+        let access = match action {
+            Action::Subscribe => sub,
+            Action::Publish => o.publish,
+            Action::History => o.read_history.unwrap_or(sub),
+            Action::Presence => o.read_presence.unwrap_or(sub),
+        };
+        let unauthenticated = || Denied::Unauthenticated {
+            verb: action.verb(),
+            channel: channel.to_string(),
+        };
+        let forbidden = || Denied::Forbidden {
+            verb: action.verb(),
+            channel: channel.to_string(),
+        };
+        if access == Access::None {
+            return Err(forbidden());
+        }
+        if let Some(owner) = channel_owner(channel) {
+            let who = who.ok_or_else(unauthenticated)?;
+            if *who.user != *owner {
+                return Err(forbidden());
+            }
+            // The owner reads its own channel whatever else the namespace asks.
+            if action != Action::Publish {
+                return Ok(());
+            }
+        }
+        match access {
+            Access::Public => Ok(()),
+            Access::Authenticated => who.map(|_| ()).ok_or_else(unauthenticated),
+            Access::Granted => {
+                let who = who.ok_or_else(unauthenticated)?;
+                let grants = match action {
+                    Action::Publish => &who.publish,
+                    _ => &who.subscribe,
+                };
+                if grants.allows(channel) {
+                    Ok(())
+                } else {
+                    Err(forbidden())
+                }
+            }
+            Access::None => Err(forbidden()),
+        }
     }
 
     /// Every problem with these options.
@@ -100,5 +243,121 @@ impl ChannelsConfig {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Grants;
+    use std::sync::Arc;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    fn user(name: &str, subscribe: &[&str], publish: &[&str]) -> Identity {
+        Identity {
+            user: Arc::from(name),
+            info: None,
+            subscribe: Grants::new(subscribe).unwrap(),
+            publish: Grants::new(publish).unwrap(),
+            expires_at: None,
+        }
+    }
+
+    fn config(closed: bool) -> ChannelsConfig {
+        let toml = r#"
+            [namespaces.widget]
+            subscribe = "public"
+            [namespaces.feed]
+            subscribe = "authenticated"
+            [namespaces.room]
+            subscribe = "granted"
+            publish = "granted"
+            read_presence = "none"
+            [namespaces.chat]
+            subscribe = "authenticated"
+            publish = "authenticated"
+        "#;
+        let mut c: ChannelsConfig = toml::from_str(toml).unwrap();
+        c.closed = closed;
+        c
+    }
+
+    #[test]
+    fn unset_subscribe_is_open_until_auth_is_configured() {
+        let anyone = None;
+        assert!(config(false)
+            .permits(Action::Subscribe, &ch("news"), anyone)
+            .is_ok());
+        assert!(matches!(
+            config(true).permits(Action::Subscribe, &ch("news"), anyone),
+            Err(Denied::Unauthenticated { .. })
+        ));
+        let granted = user("u1", &["news"], &[]);
+        assert!(config(true)
+            .permits(Action::Subscribe, &ch("news"), Some(&granted))
+            .is_ok());
+        assert!(config(true)
+            .permits(Action::History, &ch("news"), Some(&granted))
+            .is_ok());
+    }
+
+    #[test]
+    fn each_access_level_is_enforced() {
+        let c = config(true);
+        let alice = user("alice", &["room:1"], &["room:1"]);
+        let bob = user("bob", &[], &[]);
+        assert!(c.permits(Action::Subscribe, &ch("widget:w"), None).is_ok());
+        assert!(c.permits(Action::Subscribe, &ch("feed:x"), None).is_err());
+        assert!(c
+            .permits(Action::Subscribe, &ch("feed:x"), Some(&bob))
+            .is_ok());
+        assert!(c
+            .permits(Action::Subscribe, &ch("room:1"), Some(&alice))
+            .is_ok());
+        assert!(matches!(
+            c.permits(Action::Subscribe, &ch("room:1"), Some(&bob)),
+            Err(Denied::Forbidden { .. })
+        ));
+        assert!(c
+            .permits(Action::Publish, &ch("room:1"), Some(&alice))
+            .is_ok());
+        assert!(c
+            .permits(Action::Publish, &ch("room:1"), Some(&bob))
+            .is_err());
+        assert!(c
+            .permits(Action::Presence, &ch("room:1"), Some(&alice))
+            .is_err());
+        assert!(c.permits(Action::Publish, &ch("widget:w"), None).is_err());
+        assert!(c
+            .permits(Action::Publish, &ch("chat:a"), Some(&bob))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_user_channel_is_for_its_user_only() {
+        let c = config(true);
+        let alice = user("alice", &["*"], &["*"]);
+        let bob = user("bob", &[], &[]);
+        let mine = ch("alerts#bob");
+        assert!(c.permits(Action::Subscribe, &mine, Some(&bob)).is_ok());
+        assert!(c.permits(Action::History, &mine, Some(&bob)).is_ok());
+        assert!(
+            c.permits(Action::Subscribe, &mine, Some(&alice)).is_err(),
+            "a wildcard grant does not open another user's channel"
+        );
+        assert!(c.permits(Action::Subscribe, &mine, None).is_err());
+        assert!(
+            c.permits(Action::Publish, &mine, Some(&bob)).is_err(),
+            "publishing still needs the namespace to allow it"
+        );
+        assert!(c
+            .permits(Action::Publish, &ch("chat:dm#bob"), Some(&bob))
+            .is_ok());
+        assert!(c
+            .permits(Action::Subscribe, &ch("widget:w#bob"), None)
+            .is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! `Node`: the engine's parts on this node, built once by the binary's wiring and shared by the
 //! HTTP API, the transports and sessions.
 
-use crate::{Broker, ChannelsConfig, HistoryStore, Hub, PresenceStore, Publisher, Stats};
+use crate::{
+    Broker, ChannelsConfig, HistoryStore, Hub, KeyedBuckets, PresenceStore, Publisher, Stats,
+};
 use std::sync::Arc;
 
 /// The engine's parts on this node.
@@ -21,4 +23,7 @@ pub struct Node {
     pub channels: Arc<ChannelsConfig>,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Client publish buckets per namespace and user (`publish_per_minute`), shared by every
+    /// connection of the node.
+    pub user_rates: Arc<KeyedBuckets>,
 }

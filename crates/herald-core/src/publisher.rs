@@ -38,9 +38,6 @@ pub enum PublishError {
         /// The limit.
         max: usize,
     },
-    /// Clients may not publish to this namespace.
-    #[error("clients may not publish to namespace {0:?}")]
-    Forbidden(String),
     /// The node is draining for shutdown.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -162,14 +159,6 @@ impl Publisher {
         self.count_published();
         tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
         Ok(publication)
-    }
-
-    /// Publishes on behalf of a client: the namespace must allow client publishing.
-    pub async fn publish_from_client(&self, p: Prepared) -> Result<Arc<Publication>, PublishError> {
-        if !self.channels.options(&p.channel).client_publish {
-            return Err(PublishError::Forbidden(p.channel.namespace().to_owned()));
-        }
-        self.publish(p).await
     }
 
     /// Refuses further publications (shutdown).

@@ -6,9 +6,9 @@
 //! turns [`Emit`]s into wire bytes, and calls the session from its single connection task.
 
 use crate::{
-    outbox, ChannelError, ChannelName, ConnId, EngineError, HistoryPage, HistoryQuery, Node,
-    Outbox, OutboxLimits, OutboxTx, Outgoing, PresenceEvent, PresenceKind, Publication,
-    PublishError, ResetReason,
+    outbox, Action, ChannelError, ChannelName, ConnId, Denied, EngineError, HistoryPage,
+    HistoryQuery, Identity, Node, Outbox, OutboxLimits, OutboxTx, Outgoing, PresenceEvent,
+    PresenceKind, Publication, PublishError, ResetReason, Take, TokenBucket,
 };
 use herald_protocol::{ErrorCode, Member, ResetChannel, StreamPosition};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,11 @@ pub struct SessionLimits {
     /// Most publishes one connection may make in a minute (a token bucket holding a minute's
     /// worth); 0 for no limit.
     pub publish_per_minute: u32,
+    /// Most subscribe requests one connection may make in a minute (a token bucket); 0 for no
+    /// limit.
+    pub subscribe_per_minute: u32,
+    /// Most open connections one user (token `sub`) may hold on this node; 0 for no limit.
+    pub max_per_user: usize,
 }
 
 impl Default for SessionLimits {
@@ -54,6 +59,8 @@ impl Default for SessionLimits {
             max_channels: 128,
             outbox: OutboxLimits::default(),
             publish_per_minute: 600,
+            subscribe_per_minute: 600,
+            max_per_user: 100,
         }
     }
 }
@@ -98,6 +105,33 @@ pub enum SessionError {
     /// Too many publishes from this connection.
     #[error("this connection may publish at most {0} messages a minute")]
     RateLimited(u32),
+    /// Too many publishes to a namespace from this user.
+    #[error(
+        "one user may publish at most {per_minute} messages a minute to namespace {namespace:?}"
+    )]
+    NamespaceRateLimited {
+        /// The namespace.
+        namespace: String,
+        /// Its `publish_per_minute`.
+        per_minute: u32,
+    },
+    /// Too many subscribe requests from this connection.
+    #[error("this connection may subscribe at most {0} times a minute")]
+    SubscribeRateLimited(u32),
+    /// The connection lacks the permission.
+    #[error(transparent)]
+    Denied(Denied),
+    /// The connection lacks the permission to publish.
+    #[error("{0}")]
+    PublishDenied(Denied),
+    /// A token for a different user than the connection's.
+    #[error("the token names user {new:?}, but this connection belongs to {old:?}")]
+    UserChanged {
+        /// The connection's user.
+        old: String,
+        /// The token's user.
+        new: String,
+    },
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -113,7 +147,14 @@ impl SessionError {
             Self::TooManyChannels(_) => ErrorCode::TooManyChannels,
             Self::PresenceDisabled(_) => ErrorCode::PresenceDisabled,
             Self::Publish(e) => publish_error_code(e),
-            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::RateLimited(_)
+            | Self::NamespaceRateLimited { .. }
+            | Self::SubscribeRateLimited(_) => ErrorCode::RateLimited,
+            Self::Denied(Denied::Unauthenticated { .. }) => ErrorCode::Unauthorized,
+            Self::Denied(Denied::Forbidden { .. }) | Self::UserChanged { .. } => {
+                ErrorCode::Forbidden
+            }
+            Self::PublishDenied(_) => ErrorCode::PublishForbidden,
             Self::Engine(_) => ErrorCode::Unavailable,
         }
     }
@@ -126,7 +167,6 @@ pub fn publish_error_code(e: &PublishError) -> ErrorCode {
         PublishError::BadEvent(_) => ErrorCode::BadEvent,
         PublishError::BadData(_) => ErrorCode::BadRequest,
         PublishError::TooLarge { .. } => ErrorCode::TooLarge,
-        PublishError::Forbidden(_) => ErrorCode::PublishForbidden,
         PublishError::ShuttingDown | PublishError::Engine(_) => ErrorCode::Unavailable,
     }
 }
@@ -147,8 +187,10 @@ pub struct Session {
     limits: SessionLimits,
     tx: OutboxTx,
     subs: Vec<Sub>,
-    /// Publish tokens left, and when they were last counted (refilled lazily on publish).
-    publish_tokens: (f32, Option<tokio::time::Instant>),
+    /// Who the connection's token names; None for an anonymous connection.
+    identity: Option<Arc<Identity>>,
+    publish_tokens: TokenBucket,
+    subscribe_tokens: TokenBucket,
 }
 
 /// Upper bound on publications replayed for one channel in one resume.
@@ -172,7 +214,9 @@ impl Session {
             limits,
             tx,
             subs: Vec::new(),
-            publish_tokens: (limits.publish_per_minute as f32, None),
+            identity: None,
+            publish_tokens: TokenBucket::full(limits.publish_per_minute),
+            subscribe_tokens: TokenBucket::full(limits.subscribe_per_minute),
         };
         (session, rx)
     }
@@ -197,10 +241,83 @@ impl Session {
         self.subs.iter().map(|s| &s.channel)
     }
 
+    /// Who the connection is, once a token was verified.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
+    }
+
+    /// Adopts a verified token's identity: the first one authenticates the connection; later
+    /// ones (a refresh) must name the same user, and replace grants and expiry.
+    pub fn authenticate(&mut self, identity: Identity) -> Result<(), SessionError> {
+        if let Some(old) = &self.identity {
+            if old.user != identity.user {
+                return Err(SessionError::UserChanged {
+                    old: old.user.to_string(),
+                    new: identity.user.to_string(),
+                });
+            }
+        }
+        self.identity = Some(Arc::new(identity));
+        Ok(())
+    }
+
+    /// When the connection's token expires (Unix seconds).
+    pub fn expires_at(&self) -> Option<u64> {
+        self.identity.as_ref().and_then(|i| i.expires_at)
+    }
+
+    fn permit(&self, action: Action, channel: &ChannelName) -> Result<(), SessionError> {
+        let who = self.identity.as_deref();
+        self.node
+            .channels
+            .permits(action, channel, who)
+            .map_err(|d| {
+                self.node.stats.refused.permission.fetch_add(1, Relaxed);
+                match action {
+                    Action::Publish => SessionError::PublishDenied(d),
+                    _ => SessionError::Denied(d),
+                }
+            })
+    }
+
+    /// The subscribe check with a subscription token's grants in place of the connection's.
+    fn permit_granted(&self, channel: &ChannelName, grant: &Identity) -> Result<(), SessionError> {
+        let Some(me) = &self.identity else {
+            self.node.stats.refused.permission.fetch_add(1, Relaxed);
+            return Err(SessionError::Denied(Denied::Unauthenticated {
+                verb: "use a subscription token for",
+                channel: channel.to_string(),
+            }));
+        };
+        if me.user != grant.user {
+            self.node.stats.refused.permission.fetch_add(1, Relaxed);
+            return Err(SessionError::UserChanged {
+                old: me.user.to_string(),
+                new: grant.user.to_string(),
+            });
+        }
+        let merged = Identity {
+            subscribe: grant.subscribe.clone(),
+            ..Identity::clone(me)
+        };
+        self.node
+            .channels
+            .permits(Action::Subscribe, channel, Some(&merged))
+            .map_err(|d| {
+                self.node.stats.refused.permission.fetch_add(1, Relaxed);
+                SessionError::Denied(d)
+            })
+    }
+
     fn member(&self) -> Member {
         Member {
             conn_id: self.conn_id.to_string(),
-            user_id: None,
+            user_id: self.identity.as_ref().map(|i| i.user.to_string()),
+            info: self
+                .identity
+                .as_ref()
+                .and_then(|i| i.info.as_ref())
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
             transport: self.transport.as_str().to_owned(),
         }
     }
@@ -208,10 +325,13 @@ impl Session {
     /// Subscribes to `channel`. With `since`, replays what was missed after it (or emits a
     /// reset when that is impossible); without, emits the latest publication where the
     /// namespace keeps latest state. Returns the position the live stream continues from.
+    /// `grant` is a verified subscription token: for the connection's own user, its `channels`
+    /// stand in for the connection token's where the namespace asks for a grant.
     pub async fn subscribe(
         &mut self,
         channel: &str,
         since: Option<StreamPosition>,
+        grant: Option<&Identity>,
         out: &mut Vec<Emit>,
     ) -> Result<StreamPosition, SessionError> {
         let channel = ChannelName::parse(channel)?;
@@ -220,6 +340,18 @@ impl Session {
         }
         if self.subs.len() >= self.limits.max_channels {
             return Err(SessionError::TooManyChannels(self.limits.max_channels));
+        }
+        match grant {
+            None => self.permit(Action::Subscribe, &channel)?,
+            Some(g) => self.permit_granted(&channel, g)?,
+        }
+        let rate = self.limits.subscribe_per_minute;
+        if !self
+            .subscribe_tokens
+            .take(rate, 60.0, tokio::time::Instant::now())
+        {
+            self.node.stats.refused.subscribe_rate.fetch_add(1, Relaxed);
+            return Err(SessionError::SubscribeRateLimited(rate));
         }
         let options = self.node.channels.options(&channel).clone();
         // Register first: anything published from here on is queued in the outbox, and the
@@ -424,27 +556,6 @@ impl Session {
         out.push(Emit::Publication(p));
     }
 
-    /// Takes one publish token; false when the connection is over its rate.
-    fn take_publish_token(&mut self) -> bool {
-        let rate = self.limits.publish_per_minute;
-        if rate == 0 {
-            return true;
-        }
-        let now = tokio::time::Instant::now();
-        let (tokens, last) = &mut self.publish_tokens;
-        if let Some(last) = *last {
-            let refill = now.duration_since(last).as_secs_f32() * rate as f32 / 60.0;
-            *tokens = (*tokens + refill).min(rate as f32);
-        }
-        *last = Some(now);
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
     /// Publishes from the client (the namespace must allow it, and the connection must be
     /// within `publish_per_minute`).
     pub async fn publish(
@@ -453,13 +564,43 @@ impl Session {
         event: Option<&str>,
         data: Box<RawValue>,
     ) -> Result<Arc<Publication>, SessionError> {
-        if !self.take_publish_token() {
-            self.node.stats.refused_publish_rate.fetch_add(1, Relaxed);
-            return Err(SessionError::RateLimited(self.limits.publish_per_minute));
+        let name = ChannelName::parse(channel)?;
+        self.permit(Action::Publish, &name)?;
+        let rate = self.limits.publish_per_minute;
+        if !self
+            .publish_tokens
+            .take(rate, 60.0, tokio::time::Instant::now())
+        {
+            self.node.stats.refused.publish_rate.fetch_add(1, Relaxed);
+            return Err(SessionError::RateLimited(rate));
+        }
+        let per_user = self.node.channels.options(&name).publish_per_minute;
+        if per_user > 0 {
+            let key = match &self.identity {
+                Some(i) => format!("{}\n{}", name.namespace(), i.user),
+                None => format!("{}\n#{}", name.namespace(), self.conn_id),
+            };
+            match self.node.user_rates.take_n(&key, per_user) {
+                Take::Allowed => {}
+                Take::Overflow => {
+                    self.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);
+                }
+                Take::Limited => {
+                    self.node
+                        .stats
+                        .refused
+                        .namespace_publish_rate
+                        .fetch_add(1, Relaxed);
+                    return Err(SessionError::NamespaceRateLimited {
+                        namespace: name.namespace().to_owned(),
+                        per_minute: per_user,
+                    });
+                }
+            }
         }
         let publisher = &self.node.publisher;
         let prepared = publisher.prepare(channel, event, data)?;
-        Ok(publisher.publish_from_client(prepared).await?)
+        Ok(publisher.publish(prepared).await?)
     }
 
     /// Reads history for the client.
@@ -470,6 +611,7 @@ impl Session {
         limit: usize,
     ) -> Result<HistoryPage, SessionError> {
         let channel = ChannelName::parse(channel)?;
+        self.permit(Action::History, &channel)?;
         Ok(self
             .node
             .history
@@ -480,6 +622,7 @@ impl Session {
     /// Lists presence members of `channel`.
     pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, SessionError> {
         let channel = ChannelName::parse(channel)?;
+        self.permit(Action::Presence, &channel)?;
         if !self.node.channels.options(&channel).presence {
             return Err(SessionError::PresenceDisabled(
                 channel.namespace().to_owned(),
@@ -551,6 +694,7 @@ mod tests {
             publisher,
             channels,
             stats,
+            user_rates: Arc::new(crate::KeyedBuckets::new(0, 60.0, 1000)),
         }
     }
 
@@ -579,7 +723,7 @@ mod tests {
         let (mut s, mut outbox) =
             Session::new(node.clone(), Transport::Ws, SessionLimits::default());
         let mut out = Vec::new();
-        s.subscribe("c", None, &mut out).await.unwrap();
+        s.subscribe("c", None, None, &mut out).await.unwrap();
         publish(&node, 3).await;
         let mut queued = Vec::new();
         outbox.recv(&mut queued).await.unwrap();
@@ -600,7 +744,7 @@ mod tests {
         let (mut s, mut outbox) =
             Session::new(node.clone(), Transport::Sse, SessionLimits::default());
         let mut out = Vec::new();
-        s.subscribe("c", None, &mut out).await.unwrap();
+        s.subscribe("c", None, None, &mut out).await.unwrap();
         publish(&node, 3).await;
         let mut queued = Vec::new();
         outbox.recv(&mut queued).await.unwrap();
@@ -619,7 +763,7 @@ mod tests {
         let node = node(10);
         let (mut s, _outbox) = Session::new(node.clone(), Transport::Ws, SessionLimits::default());
         let mut out = Vec::new();
-        s.subscribe("c", None, &mut out).await.unwrap();
+        s.subscribe("c", None, None, &mut out).await.unwrap();
         let foreign = Arc::new(Publication::new(
             ChannelName::parse("c").unwrap(),
             EventName::message(),
@@ -640,9 +784,9 @@ mod tests {
         };
         let (mut s, _outbox) = Session::new(node, Transport::Ws, limits);
         let mut out = Vec::new();
-        s.subscribe("a", None, &mut out).await.unwrap();
+        s.subscribe("a", None, None, &mut out).await.unwrap();
         assert!(matches!(
-            s.subscribe("b", None, &mut out).await,
+            s.subscribe("b", None, None, &mut out).await,
             Err(SessionError::TooManyChannels(1))
         ));
     }

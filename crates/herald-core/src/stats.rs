@@ -25,12 +25,8 @@ pub struct Stats {
     pub resets: AtomicU64,
     /// Connections refused because the node was full.
     pub connections_rejected: AtomicU64,
-    /// WebSocket upgrades refused because their `Origin` is not allowed.
-    pub refused_origin: AtomicU64,
-    /// Connections refused because their address held `server.max_connections_per_ip`.
-    pub refused_per_ip: AtomicU64,
-    /// Client publishes refused by `connection.publish_per_minute`.
-    pub refused_publish_rate: AtomicU64,
+    /// What limits and permissions refused.
+    pub refused: Refusals,
 }
 
 impl Default for Stats {
@@ -45,9 +41,7 @@ impl Default for Stats {
             resumes: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
-            refused_origin: AtomicU64::new(0),
-            refused_per_ip: AtomicU64::new(0),
-            refused_publish_rate: AtomicU64::new(0),
+            refused: Refusals::default(),
         }
     }
 }
@@ -73,12 +67,8 @@ pub struct StatsSnapshot {
     pub resets: u64,
     /// Connections refused because the node was full.
     pub connections_rejected: u64,
-    /// WebSocket upgrades refused for their origin.
-    pub refused_origin: u64,
-    /// Connections refused by the per-address limit.
-    pub refused_per_ip: u64,
-    /// Client publishes refused by the rate limit.
-    pub refused_publish_rate: u64,
+    /// What limits and permissions refused.
+    pub refused: RefusalsSnapshot,
 }
 
 impl Stats {
@@ -94,9 +84,62 @@ impl Stats {
             resumes: self.resumes.load(Relaxed),
             resets: self.resets.load(Relaxed),
             connections_rejected: self.connections_rejected.load(Relaxed),
-            refused_origin: self.refused_origin.load(Relaxed),
-            refused_per_ip: self.refused_per_ip.load(Relaxed),
-            refused_publish_rate: self.refused_publish_rate.load(Relaxed),
+            refused: self.refused.snapshot(),
         }
+    }
+}
+
+/// Declares a struct of counters and its snapshot, field for field.
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident / $snap:ident { $($(#[$fm:meta])* $f:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of the counters.
+        #[derive(Debug, Clone, Serialize)]
+        pub struct $snap {
+            $($(#[$fm])* pub $f: u64,)*
+        }
+
+        impl $name {
+            /// Copies the current values.
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($f: self.$f.load(Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests refused by a limit or a permission, one counter per limit (each documented in
+    /// docs/protocol.md with the error it answers).
+    Refusals / RefusalsSnapshot {
+        /// WebSocket upgrades refused because their `Origin` is not allowed.
+        origin,
+        /// Connections refused because their address held `server.max_connections_per_ip`.
+        per_ip,
+        /// Connections refused because their user held `connection.max_per_user`.
+        per_user,
+        /// Client publishes refused by `connection.publish_per_minute`.
+        publish_rate,
+        /// Client publishes refused by a namespace's `publish_per_minute` (per user).
+        namespace_publish_rate,
+        /// Subscriptions refused by `connection.subscribe_per_minute`.
+        subscribe_rate,
+        /// HTTP API requests refused by a key's `requests_per_second`.
+        api_rate,
+        /// Tokens refused (bad signature, expired, wrong audience ...).
+        bad_token,
+        /// Requests refused because the connection lacked the permission.
+        permission,
+        /// Connections ended because their token expired.
+        token_expired,
+        /// Publishes and frames refused for their size.
+        too_large,
+        /// Rate checks let through unmetered because the rate map was full.
+        rate_map_full,
     }
 }

@@ -416,6 +416,7 @@ async fn presence_is_shared_and_members_of_a_dead_node_expire_within_the_lease()
     let member = |id: &str| Member {
         conn_id: id.to_owned(),
         user_id: None,
+        info: None,
         transport: "ws".to_owned(),
     };
     let ids = |members: Vec<Member>| -> BTreeSet<String> {

@@ -17,6 +17,8 @@ pub enum CloseCode {
     DisconnectReconnect,
     /// The node cannot take the connection now (full, shutting down, engine down); retry later.
     TryLater,
+    /// The connection's token expired without a refresh; reconnect with a fresh token.
+    TokenExpired,
     /// The client broke the protocol (binary frames, for example).
     ProtocolError,
     /// A frame was larger than the configured maximum.
@@ -34,6 +36,7 @@ impl CloseCode {
             Self::HeartbeatTimeout => 4002,
             Self::DisconnectReconnect => 4003,
             Self::TryLater => 4005,
+            Self::TokenExpired => 4006,
             Self::ProtocolError => 4500,
             Self::MessageTooBig => 4501,
             Self::DisconnectTerminal => 4503,
@@ -53,6 +56,7 @@ impl CloseCode {
             Self::HeartbeatTimeout => "heartbeat timeout",
             Self::DisconnectReconnect => "disconnected",
             Self::TryLater => "try again later",
+            Self::TokenExpired => "token expired",
             Self::ProtocolError => "protocol error",
             Self::MessageTooBig => "message too big",
             Self::DisconnectTerminal => "disconnected",

@@ -26,6 +26,7 @@ struct RawRequest<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     limit: Option<u32>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +52,14 @@ pub enum Request {
         channel: String,
         /// Resume position.
         since: Option<StreamPosition>,
+        /// A subscription token granting this channel to this connection's user.
+        token: Option<String>,
+    },
+    /// Authenticate the connection with a token, or refresh it before it expires (the same
+    /// user, new grants and expiry).
+    Auth {
+        /// The connection token (a JWT).
+        token: String,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -143,6 +152,12 @@ impl ClientRequest {
             "subscribe" => Request::Subscribe {
                 channel: channel(raw.channel)?,
                 since: since.clone(),
+                token: raw.token,
+            },
+            "auth" => Request::Auth {
+                token: raw
+                    .token
+                    .ok_or_else(|| fail(ErrorCode::BadRequest, "missing field `token`"))?,
             },
             "unsubscribe" => Request::Unsubscribe {
                 channel: channel(raw.channel)?,
@@ -184,6 +199,9 @@ pub struct Member {
     /// The user id, once the connection is authenticated.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user_id: Option<String>,
+    /// Public information about the user, from the token's `info` claim.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub info: Option<serde_json::Value>,
     /// `ws` or `sse`.
     pub transport: String,
 }

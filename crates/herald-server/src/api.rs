@@ -374,11 +374,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
             "total": s.connections_ws + s.connections_sse,
             "rejected": s.connections_rejected,
         },
-        "limits": {
-            "refused_origin": s.refused_origin,
-            "refused_per_ip": s.refused_per_ip,
-            "refused_publish_rate": s.refused_publish_rate,
-        },
+        "refused": s.refused,
         "channels": channels,
         "subscriptions": subscriptions,
         "publications": s.publications,

@@ -2,13 +2,15 @@
 //! `Authorization: Bearer <key>` with one of them (compared in constant time); with none, only
 //! loopback callers are served.
 
-use crate::{ApiError, App, AuthConfig};
+use crate::{ApiError, ApiKey, App, AuthConfig};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use herald_core::Take;
 use herald_protocol::ErrorCode;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use subtle::ConstantTimeEq;
 
 pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: Next) -> Response {
@@ -17,11 +19,31 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     match authorize(&app.auth, peer, req.headers()) {
-        Ok(name) => {
-            if let Some(name) = name {
-                tracing::trace!(key = name, "API request authorized.");
+        Ok(None) => next.run(req).await,
+        Ok(Some(key)) => {
+            tracing::trace!(key = key.name, "API request authorized.");
+            match app.api_rates.take_n(&key.name, key.requests_per_second) {
+                Take::Allowed => next.run(req).await,
+                Take::Overflow => {
+                    app.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);
+                    next.run(req).await
+                }
+                Take::Limited => {
+                    app.node.stats.refused.api_rate.fetch_add(1, Relaxed);
+                    let mut resp = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        ErrorCode::RateLimited,
+                        format!(
+                            "the API key {:?} may make at most {} requests a second",
+                            key.name, key.requests_per_second
+                        ),
+                    )
+                    .into_response();
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    resp
+                }
             }
-            next.run(req).await
         }
         Err(e) => {
             let unauthorized = e.status == StatusCode::UNAUTHORIZED;
@@ -37,12 +59,12 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
     }
 }
 
-/// Decides one request; returns the matching key's name (None when no keys are configured).
+/// Decides one request; returns the matching key (None when no keys are configured).
 pub(crate) fn authorize<'a>(
     auth: &'a AuthConfig,
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
-) -> Result<Option<&'a str>, ApiError> {
+) -> Result<Option<&'a ApiKey>, ApiError> {
     if auth.api_keys.is_empty() {
         return if peer.is_some_and(|p| p.ip().is_loopback()) {
             Ok(None)
@@ -72,7 +94,7 @@ pub(crate) fn authorize<'a>(
     let mut found = None;
     for k in &auth.api_keys {
         if bool::from(k.key.as_bytes().ct_eq(presented.as_bytes())) {
-            found = Some(k.name.as_str());
+            found = Some(k);
         }
     }
     found.map(Some).ok_or_else(|| {
@@ -87,7 +109,6 @@ pub(crate) fn authorize<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ApiKey;
 
     fn headers(auth: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -118,16 +139,22 @@ mod tests {
                 ApiKey {
                     name: "old".into(),
                     key: "0123456789abcdef-old".into(),
+                    requests_per_second: 0,
                 },
                 ApiKey {
                     name: "new".into(),
                     key: "0123456789abcdef-new".into(),
+                    requests_per_second: 0,
                 },
             ],
-            allow_insecure: false,
+            ..AuthConfig::default()
         };
         let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
-        let ok = |h| authorize(&auth, Some(remote), &headers(h)).map_err(|e| e.code);
+        let ok = |h| {
+            authorize(&auth, Some(remote), &headers(h))
+                .map(|k| k.map(|k| k.name.as_str()))
+                .map_err(|e| e.code)
+        };
         assert_eq!(ok(Some("Bearer 0123456789abcdef-new")), Ok(Some("new")));
         assert_eq!(ok(Some("bearer 0123456789abcdef-old")), Ok(Some("old")));
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The settings this crate owns: listener and HTTP limits, SSE and WebSocket timings.
 
 use bytesize::ByteSize;
+use herald_auth::{TelegramConfig, TokenConfig, TokenVerifier};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,6 +71,10 @@ pub struct AuthConfig {
     pub api_keys: Vec<ApiKey>,
     /// Allow listening on a non-loopback address with no authentication configured.
     pub allow_insecure: bool,
+    /// Connection tokens (JWT) for SSE and WebSocket clients.
+    pub token: TokenConfig,
+    /// Telegram Mini App login (`POST /auth/telegram`), which issues connection tokens.
+    pub telegram: TelegramConfig,
 }
 
 /// One named API key; several may be valid at once, so a key can be rotated.
@@ -80,6 +85,10 @@ pub struct ApiKey {
     pub name: String,
     /// The secret (at least 16 characters).
     pub key: String,
+    /// Most HTTP API requests per second with this key (a token bucket holding a second's
+    /// worth); 0 for no limit.
+    #[serde(default)]
+    pub requests_per_second: u32,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -87,14 +96,16 @@ impl std::fmt::Debug for ApiKey {
         f.debug_struct("ApiKey")
             .field("name", &self.name)
             .field("key", &"<redacted>")
+            .field("requests_per_second", &self.requests_per_second)
             .finish()
     }
 }
 
 impl AuthConfig {
-    /// Whether any authentication is configured (API keys; connection tokens later).
+    /// Whether any authentication is configured (API keys, token keys, Telegram login). Once
+    /// it is, namespaces without an explicit `subscribe` are closed.
     pub fn configured(&self) -> bool {
-        !self.api_keys.is_empty()
+        !self.api_keys.is_empty() || self.token.configured() || self.telegram.configured()
     }
 
     /// Problems a type cannot express.
@@ -116,6 +127,21 @@ impl AuthConfig {
                     k.name
                 ));
             }
+        }
+        // Building the verifier checks everything `TokenConfig::problems` does, and the key files.
+        if self.token.configured() {
+            if let Err(errors) = TokenVerifier::new(&self.token) {
+                out.extend(errors);
+            }
+        } else {
+            out.extend(self.token.problems());
+        }
+        out.extend(self.telegram.problems());
+        if self.telegram.configured() && self.token.hmac_secrets.is_empty() {
+            out.push(
+                "auth.telegram needs auth.token.hmac_secrets: the first secret signs the tokens Telegram logins receive"
+                    .to_owned(),
+            );
         }
         if !listen.ip().is_loopback() && !self.configured() && !self.allow_insecure {
             out.push(format!(

@@ -13,6 +13,7 @@ mod health;
 mod limits;
 mod listener;
 mod sse;
+mod tokens;
 mod ws;
 
 pub use config::{exact_size, ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
@@ -21,7 +22,8 @@ pub use listener::serve;
 
 use axum::routing::{get, post};
 use axum::Router;
-use herald_core::{Node, SessionLimits};
+use herald_auth::{Minter, TokenVerifier};
+use herald_core::{KeyedBuckets, Node, SessionLimits};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,13 @@ pub struct App {
     pub tracker: TaskTracker,
     connections: Arc<Semaphore>,
     per_ip: Arc<limits::IpLimiter>,
+    per_user: Arc<limits::UserLimiter>,
+    /// Verifies connection tokens; None when no token keys are configured.
+    tokens: Option<Arc<TokenVerifier>>,
+    /// Signs tokens for Telegram logins; None without an HMAC secret.
+    minter: Option<Arc<Minter>>,
+    /// Request buckets per API key (`requests_per_second`).
+    api_rates: Arc<KeyedBuckets>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -66,16 +75,24 @@ pub struct EdgeSettings {
 }
 
 impl App {
-    /// Assembles the shared state.
+    /// Assembles the shared state; fails when the token keys cannot be loaded.
     pub fn new(
         node: Node,
         settings: EdgeSettings,
         shutdown: CancellationToken,
         tracker: TaskTracker,
-    ) -> Self {
+    ) -> Result<Self, Vec<String>> {
         let connections = Arc::new(Semaphore::new(settings.server.max_connections));
         let per_ip = limits::IpLimiter::new(settings.server.max_connections_per_ip);
-        Self {
+        let per_user = limits::UserLimiter::new(settings.limits.max_per_user);
+        let tokens = if settings.auth.token.configured() {
+            Some(Arc::new(TokenVerifier::new(&settings.auth.token)?))
+        } else {
+            None
+        };
+        let minter = Minter::from_config(&settings.auth.token).map(Arc::new);
+        let api_rates = Arc::new(KeyedBuckets::new(0, 1.0, 4096));
+        Ok(Self {
             node,
             server: Arc::new(settings.server),
             sse: Arc::new(settings.sse),
@@ -86,7 +103,11 @@ impl App {
             tracker,
             connections,
             per_ip,
-        }
+            per_user,
+            tokens,
+            minter,
+            api_rates,
+        })
     }
 }
 
@@ -110,6 +131,7 @@ pub fn router(app: App) -> Router {
         .route("/sse", get(sse::handler))
         .route("/ws", get(ws::handler))
         .merge(api)
+        .route("/auth/telegram", post(tokens::telegram_login))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(error::not_found)

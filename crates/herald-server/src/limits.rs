@@ -1,28 +1,39 @@
-//! Per-address connection counting (`server.max_connections_per_ip`) and the WebSocket origin
-//! check. Loopback addresses are not counted: behind a reverse proxy on the same machine every
-//! client would share one.
+//! Open-connection counting per remote address (`server.max_connections_per_ip`; loopback is
+//! not counted: behind a reverse proxy on the same machine every client would share one) and
+//! per user (`connection.max_per_user`), and the WebSocket origin check.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Open connections per remote address.
+/// Open connections per key; the map holds only keys with open connections.
 #[derive(Debug)]
-pub(crate) struct IpLimiter {
+pub(crate) struct CountLimiter<K> {
     max: usize,
-    shards: Box<[Mutex<HashMap<IpAddr, usize>>]>,
+    shards: Box<[Mutex<HashMap<K, usize>>]>,
     hasher: RandomState,
 }
 
+/// Open connections per remote address.
+pub(crate) type IpLimiter = CountLimiter<IpAddr>;
+/// Open connections per user.
+pub(crate) type UserLimiter = CountLimiter<Arc<str>>;
+
 /// One counted connection; uncounted when dropped.
 #[derive(Debug)]
-pub(crate) struct IpGuard {
-    limiter: Arc<IpLimiter>,
-    ip: IpAddr,
+pub(crate) struct CountGuard<K: Hash + Eq + Clone> {
+    limiter: Arc<CountLimiter<K>>,
+    key: K,
 }
 
-impl IpLimiter {
+/// A connection counted against its address.
+pub(crate) type IpGuard = CountGuard<IpAddr>;
+/// A connection counted against its user.
+pub(crate) type UserGuard = CountGuard<Arc<str>>;
+
+impl<K: Hash + Eq + Clone> CountLimiter<K> {
+    /// At most `max` open connections per key; 0 for no limit.
     pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
@@ -31,39 +42,46 @@ impl IpLimiter {
         })
     }
 
-    fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        let i = (self.hasher.hash_one(ip) as usize) % self.shards.len();
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
         self.shards[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a connection from `ip`: `Ok(None)` when it is not counted (no limit, loopback or
-    /// unknown address), `Err(())` when the address is at the limit.
-    pub(crate) fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Option<IpGuard>, ()> {
-        let Some(ip) = ip.filter(|ip| self.max > 0 && !ip.is_loopback()) else {
+    /// Counts a connection for `key`: `Ok(None)` when it is not counted (no limit or no key),
+    /// `Err(())` when the key is at the limit.
+    pub(crate) fn acquire(self: &Arc<Self>, key: Option<K>) -> Result<Option<CountGuard<K>>, ()> {
+        let Some(key) = key.filter(|_| self.max > 0) else {
             return Ok(None);
         };
-        let mut shard = self.shard(ip);
-        let n = shard.entry(ip).or_insert(0);
+        let mut shard = self.shard(&key);
+        let n = shard.entry(key.clone()).or_insert(0);
         if *n >= self.max {
             return Err(());
         }
         *n += 1;
-        Ok(Some(IpGuard {
+        Ok(Some(CountGuard {
             limiter: self.clone(),
-            ip,
+            key,
         }))
     }
 }
 
-impl Drop for IpGuard {
+impl IpLimiter {
+    /// Counts a connection from `ip`, except from loopback.
+    pub(crate) fn acquire_ip(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Option<IpGuard>, ()> {
+        self.acquire(ip.filter(|ip| !ip.is_loopback()))
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for CountGuard<K> {
     fn drop(&mut self) {
-        let mut shard = self.limiter.shard(self.ip);
-        if let Some(n) = shard.get_mut(&self.ip) {
+        let mut shard = self.limiter.shard(&self.key);
+        if let Some(n) = shard.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                shard.remove(&self.ip);
+                shard.remove(&self.key);
             }
         }
     }
@@ -88,24 +106,24 @@ mod tests {
     fn counts_per_address_and_forgets_on_drop() {
         let l = IpLimiter::new(2);
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        let a = l.acquire(Some(ip)).unwrap();
-        let b = l.acquire(Some(ip)).unwrap();
+        let a = l.acquire_ip(Some(ip)).unwrap();
+        let b = l.acquire_ip(Some(ip)).unwrap();
         assert!(a.is_some() && b.is_some());
-        assert!(l.acquire(Some(ip)).is_err());
+        assert!(l.acquire_ip(Some(ip)).is_err());
         assert!(l
-            .acquire(Some("203.0.113.8".parse().unwrap()))
+            .acquire_ip(Some("203.0.113.8".parse().unwrap()))
             .unwrap()
             .is_some());
         drop(a);
-        assert!(l.acquire(Some(ip)).unwrap().is_some());
+        assert!(l.acquire_ip(Some(ip)).unwrap().is_some());
         // Loopback and unknown addresses are not counted.
         for _ in 0..5 {
             assert!(l
-                .acquire(Some("127.0.0.1".parse().unwrap()))
+                .acquire_ip(Some("127.0.0.1".parse().unwrap()))
                 .unwrap()
                 .is_none());
         }
-        assert!(l.acquire(None).unwrap().is_none());
+        assert!(l.acquire_ip(None).unwrap().is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! the outbox, the keep-alive deadline and shutdown.
 
 use crate::error::status_for;
-use crate::{ApiError, App};
+use crate::{tokens, ApiError, App};
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -55,14 +55,16 @@ async fn open(
 ) -> Result<Response, ApiError> {
     let mut channels: Vec<String> = Vec::new();
     let mut query_id = None;
+    let mut query_token = None;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "channel" => channels.extend(v.split(',').map(str::to_owned)),
             "lastEventId" | "last_event_id" => query_id = Some(v.into_owned()),
+            "token" => query_token = Some(v.into_owned()),
             k if k.starts_with('_') => {}
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{}`; allowed: channel, lastEventId",
+                    "unknown query parameter `{}`; allowed: channel, lastEventId, token",
                     other.escape_debug()
                 )))
             }
@@ -98,18 +100,26 @@ async fn open(
         }
         None => None,
     };
+    let identity = match tokens::presented(headers, query_token) {
+        Some(t) => Some(app.verify_token(&t)?),
+        None => None,
+    };
     // Temporary refusals are a short stream that tells the client to retry: a browser never
     // retries an EventSource after a non-200 answer.
     if app.shutdown.is_cancelled() {
         return Ok(try_later(&app, CloseCode::ServerShutdown));
     }
-    let Ok(ip_guard) = app.per_ip.acquire(peer) else {
-        app.node.stats.refused_per_ip.fetch_add(1, Relaxed);
+    let Ok(ip_guard) = app.per_ip.acquire_ip(peer) else {
+        app.node.stats.refused.per_ip.fetch_add(1, Relaxed);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             "this address holds as many connections as it may (server.max_connections_per_ip)",
         ));
+    };
+    let user_guard = match &identity {
+        Some(i) => app.count_user(i)?,
+        None => None,
     };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         app.node.stats.connections_rejected.fetch_add(1, Relaxed);
@@ -117,11 +127,15 @@ async fn open(
     };
 
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Sse, app.limits);
+    let expires = identity.as_ref().and_then(|i| app.expiry(i));
+    if let Some(identity) = identity {
+        session.authenticate(identity)?;
+    }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "sse");
     let mut emits = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
         let since = positions.as_ref().map(|p| p[i].clone());
-        if let Err(e) = session.subscribe(channel, since, &mut emits).await {
+        if let Err(e) = session.subscribe(channel, since, None, &mut emits).await {
             session.close().await;
             if e.code() == ErrorCode::Unavailable {
                 tracing::warn!(error = %e, "SSE subscribe failed; asking the client to retry.");
@@ -145,13 +159,17 @@ async fn open(
         outbox,
         buf: Vec::new(),
         emits: Vec::new(),
-        keepalive: Box::pin(tokio::time::sleep(app.sse.keepalive)),
+        keepalive: Box::pin(tokio::time::sleep_until(wake(
+            Instant::now() + app.sse.keepalive,
+            expires,
+        ))),
         keepalive_every: app.sse.keepalive,
+        expires,
         shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
         tracker: app.tracker.clone(),
         first: None,
         done: false,
-        _held: (permit, ip_guard),
+        _held: (permit, ip_guard, user_guard),
     };
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
@@ -230,12 +248,23 @@ struct SseStream {
     emits: Vec<Emit>,
     keepalive: Pin<Box<Sleep>>,
     keepalive_every: Duration,
+    /// When the connection's token expires (plus leeway); the keep-alive timer wakes for it.
+    expires: Option<Instant>,
     /// Created once: each `cancelled()` call registers with the shared root token.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     tracker: TaskTracker,
     first: Option<Bytes>,
     done: bool,
-    _held: (OwnedSemaphorePermit, Option<crate::limits::IpGuard>),
+    _held: (
+        OwnedSemaphorePermit,
+        Option<crate::limits::IpGuard>,
+        Option<crate::limits::UserGuard>,
+    ),
+}
+
+/// The next keep-alive, or the token's expiry if that comes first.
+fn wake(keepalive: Instant, expires: Option<Instant>) -> Instant {
+    expires.map_or(keepalive, |e| e.min(keepalive))
 }
 
 impl SseStream {
@@ -267,7 +296,8 @@ impl SseStream {
                             continue;
                         }
                         let chunk = self.encode();
-                        self.keepalive.as_mut().reset(Instant::now() + self.keepalive_every);
+                        let next = wake(Instant::now() + self.keepalive_every, self.expires);
+                        self.keepalive.as_mut().reset(next);
                         return Some(Bytes::from(chunk));
                     }
                     Err(code) => {
@@ -277,7 +307,16 @@ impl SseStream {
                     }
                 },
                 () = &mut self.keepalive => {
-                    self.keepalive.as_mut().reset(Instant::now() + self.keepalive_every);
+                    let now = Instant::now();
+                    if self.expires.is_some_and(|e| e <= now) {
+                        tracing::debug!("SSE stream ended: the token expired.");
+                        if let Some(s) = &self.session {
+                            s.node().stats.refused.token_expired.fetch_add(1, Relaxed);
+                        }
+                        self.done = true;
+                        return Some(disconnect_event(CloseCode::TokenExpired));
+                    }
+                    self.keepalive.as_mut().reset(wake(now + self.keepalive_every, self.expires));
                     return Some(Bytes::from_static(b":\n\n"));
                 }
             }

@@ -9,8 +9,8 @@
 //! write buffer.
 
 use crate::api::history_json;
-use crate::limits::{origin_allowed, IpGuard};
-use crate::{ApiError, App};
+use crate::limits::{origin_allowed, IpGuard, UserGuard};
+use crate::{tokens, ApiError, App};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -125,7 +125,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     }
     let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
     if !origin_allowed(&app.server.cors_allowed_origins, origin) {
-        app.node.stats.refused_origin.fetch_add(1, Relaxed);
+        app.node.stats.refused.origin.fetch_add(1, Relaxed);
         return ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -133,18 +133,35 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
         )
         .into_response();
     }
+    let query_token = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let identity = match tokens::presented(req.headers(), query_token) {
+        Some(t) => match app.verify_token(&t) {
+            Ok(i) => Some(i),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let Ok(ip_guard) = app.per_ip.acquire(peer) else {
-        app.node.stats.refused_per_ip.fetch_add(1, Relaxed);
+    let Ok(ip_guard) = app.per_ip.acquire_ip(peer) else {
+        app.node.stats.refused.per_ip.fetch_add(1, Relaxed);
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             "this address holds as many connections as it may (server.max_connections_per_ip)",
         )
         .into_response();
+    };
+    let user_guard = match identity.as_ref().map(|i| app.count_user(i)) {
+        Some(Err(e)) => return e.into_response(),
+        Some(Ok(g)) => g,
+        None => None,
     };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         app.node.stats.connections_rejected.fetch_add(1, Relaxed);
@@ -164,11 +181,24 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
         .max_frame_size(Some(max));
     // The session exists from here, so the connection's span carries its id from the start;
     // if the upgrade fails, dropping the session undoes its registration.
-    let (session, outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
+    let (mut session, outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
+    if let Some(identity) = identity {
+        // The first identity of a session is always adopted.
+        let _ = session.authenticate(identity);
+    }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     let tracker = app.tracker.clone();
     tracker.spawn(
-        connection(app, on_upgrade, (permit, ip_guard), config, session, outbox).instrument(span),
+        connection(
+            app,
+            on_upgrade,
+            (permit, ip_guard),
+            user_guard,
+            config,
+            session,
+            outbox,
+        )
+        .instrument(span),
     );
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -188,6 +218,7 @@ fn connection(
     app: App,
     on_upgrade: OnUpgrade,
     _held: (OwnedSemaphorePermit, Option<IpGuard>),
+    mut user_guard: Option<UserGuard>,
     config: WebSocketConfig,
     mut session: Session,
     mut outbox: Outbox,
@@ -210,7 +241,11 @@ fn connection(
         let idle = app.ws.idle_timeout;
         let mut last_seen = Instant::now();
         let mut last_ping = Instant::now();
-        let heartbeat = tokio::time::sleep(ping_every);
+        // The token's expiry shares the heartbeat timer.
+        let mut expires_at = session.expires_at();
+        let mut expires = session.identity().and_then(|i| app.expiry(i));
+        let first = Instant::now() + ping_every;
+        let heartbeat = tokio::time::sleep_until(expires.map_or(first, |e| e.min(first)));
         tokio::pin!(heartbeat);
         // Created once: each `cancelled()` call registers with the shared root token.
         let shutdown = app.shutdown.cancelled();
@@ -234,9 +269,18 @@ fn connection(
                     last_seen = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            let reply = handle(&mut session, t.as_str(), &mut emits).await;
+                            let reply =
+                                handle(&app, &mut session, &mut user_guard, t.as_str(), &mut emits)
+                                    .await;
                             if send_emits(&mut ws, &mut emits, Some(reply)).await.is_err() {
                                 break None;
+                            }
+                            if session.expires_at() != expires_at {
+                                expires_at = session.expires_at();
+                                expires = session.identity().and_then(|i| app.expiry(i));
+                                let next = (last_ping + ping_every).min(last_seen + idle);
+                                let next = expires.map_or(next, |e| e.min(next));
+                                heartbeat.as_mut().reset(next);
                             }
                         }
                         Some(Ok(Message::Binary(_))) => break Some(CloseCode::ProtocolError),
@@ -262,6 +306,10 @@ fn connection(
                     if now.duration_since(last_seen) >= idle {
                         break Some(CloseCode::HeartbeatTimeout);
                     }
+                    if expires.is_some_and(|e| e <= now) {
+                        app.node.stats.refused.token_expired.fetch_add(1, Relaxed);
+                        break Some(CloseCode::TokenExpired);
+                    }
                     if now.duration_since(last_ping) >= ping_every {
                         if ws.send(Message::Ping(Bytes::new())).await.is_err() {
                             break None;
@@ -269,6 +317,7 @@ fn connection(
                         last_ping = now;
                     }
                     let next = (last_ping + ping_every).min(last_seen + idle);
+                    let next = expires.map_or(next, |e| e.min(next));
                     heartbeat.as_mut().reset(next.max(now + std::time::Duration::from_millis(1)));
                 }
             }
@@ -360,16 +409,58 @@ fn error_reply(id: Option<u64>, e: &SessionError) -> String {
     ServerPush::error(id, e.code(), &e.to_string())
 }
 
+fn api_error_reply(id: u64, e: &ApiError) -> String {
+    ServerPush::error(Some(id), e.code, &e.message)
+}
+
 /// Handles one text frame; returns the reply and leaves pushes (replay) in `emits`.
-async fn handle(session: &mut Session, text: &str, emits: &mut Vec<Emit>) -> String {
+async fn handle(
+    app: &App,
+    session: &mut Session,
+    user_guard: &mut Option<UserGuard>,
+    text: &str,
+    emits: &mut Vec<Emit>,
+) -> String {
     let req = match ClientRequest::parse(text) {
         Ok(r) => r,
         Err(e) => return ServerPush::error(e.id, e.code, &e.message),
     };
     let id = req.id;
     match req.request {
-        WsRequest::Subscribe { channel, since } => {
-            match session.subscribe(&channel, since.clone(), emits).await {
+        WsRequest::Auth { token } => {
+            let identity = match app.verify_token(&token) {
+                Ok(i) => i,
+                Err(e) => return api_error_reply(id, &e),
+            };
+            if session.identity().is_none() {
+                match app.count_user(&identity) {
+                    Ok(g) => *user_guard = g,
+                    Err(e) => return api_error_reply(id, &e),
+                }
+            }
+            let (user, expires_at) = (identity.user.clone(), identity.expires_at);
+            match session.authenticate(identity) {
+                Ok(()) => ServerPush::reply(id, &json!({"user": &*user, "expires_at": expires_at})),
+                Err(e) => {
+                    app.node.stats.refused.bad_token.fetch_add(1, Relaxed);
+                    error_reply(Some(id), &e)
+                }
+            }
+        }
+        WsRequest::Subscribe {
+            channel,
+            since,
+            token,
+        } => {
+            let grant = match token.map(|t| app.verify_token(&t)) {
+                Some(Err(e)) => return api_error_reply(id, &e),
+                Some(Ok(g)) => Some(g),
+                None => None,
+            };
+            match session
+                .subscribe(&channel, since.clone(), grant.as_ref(), emits)
+                .await
+            {
                 Ok(position) => {
                     let recovered =
                         since.is_some() && !emits.iter().any(|e| matches!(e, Emit::Reset { .. }));

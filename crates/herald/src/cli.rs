@@ -61,6 +61,27 @@ enum Command {
         #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
+    /// Mint a connection token signed with the first auth.token.hmac_secrets entry of the
+    /// configuration (for tests and tools; production tokens come from your backend).
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// A channel pattern the user may subscribe to (`room:42`, `chat:*`); repeatable.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// A channel pattern the user may publish to from the client; repeatable.
+        #[arg(long = "publish")]
+        publish: Vec<String>,
+        /// Public information for presence, as a JSON object.
+        #[arg(long)]
+        info: Option<String>,
+        /// Lifetime, e.g. 1h or 15m.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Load generator: fan-out, idle memory, connect rate, publish rate, ceiling server.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -128,6 +149,50 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api_key.as_deref(),
             )
             .await
+        }
+        Command::Token {
+            config,
+            user,
+            channels,
+            publish,
+            info,
+            ttl,
+        } => {
+            let config = match config.load() {
+                Ok(c) => c,
+                Err(problems) => {
+                    eprintln!("{problems}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let Some(minter) = herald_auth::Minter::from_config(&config.auth.token) else {
+                eprintln!("auth.token.hmac_secrets is empty: there is no secret to sign with");
+                return Ok(ExitCode::from(2));
+            };
+            let info = match info.as_deref().map(serde_json::from_str).transpose() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("--info is not JSON: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let request = herald_auth::MintRequest {
+                user,
+                info,
+                channels,
+                publish,
+                ttl,
+            };
+            match minter.mint(&request, herald_auth::unix_now()) {
+                Ok(token) => {
+                    println!("{token}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Tail { channels, server } => client::tail(&server, &channels).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,

@@ -45,6 +45,10 @@ pub(crate) struct ConnectionConfig {
     pub(crate) outbox_bytes: ByteSize,
     /// Most publishes one connection may make in a minute; 0 for no limit.
     pub(crate) publish_per_minute: u32,
+    /// Most subscribe requests one connection may make in a minute; 0 for no limit.
+    pub(crate) subscribe_per_minute: u32,
+    /// Most open connections one user (token `sub`) may hold on this node; 0 for no limit.
+    pub(crate) max_per_user: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -55,6 +59,8 @@ impl Default for ConnectionConfig {
             outbox_messages: d.outbox.messages,
             outbox_bytes: ByteSize::b(d.outbox.bytes as u64),
             publish_per_minute: d.publish_per_minute,
+            subscribe_per_minute: d.subscribe_per_minute,
+            max_per_user: d.max_per_user,
         }
     }
 }
@@ -68,6 +74,8 @@ impl ConnectionConfig {
                 bytes: usize::try_from(self.outbox_bytes.as_u64()).unwrap_or(usize::MAX),
             },
             publish_per_minute: self.publish_per_minute,
+            subscribe_per_minute: self.subscribe_per_minute,
+            max_per_user: self.max_per_user,
         }
     }
 }
@@ -456,11 +464,18 @@ fn remote_problems(
     }
 }
 
-/// The effective configuration as TOML, with secrets (passwords in engine URLs) redacted.
+/// The effective configuration as TOML, with secrets (API keys, token secrets, the bot token,
+/// passwords in engine URLs) redacted.
 pub(crate) fn render(config: &Config) -> anyhow::Result<String> {
     let mut shown = config.clone();
     for k in &mut shown.auth.api_keys {
         k.key = "<redacted>".to_owned();
+    }
+    for s in &mut shown.auth.token.hmac_secrets {
+        *s = "<redacted>".to_owned();
+    }
+    if let Some(t) = &mut shown.auth.telegram.bot_token {
+        *t = "<redacted>".to_owned();
     }
     match &mut shown.engine {
         EngineConfig::Memory(_) => {}

@@ -6,7 +6,7 @@ use crate::config::{Config, EngineConfig};
 use crate::{shutdown, tasks};
 use anyhow::Context;
 use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
-use herald_core::{Hub, Node, Publisher, PublisherLimits, Stats};
+use herald_core::{ChannelsConfig, Hub, KeyedBuckets, Node, Publisher, PublisherLimits, Stats};
 use herald_nats::NatsEngine;
 use herald_redis::RedisEngine;
 use herald_server::{App, EdgeSettings};
@@ -20,6 +20,9 @@ use tokio_util::task::TaskTracker;
 
 /// How often the memory engine drops expired history and idle channels.
 const MEMORY_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most (namespace, user) publish buckets remembered at once.
+const USER_RATE_KEYS: usize = 100_000;
 
 /// What an engine contributes to the node.
 type EngineParts = (
@@ -38,7 +41,10 @@ pub(crate) async fn build(
 ) -> anyhow::Result<Node> {
     let stats = Arc::new(Stats::default());
     let hub = Arc::new(Hub::new(stats.clone()));
-    let channels = Arc::new(config.channels.clone());
+    let channels = Arc::new(ChannelsConfig {
+        closed: config.auth.configured(),
+        ..config.channels.clone()
+    });
     let publisher = |broker: Arc<dyn herald_core::Broker>| {
         Arc::new(Publisher::new(
             broker,
@@ -92,6 +98,7 @@ pub(crate) async fn build(
         publisher,
         channels,
         stats,
+        user_rates: Arc::new(KeyedBuckets::new(0, 60.0, USER_RATE_KEYS)),
     })
 }
 
@@ -122,6 +129,24 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if config.auth.configured() {
+        let public: Vec<&str> = config
+            .channels
+            .namespaces
+            .iter()
+            .filter(|(_, o)| o.subscribe == Some(herald_core::Access::Public))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        tracing::info!(
+            public = ?public,
+            "Authentication is configured: namespaces without an explicit `subscribe` need a token grant."
+        );
+        if !config.auth.token.configured() {
+            tracing::warn!(
+                "No connection-token keys (auth.token): clients cannot authenticate, so only public namespaces can be subscribed to."
+            );
+        }
+    }
     // One line on stdout so scripts (and tests) can find the port when listening on :0.
     {
         let mut out = std::io::stdout().lock();
@@ -141,7 +166,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         },
         root.clone(),
         tracker.clone(),
-    );
+    )
+    .map_err(|errors| anyhow::anyhow!("auth.token: {}", errors.join("; ")))?;
     let router = herald_server::router(app.clone());
     // Stop publishing as soon as shutdown begins, so nothing is accepted and then lost.
     let publisher = node.publisher.clone();

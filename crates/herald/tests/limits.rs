@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 #[tokio::test]
 async fn the_31st_chat_message_in_a_minute_is_refused_and_the_others_delivered() {
     let server = TestServer::start(
-        "[connection]\npublish_per_minute = 30\n[channels.namespaces.chat]\nclient_publish = true\n",
+        "[connection]\npublish_per_minute = 30\n[channels.namespaces.chat]\npublish = \"public\"\n",
     )
     .await;
     let mut sse = Sse::connect(&server, &["chat:room"], None).await;
@@ -31,7 +31,7 @@ async fn the_31st_chat_message_in_a_minute_is_refused_and_the_others_delivered()
     }
     server.publish("chat:room", None, json!("http")).await;
     assert_eq!(sse.next_json().await.1["data"], "http");
-    assert_eq!(server.stats().await["limits"]["refused_publish_rate"], 1);
+    assert_eq!(server.stats().await["refused"]["publish_rate"], 1);
 }
 
 #[tokio::test]
@@ -56,7 +56,7 @@ async fn a_websocket_from_an_origin_not_on_the_list_is_refused() {
         connect(None).await.is_ok(),
         "non-browser clients send no Origin"
     );
-    assert_eq!(server.stats().await["limits"]["refused_origin"], 1);
+    assert_eq!(server.stats().await["refused"]["origin"], 1);
 }
 
 #[tokio::test]
@@ -67,5 +67,5 @@ async fn loopback_is_not_counted_per_address() {
     for _ in 0..3 {
         held.push(Sse::connect(&server, &["a"], None).await);
     }
-    assert_eq!(server.stats().await["limits"]["refused_per_ip"], 0);
+    assert_eq!(server.stats().await["refused"]["per_ip"], 0);
 }

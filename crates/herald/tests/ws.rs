@@ -16,7 +16,7 @@ idle_timeout = "700ms"
 max_message = "80KiB"
 
 [channels.namespaces.chat]
-client_publish = true
+publish = "public"
 presence = true
 history_size = 50
 "#;

@@ -298,7 +298,12 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect(server: &TestServer) -> Self {
-        let (inner, _) = within(WAIT, tokio_tungstenite::connect_async(server.ws_url()))
+        Self::connect_url(&server.ws_url()).await
+    }
+
+    /// Connects to `url` (a `/ws` URL with a query, say); fails the test unless it upgrades.
+    pub async fn connect_url(url: &str) -> Self {
+        let (inner, _) = within(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("WS connect");
         Self {

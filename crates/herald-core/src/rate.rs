@@ -1,0 +1,178 @@
+//! Token buckets: one per connection ([`TokenBucket`], owned by its session), and a bounded,
+//! sharded map of them shared across connections ([`KeyedBuckets`]: per user and namespace,
+//! per API key).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, PoisonError};
+use tokio::time::Instant;
+
+/// A bucket holding up to `capacity` tokens, refilled at `capacity` per `period`, full at first.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: f32,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn full(capacity: u32) -> Self {
+        Self {
+            tokens: capacity as f32,
+            last: None,
+        }
+    }
+
+    /// Takes one token; false when none is left. A capacity of 0 means no limit.
+    pub fn take(&mut self, capacity: u32, period_secs: f32, now: Instant) -> bool {
+        if capacity == 0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let refill = now.duration_since(last).as_secs_f32() * capacity as f32 / period_secs;
+            self.tokens = (self.tokens + refill).min(capacity as f32);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket would be full again at `now` (so forgetting it changes nothing).
+    fn refilled(&self, capacity: u32, period_secs: f32, now: Instant) -> bool {
+        match self.last {
+            None => true,
+            Some(last) => {
+                self.tokens + now.duration_since(last).as_secs_f32() * capacity as f32 / period_secs
+                    >= capacity as f32
+            }
+        }
+    }
+}
+
+/// One shard: key → (its capacity, its bucket).
+type Shard = HashMap<Box<str>, (u32, TokenBucket)>;
+
+/// Shards of the map; a power of two.
+const SHARDS: usize = 16;
+
+/// Token buckets by key, shared by every connection of the node. Bounded: when a shard is
+/// full, buckets that have refilled are forgotten (no behaviour change); if none has, the new
+/// key is let through without a bucket and [`KeyedBuckets::take`] reports the overflow.
+#[derive(Debug)]
+pub struct KeyedBuckets {
+    capacity: u32,
+    period_secs: f32,
+    max_per_shard: usize,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+/// What [`KeyedBuckets::take`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// A token was taken.
+    Allowed,
+    /// The key is over its rate.
+    Limited,
+    /// The map was full; let through unmetered.
+    Overflow,
+}
+
+impl KeyedBuckets {
+    /// `capacity` tokens per `period_secs` per key, at most `max_keys` keys remembered.
+    pub fn new(capacity: u32, period_secs: f32, max_keys: usize) -> Self {
+        Self {
+            capacity,
+            period_secs,
+            max_per_shard: max_keys.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket.
+    pub fn take(&self, key: &str) -> Take {
+        self.take_n(key, self.capacity)
+    }
+
+    /// Takes a token from `key`'s bucket with `capacity` per period (a per-namespace rate
+    /// sharing the map).
+    pub fn take_n(&self, key: &str, capacity: u32) -> Take {
+        if capacity == 0 {
+            return Take::Allowed;
+        }
+        let now = Instant::now();
+        let i = (self.hasher.hash_one(key) as usize) & (SHARDS - 1);
+        let mut shard = self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, b)) = shard.get_mut(key) {
+            return if b.take(capacity, self.period_secs, now) {
+                Take::Allowed
+            } else {
+                Take::Limited
+            };
+        }
+        if shard.len() >= self.max_per_shard {
+            let period = self.period_secs;
+            shard.retain(|_, (cap, b)| !b.refilled(*cap, period, now));
+            if shard.len() >= self.max_per_shard {
+                return Take::Overflow;
+            }
+        }
+        let mut b = TokenBucket::full(capacity);
+        let ok = b.take(capacity, self.period_secs, now);
+        shard.insert(Box::from(key), (capacity, b));
+        if ok {
+            Take::Allowed
+        } else {
+            Take::Limited
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_refills_at_its_rate() {
+        let mut b = TokenBucket::full(3);
+        let now = Instant::now();
+        assert!((0..3).all(|_| b.take(3, 60.0, now)));
+        assert!(!b.take(3, 60.0, now));
+        assert!(b.take(3, 60.0, now + Duration::from_secs(20)));
+        assert!(!b.take(3, 60.0, now + Duration::from_secs(21)));
+        assert!(TokenBucket::full(0).take(0, 60.0, now), "0 is no limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_have_their_own_buckets_and_the_map_stays_bounded() {
+        let k = KeyedBuckets::new(2, 60.0, SHARDS);
+        assert_eq!(k.take("a"), Take::Allowed);
+        assert_eq!(k.take("a"), Take::Allowed);
+        assert_eq!(k.take("a"), Take::Limited);
+        assert_eq!(k.take("b"), Take::Allowed);
+        // One key per shard: a full shard whose bucket has not refilled lets others through.
+        let mut overflowed = false;
+        for i in 0..200 {
+            let key = format!("k{i}");
+            match k.take(&key) {
+                Take::Overflow => overflowed = true,
+                Take::Allowed => {}
+                Take::Limited => panic!("a new key is never limited"),
+            }
+        }
+        assert!(overflowed);
+        let total: usize = k.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= SHARDS);
+        // Once buckets refill, they are forgotten to make room.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(k.take("fresh"), Take::Allowed);
+    }
+}

@@ -1,0 +1,202 @@
+//! Connection tokens at the HTTP edge: where SSE and WebSocket requests carry them, verifying
+//! them into an [`Identity`], counting connections per user, and `POST /auth/telegram`, which
+//! turns Telegram Mini App `initData` into a token.
+
+use crate::api::JsonBody;
+use crate::limits::UserGuard;
+use crate::{ApiError, App};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use herald_auth::{unix_now, verify_init_data, MintRequest, TelegramError};
+use herald_core::Identity;
+use herald_protocol::ErrorCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// The cookie a browser may carry its connection token in.
+pub(crate) const TOKEN_COOKIE: &str = "herald_token";
+
+/// The token a request presents: `Authorization: Bearer <token>`, then the `herald_token`
+/// cookie, then the `token` query parameter (for `EventSource`, which cannot set headers).
+pub(crate) fn presented(headers: &HeaderMap, query_token: Option<String>) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    if let Some(t) = bearer {
+        return Some(t.to_owned());
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (name, value) = c.trim().split_once('=')?;
+            (name == TOKEN_COOKIE).then(|| value.trim_matches('"'))
+        });
+    cookie.map(str::to_owned).or(query_token)
+}
+
+impl App {
+    /// Verifies a connection token; a refusal is a 401 naming the reason.
+    pub(crate) fn verify_token(&self, token: &str) -> Result<Identity, ApiError> {
+        let refused = |message: String| {
+            self.node.stats.refused.bad_token.fetch_add(1, Relaxed);
+            ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+        };
+        let Some(verifier) = &self.tokens else {
+            return Err(refused(
+                "this node accepts no connection tokens (auth.token is not configured)".to_owned(),
+            ));
+        };
+        verifier
+            .verify(token, unix_now())
+            .map_err(|e| refused(format!("token refused ({}): {e}", e.reason())))
+    }
+
+    /// Counts a connection against its user (`connection.max_per_user`).
+    pub(crate) fn count_user(&self, identity: &Identity) -> Result<Option<UserGuard>, ApiError> {
+        self.per_user
+            .acquire(Some(identity.user.clone()))
+            .map_err(|()| {
+                self.node.stats.refused.per_user.fetch_add(1, Relaxed);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    "this user holds as many connections as it may (connection.max_per_user)",
+                )
+            })
+    }
+
+    /// When a connection authenticated as `identity` must end: the first second its token no
+    /// longer verifies (after `exp` plus the configured leeway), as a monotonic instant.
+    pub(crate) fn expiry(&self, identity: &Identity) -> Option<Instant> {
+        let exp = identity.expires_at?;
+        let invalid_from = Duration::from_secs(exp.saturating_add(1)) + self.auth.token.leeway;
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = invalid_from.saturating_sub(since_epoch);
+        Some(Instant::now() + left.min(Duration::from_secs(10 * 365 * 86_400)))
+    }
+}
+
+/// `POST /auth/telegram` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelegramBody {
+    init_data: String,
+}
+
+/// `POST /auth/telegram`: verifies Telegram Mini App `initData` (in the JSON body as
+/// `init_data`, or as `Authorization: tma <initData>`) and returns a connection token for that
+/// Telegram user.
+pub(crate) async fn telegram_login(
+    State(app): State<App>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let config = &app.auth.telegram;
+    let (Some(check), Some(minter)) = (config.check(), app.minter.as_ref()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "Telegram login is not configured on this node (auth.telegram)",
+        ));
+    };
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, data) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("tma")
+                .then(|| data.trim().to_owned())
+        });
+    let raw = match from_header {
+        Some(raw) => raw,
+        None => {
+            let JsonBody(body) = JsonBody::<TelegramBody>::from_request(req, &app).await?;
+            body.init_data
+        }
+    };
+    let refused = |e: TelegramError| {
+        app.node.stats.refused.bad_token.fetch_add(1, Relaxed);
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            format!("initData refused ({}): {e}", e.reason()),
+        )
+    };
+    let now = unix_now();
+    let login = verify_init_data(&raw, &check, Some(config.max_age), now).map_err(refused)?;
+    let Some(user) = login.user else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::BadRequest,
+            "initData names no user (a Mini App opened without one cannot log in)",
+        ));
+    };
+    let (channels, publish) = config.grants_for(user.id);
+    let info = json!({
+        "telegram_id": user.id,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "username": user.username,
+        "photo_url": user.photo_url,
+    });
+    let request = MintRequest {
+        user: user.id.to_string(),
+        info: Some(info),
+        channels,
+        publish,
+        ttl: config.token_ttl,
+    };
+    let token = minter.mint(&request, now).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("could not issue a token: {e}"),
+        )
+    })?;
+    tracing::debug!(telegram_user = user.id, "Telegram login.");
+    Ok(Json(json!({
+        "token": token,
+        "user_id": request.user,
+        "expires_at": now + config.token_ttl.as_secs(),
+        "user": user,
+        "start_param": login.start_param,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_header_wins_then_the_cookie_then_the_query() {
+        let mut h = HeaderMap::new();
+        let q = || Some("from-query".to_owned());
+        assert_eq!(presented(&h, q()).as_deref(), Some("from-query"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; herald_token=from-cookie; b=2"),
+        );
+        assert_eq!(presented(&h, q()).as_deref(), Some("from-cookie"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
+        assert_eq!(presented(&h, q()).as_deref(), Some("from-header"));
+        assert_eq!(presented(&HeaderMap::new(), None), None);
+    }
+}

@@ -1,0 +1,654 @@
+//! The attack suite: a real node with connection tokens, Telegram login, channel permissions
+//! and limits, attacked over SSE, WebSocket and HTTP. Each attack asserts the exact refusal,
+//! and the legitimate clients on the same node must keep receiving throughout.
+
+mod common;
+
+use common::{sse_url, urlencode, within, Sse, TempFile, TestServer, Ws, WAIT};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "attack-suite-hmac-secret-0123456789abcdef";
+const BOT_TOKEN: &str = "123456789:made-up-bot-token-for-herald-tests";
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../herald-auth/tests/keys");
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn config() -> String {
+    format!(
+        r#"
+[connection]
+max_per_user = 2
+
+[publish]
+max_data = "1KiB"
+
+[auth.token]
+hmac_secrets = ["{SECRET}"]
+public_keys = ["{KEYS}/rsa.pub.pem"]
+issuer = "https://auth.test"
+audience = "herald"
+leeway = "0s"
+
+[auth.telegram]
+bot_token = "{BOT_TOKEN}"
+channels = ["watch:*"]
+
+[channels.namespaces.widget]
+subscribe = "public"
+
+[channels.namespaces.room]
+subscribe = "granted"
+publish = "granted"
+presence = true
+
+[channels.namespaces.chat]
+subscribe = "authenticated"
+publish = "authenticated"
+publish_per_minute = 30
+
+[channels.namespaces.watch]
+subscribe = "granted"
+"#
+    )
+}
+
+/// Standard claims for `user`, valid for an hour, overridden by `extra`.
+fn claims(user: &str, extra: Value) -> Value {
+    let mut c = json!({
+        "sub": user,
+        "iss": "https://auth.test",
+        "aud": "herald",
+        "exp": now() + 3600,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn hs256(claims: &Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: &Value) -> String {
+    let pem = std::fs::read(format!("{KEYS}/rsa.pem")).unwrap();
+    encode(
+        &Header::new(Algorithm::RS256),
+        claims,
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `alg: none`: a header and claims with an empty signature.
+fn unsigned(claims: &Value) -> String {
+    format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+/// HS256 signed with the RSA public key's PEM text as the secret (algorithm confusion).
+fn confused(claims: &Value) -> String {
+    let pem = std::fs::read(format!("{KEYS}/rsa.pub.pem")).unwrap();
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(&pem),
+    )
+    .unwrap()
+}
+
+async fn sse_status(server: &TestServer, channels: &[&str], token: Option<&str>) -> (u16, Value) {
+    let mut url = sse_url(server, channels);
+    if let Some(t) = token {
+        url.push_str(&format!("&token={}", urlencode(t)));
+    }
+    let resp = within(WAIT, server.http.get(url).send()).await.unwrap();
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return (status, Value::Null);
+    }
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn sse_with(server: &TestServer, channels: &[&str], token: &str) -> Sse {
+    let url = format!("{}&token={}", sse_url(server, channels), urlencode(token));
+    let resp = within(WAIT, server.http.get(url).send()).await.unwrap();
+    assert_eq!(resp.status(), 200, "SSE refused: {:?}", resp.text().await);
+    Sse::from_response(resp)
+}
+
+fn ws_url_with(server: &TestServer, token: &str) -> String {
+    format!("{}?token={}", server.ws_url(), urlencode(token))
+}
+
+/// The legitimate clients that must keep receiving while the node is attacked.
+struct Bystanders {
+    widget: Sse,
+    host: Ws,
+    next: u64,
+}
+
+impl Bystanders {
+    async fn join(server: &TestServer) -> Self {
+        let mut widget = Sse::connect(server, &["widget:alerts"], None).await;
+        widget.wait_raw(b"id: ").await;
+        let token = hs256(&claims(
+            "host",
+            json!({"channels": ["room:1"], "publish": ["room:1"]}),
+        ));
+        let mut host = Ws::connect_url(&ws_url_with(server, &token)).await;
+        let r = host
+            .request(json!({"op": "subscribe", "channel": "room:1"}))
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+        Self {
+            widget,
+            host,
+            next: 0,
+        }
+    }
+
+    /// Publishes one message to each bystander's channel and checks both arrive.
+    async fn still_receive(&mut self, server: &TestServer) {
+        self.next += 1;
+        let n = self.next;
+        server.publish("widget:alerts", None, json!(n)).await;
+        server.publish("room:1", None, json!(n)).await;
+        assert_eq!(self.widget.next_json().await.1["data"], json!(n));
+        loop {
+            let p = self.host.next_push().await;
+            if p["push"] == "publication" {
+                assert_eq!(p["data"], json!(n));
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_their_reason_and_bystanders_keep_receiving() {
+    let server = TestServer::start(&config()).await;
+    let mut by = Bystanders::join(&server).await;
+    let grant = json!({"channels": ["room:1"]});
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            hs256(&claims("mallory", json!({"exp": now() - 30}))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            hs256(&claims("mallory", json!({"nbf": now() + 3600}))),
+            "not_yet_valid",
+        ),
+        (
+            "wrong key",
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims("mallory", grant.clone()),
+                &EncodingKey::from_secret(b"another-secret-0123456789abcdefghij"),
+            )
+            .unwrap(),
+            "bad_signature",
+        ),
+        (
+            "wrong audience",
+            hs256(&claims("mallory", json!({"aud": "another-service"}))),
+            "wrong_audience",
+        ),
+        (
+            "wrong issuer",
+            hs256(&claims("mallory", json!({"iss": "https://evil.test"}))),
+            "wrong_issuer",
+        ),
+        (
+            "alg none",
+            unsigned(&claims("mallory", grant.clone())),
+            "unsupported_algorithm",
+        ),
+        (
+            "algorithm confusion",
+            confused(&claims("mallory", grant.clone())),
+            "bad_signature",
+        ),
+        ("garbage", "not.a.token".to_owned(), "malformed"),
+    ];
+    for (what, token, reason) in &cases {
+        // SSE: 401 before any stream.
+        let (status, body) = sse_status(&server, &["room:1"], Some(token)).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{what}: {message}");
+        // WebSocket, token in the query: 401 instead of the upgrade.
+        match within(
+            WAIT,
+            tokio_tungstenite::connect_async(ws_url_with(&server, token)),
+        )
+        .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401, "{what}")
+            }
+            other => panic!("{what}: expected 401, got {other:?}"),
+        }
+        // WebSocket, token in the first frame: an error reply, and the connection stays
+        // anonymous (a closed namespace stays closed).
+        let mut ws = Ws::connect(&server).await;
+        let r = ws.request(json!({"op": "auth", "token": token})).await;
+        assert_eq!(r["error"]["code"], "unauthorized", "{what}: {r}");
+        let r = ws
+            .request(json!({"op": "subscribe", "channel": "room:1"}))
+            .await;
+        assert_eq!(r["error"]["code"], "unauthorized", "{what}: {r}");
+        by.still_receive(&server).await;
+    }
+    // The same claims, properly signed (HS256 and RS256), are accepted.
+    let (status, _) = sse_status(
+        &server,
+        &["room:1"],
+        Some(&hs256(&claims("eve", grant.clone()))),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = sse_status(&server, &["room:1"], Some(&rs256(&claims("eve", grant)))).await;
+    assert_eq!(status, 200);
+    let refused = server.stats().await["refused"]["bad_token"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(refused, 3 * cases.len() as u64);
+}
+
+#[tokio::test]
+async fn channels_are_read_and_published_only_as_granted() {
+    let server = TestServer::start(&config()).await;
+    let mut by = Bystanders::join(&server).await;
+    let guest = hs256(&claims("guest", json!({})));
+
+    // Anonymous: the public widget namespace only, read-only.
+    let (status, body) = sse_status(&server, &["room:1"], None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let mut anon = Ws::connect(&server).await;
+    let r = anon
+        .request(json!({"op": "subscribe", "channel": "widget:alerts"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = anon
+        .request(json!({"op": "publish", "channel": "widget:alerts", "data": 1}))
+        .await;
+    assert_eq!(r["error"]["code"], "publish_forbidden", "{r}");
+
+    // Authenticated without a grant: refused on granted channels, over SSE and WebSocket.
+    let (status, body) = sse_status(&server, &["room:1"], Some(&guest)).await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+    let mut ws = Ws::connect(&server).await;
+    let r = ws.request(json!({"op": "auth", "token": guest})).await;
+    assert_eq!(r["result"]["user"], "guest", "{r}");
+    for op in ["subscribe", "history", "presence"] {
+        let r = ws.request(json!({"op": op, "channel": "room:1"})).await;
+        assert_eq!(r["error"]["code"], "forbidden", "{op}: {r}");
+    }
+    let r = ws
+        .request(json!({"op": "publish", "channel": "room:1", "data": "takeover"}))
+        .await;
+    assert_eq!(r["error"]["code"], "publish_forbidden", "{r}");
+
+    // A subscription token for the same user grants one channel; one for another user does not.
+    let sub_token = hs256(&claims("guest", json!({"channels": ["room:1"]})));
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "room:1", "token": sub_token}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let foreign = hs256(&claims("host", json!({"channels": ["room:2"]})));
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "room:2", "token": foreign}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+
+    // Only the room host (a publish grant) publishes; the guest receives it.
+    let r = by
+        .host
+        .request(json!({"op": "publish", "channel": "room:1", "data": "play"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    loop {
+        let p = ws.next_push().await;
+        if p["push"] == "publication" {
+            assert_eq!(p["data"], "play");
+            break;
+        }
+    }
+    // The host's own publication reached the host too.
+    loop {
+        let p = by.host.next_push().await;
+        if p["push"] == "publication" {
+            assert_eq!(p["data"], "play");
+            break;
+        }
+    }
+
+    // User channels: only the named user reads them, whatever the grants.
+    let bob = hs256(&claims("bob", json!({})));
+    let alice_everything = hs256(&claims("alice", json!({"channels": ["*"]})));
+    let mut bob_alerts = sse_with(&server, &["alerts#bob"], &bob).await;
+    bob_alerts.wait_raw(b"id: ").await;
+    let (status, body) = sse_status(&server, &["alerts#bob"], Some(&alice_everything)).await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+    let (status, _) = sse_status(&server, &["alerts#bob"], None).await;
+    assert_eq!(status, 401);
+    server.publish("alerts#bob", None, json!("for bob")).await;
+    assert_eq!(bob_alerts.next_json().await.1["data"], "for bob");
+
+    by.still_receive(&server).await;
+    assert!(
+        server.stats().await["refused"]["permission"]
+            .as_u64()
+            .unwrap()
+            >= 9
+    );
+}
+
+#[tokio::test]
+async fn the_31st_chat_message_from_one_user_in_a_minute_is_refused_across_connections() {
+    let server = TestServer::start(&config()).await;
+    let mut by = Bystanders::join(&server).await;
+    let carol = hs256(&claims("carol", json!({})));
+    let dave = hs256(&claims("dave", json!({})));
+    let mut listener = sse_with(&server, &["chat:lobby"], &dave).await;
+    listener.wait_raw(b"id: ").await;
+    let mut a = Ws::connect_url(&ws_url_with(&server, &carol)).await;
+    let mut b = Ws::connect_url(&ws_url_with(&server, &carol)).await;
+    for i in 0..30 {
+        // Alternate connections: the limit is per user, not per connection.
+        let ws = if i % 2 == 0 { &mut a } else { &mut b };
+        let r = ws
+            .request(json!({"op": "publish", "channel": "chat:lobby", "data": i}))
+            .await;
+        assert!(r.get("error").is_none(), "message {i}: {r}");
+    }
+    let r = b
+        .request(json!({"op": "publish", "channel": "chat:lobby", "data": 30}))
+        .await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    // Another user is not affected.
+    let mut d = Ws::connect_url(&ws_url_with(&server, &dave)).await;
+    let r = d
+        .request(json!({"op": "publish", "channel": "chat:lobby", "data": "dave"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    for i in 0..30 {
+        assert_eq!(listener.next_json().await.1["data"], json!(i));
+    }
+    assert_eq!(listener.next_json().await.1["data"], "dave");
+    assert_eq!(server.stats().await["refused"]["namespace_publish_rate"], 1);
+    by.still_receive(&server).await;
+}
+
+#[tokio::test]
+async fn oversize_messages_and_connection_floods_are_refused() {
+    let server = TestServer::start(&config()).await;
+    let mut by = Bystanders::join(&server).await;
+    let carol = hs256(&claims("carol", json!({})));
+
+    // Oversize: over HTTP 413, over WebSocket an error reply (the connection stays).
+    let big = "x".repeat(2048);
+    let (status, body) = server
+        .post(
+            "/api/publish",
+            &json!({"channel": "chat:x", "data": big}).to_string(),
+        )
+        .await;
+    assert_eq!((status, &body["error"]["code"]), (413, &json!("too_large")));
+    let mut ws = Ws::connect_url(&ws_url_with(&server, &carol)).await;
+    let r = ws
+        .request(json!({"op": "publish", "channel": "chat:x", "data": big}))
+        .await;
+    assert_eq!(r["error"]["code"], "too_large", "{r}");
+    let r = ws.request(json!({"op": "ping"})).await;
+    assert!(r.get("result").is_some());
+
+    // Connections per user: carol holds one; a second is allowed, a third is refused.
+    let _second = sse_with(&server, &["chat:x"], &carol).await;
+    let (status, body) = sse_status(&server, &["chat:x"], Some(&carol)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("rate_limited"))
+    );
+    match within(
+        WAIT,
+        tokio_tungstenite::connect_async(ws_url_with(&server, &carol)),
+    )
+    .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+    let mut third = Ws::connect(&server).await;
+    let r = third.request(json!({"op": "auth", "token": carol})).await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    // Closing one frees a place.
+    drop(ws);
+    let stats = server
+        .wait_stats("carol's connection closed", |s| {
+            s["connections"]["total"].as_u64() == Some(4)
+        })
+        .await;
+    assert_eq!(stats["refused"]["per_user"], 3);
+    let r = third.request(json!({"op": "auth", "token": carol})).await;
+    assert_eq!(r["result"]["user"], "carol", "{r}");
+    by.still_receive(&server).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_ends_the_connection_unless_refreshed() {
+    let server = TestServer::start(&config()).await;
+    let mut by = Bystanders::join(&server).await;
+    let soon = now() + 2;
+    let short = hs256(&claims(
+        "erin",
+        json!({"exp": soon, "channels": ["room:1"]}),
+    ));
+    let short_sse = hs256(&claims(
+        "erin-sse",
+        json!({"exp": soon, "channels": ["room:1"]}),
+    ));
+    let mut sse = sse_with(&server, &["room:1"], &short_sse).await;
+    let mut lapsing = Ws::connect_url(&ws_url_with(&server, &short)).await;
+    let mut refreshed = Ws::connect_url(&ws_url_with(&server, &short)).await;
+    let fresh = hs256(&claims("erin", json!({"channels": ["room:1"]})));
+    let r = refreshed
+        .request(json!({"op": "auth", "token": fresh}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    // A refresh for another user is refused.
+    let other = hs256(&claims("frank", json!({})));
+    let r = refreshed
+        .request(json!({"op": "auth", "token": other}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+
+    assert_eq!(lapsing.close_code().await, Some(4006));
+    let events = sse.until_end().await;
+    let last = events.last().expect("a disconnect event");
+    assert_eq!(last.event, "herald.disconnect");
+    let data: Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(data["code"], 4006);
+    assert_eq!(data["reconnect"], true);
+    // The refreshed connection outlived the first token.
+    assert!(now() > soon);
+    let r = refreshed.request(json!({"op": "ping"})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert_eq!(server.stats().await["refused"]["token_expired"], 2);
+    by.still_receive(&server).await;
+}
+
+#[tokio::test]
+async fn telegram_login_issues_a_token_for_that_user() {
+    let server = TestServer::start(&config()).await;
+    let user = r#"{"id":279058397,"first_name":"Vlad","username":"vdk"}"#;
+    let auth_date = now().to_string();
+    let init_data =
+        herald_auth::sign_init_data(&[("user", user), ("auth_date", &auth_date)], BOT_TOKEN);
+    let (status, body) = server
+        .post(
+            "/auth/telegram",
+            &json!({ "init_data": init_data }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "279058397");
+    let token = body["token"].as_str().unwrap();
+    // The token reads the user's own channel and the granted namespace, nothing else.
+    let mut own = sse_with(&server, &["alerts#279058397", "watch:party"], token).await;
+    own.wait_raw(b"id: ").await;
+    let (status, _) = sse_status(&server, &["alerts#1"], Some(token)).await;
+    assert_eq!(status, 403);
+    // Presence shows the Telegram name.
+    let mut ws = Ws::connect_url(&ws_url_with(&server, token)).await;
+    let r = ws.request(json!({"op": "auth", "token": token})).await;
+    assert_eq!(r["result"]["user"], "279058397");
+
+    // Tampered, stale, or signed with another bot's token: 401 with the reason.
+    let tampered = init_data.replace("Vlad", "Vlax");
+    let stale = herald_auth::sign_init_data(
+        &[("user", user), ("auth_date", &(now() - 7200).to_string())],
+        BOT_TOKEN,
+    );
+    let other_bot = herald_auth::sign_init_data(
+        &[("user", user), ("auth_date", &auth_date)],
+        "987654321:another-bot-token",
+    );
+    for (what, data, reason) in [
+        ("tampered", tampered, "bad_hash"),
+        ("stale", stale, "stale"),
+        ("other bot", other_bot, "bad_hash"),
+    ] {
+        let (status, body) = server
+            .post("/auth/telegram", &json!({ "init_data": data }).to_string())
+            .await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(reason),
+            "{what}: {body}"
+        );
+    }
+    // The `Authorization: tma` form works as well.
+    let resp = server
+        .http
+        .post(format!("{}/auth/telegram", server.url))
+        .header("authorization", format!("tma {init_data}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn an_api_key_over_its_rate_gets_429() {
+    let config = "[channels.defaults]\nsubscribe = \"public\"\n[[auth.api_keys]]\nname = \"worker\"\nkey = \"0123456789abcdef-worker\"\nrequests_per_second = 3\n";
+    let server = TestServer::start(config).await;
+    let mut listener = Sse::connect(&server, &["jobs"], None).await;
+    listener.wait_raw(b"id: ").await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let resp = server
+            .http
+            .post(format!("{}/api/publish", server.url))
+            .bearer_auth("0123456789abcdef-worker")
+            .json(&json!({"channel": "jobs", "data": i}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            assert_eq!(resp.headers()["retry-after"], "1");
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    for i in 0..3 {
+        assert_eq!(listener.next_json().await.1["data"], json!(i));
+    }
+    let stats = server
+        .http
+        .get(format!("{}/api/stats", server.url))
+        .bearer_auth("0123456789abcdef-worker")
+        .send()
+        .await
+        .unwrap();
+    // The stats request itself may be over the rate; either way the refusal was counted.
+    if stats.status() == 200 {
+        let v: Value = stats.json().await.unwrap();
+        assert!(v["refused"]["api_rate"].as_u64().unwrap() >= 1);
+    }
+}
+
+#[tokio::test]
+async fn check_config_reports_token_problems_and_redacts_secrets() {
+    let bad = TempFile::with(
+        "[auth.token]\nhmac_secrets = [\"short\"]\nalgorithms = [\"none\"]\npublic_keys = [\"/nonexistent/key.pem\"]\n",
+    );
+    let out = std::process::Command::new(common::herald_bin())
+        .args(["check-config", "--config"])
+        .arg(&bad.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hmac_secrets"), "{err}");
+    assert!(err.contains("none"), "{err}");
+    assert!(err.contains("/nonexistent/key.pem"), "{err}");
+    let good = TempFile::with(&config());
+    let out = std::process::Command::new(common::herald_bin())
+        .args(["check-config", "--config"])
+        .arg(&good.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !shown.contains(SECRET) && !shown.contains("made-up-bot-token"),
+        "{shown}"
+    );
+    // `herald token` mints with the configured secret.
+    let out = std::process::Command::new(common::herald_bin())
+        .args(["token", "--user", "zoe", "--channel", "room:*", "--config"])
+        .arg(&good.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let server = TestServer::start(&config()).await;
+    let (status, _) = sse_status(&server, &["room:7"], Some(token.trim())).await;
+    assert_eq!(status, 200);
+}
