@@ -108,6 +108,7 @@ impl Publisher {
         };
         let len = data.get().len();
         if len > self.limits.max_data_bytes {
+            self.stats.refused.too_large.fetch_add(1, Relaxed);
             return Err(PublishError::TooLarge {
                 len,
                 max: self.limits.max_data_bytes,

@@ -339,6 +339,11 @@ impl Session {
             return Err(SessionError::AlreadySubscribed(channel.to_string()));
         }
         if self.subs.len() >= self.limits.max_channels {
+            self.node
+                .stats
+                .refused
+                .too_many_channels
+                .fetch_add(1, Relaxed);
             return Err(SessionError::TooManyChannels(self.limits.max_channels));
         }
         match grant {

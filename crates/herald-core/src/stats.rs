@@ -137,8 +137,10 @@ counters! {
         permission,
         /// Connections ended because their token expired.
         token_expired,
-        /// Publishes and frames refused for their size.
+        /// Publishes, request bodies and WebSocket messages refused for their size.
         too_large,
+        /// Subscriptions refused by `connection.max_channels`.
+        too_many_channels,
         /// Rate checks let through unmetered because the rate map was full.
         rate_map_full,
     }

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Most channels in one broadcast.
 const MAX_BROADCAST_CHANNELS: usize = 1000;
@@ -49,6 +50,7 @@ impl<T: DeserializeOwned> FromRequest<App> for JsonBody<T> {
         let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| {
+                app.node.stats.refused.too_large.fetch_add(1, Relaxed);
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorCode::TooLarge,

@@ -74,6 +74,11 @@ async fn open(
         return Err(ApiError::bad_request("name at least one `channel`"));
     }
     if channels.len() > app.limits.max_channels {
+        app.node
+            .stats
+            .refused
+            .too_many_channels
+            .fetch_add(1, Relaxed);
         return Err(ApiError::new(
             status_for(ErrorCode::TooManyChannels),
             ErrorCode::TooManyChannels,

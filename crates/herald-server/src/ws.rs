@@ -297,6 +297,9 @@ fn connection(
                             // tungstenite reports oversize frames as a capacity error.
                             let msg = e.to_string();
                             let too_big = msg.contains("too long") || msg.contains("Space limit");
+                            if too_big {
+                                app.node.stats.refused.too_large.fetch_add(1, Relaxed);
+                            }
                             break too_big.then_some(CloseCode::MessageTooBig);
                         }
                     }

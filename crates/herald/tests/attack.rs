@@ -5,6 +5,7 @@
 mod common;
 
 use common::{sse_url, urlencode, within, Sse, TempFile, TestServer, Ws, WAIT};
+use futures_util::SinkExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -650,5 +651,115 @@ async fn check_config_reports_token_problems_and_redacts_secrets() {
     let token = String::from_utf8(out.stdout).unwrap();
     let server = TestServer::start(&config()).await;
     let (status, _) = sse_status(&server, &["room:7"], Some(token.trim())).await;
+    assert_eq!(status, 200);
+}
+
+/// Reads from `tcp` until the server closes it; returns what it sent.
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within(WAIT, tcp.read(&mut buf)).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn hostile_transport_input_gets_a_timely_answer_and_bystanders_keep_receiving() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(&format!(
+        "{}\n[server]\nheader_read_timeout = \"1s\"\n",
+        config()
+    ))
+    .await;
+    let mut by = Bystanders::join(&server).await;
+
+    // Slowloris: a request head trickled a byte at a time never completes; the node closes
+    // the connection after the header timeout instead of holding it.
+    let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    slow.write_all(b"GET /sse?channel=widget:alerts HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..100 {
+            if slow.write_all(b"X").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        within(WAIT, trickle).await,
+        "a trickled request head was still accepted after 10 s"
+    );
+
+    // A header flood: far more header bytes than any real request.
+    let mut flood = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let mut head = String::from("GET /api/stats HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..20_000 {
+        head.push_str(&format!("X-Flood-{i}: {}\r\n", "v".repeat(40)));
+    }
+    head.push_str("\r\n");
+    let _ = flood.write_all(head.as_bytes()).await;
+    let answer = read_to_close(&mut flood).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "header flood answered {:?}",
+        answer.lines().next()
+    );
+
+    // Resume ids crafted to be huge or negative: 400 bad_position (or 431 for the header size).
+    for id in [
+        "-1".to_owned(),
+        "abc--5".to_owned(),
+        format!("e1-{}", "9".repeat(40)),
+        format!("e1-{}", "1".repeat(20_000)),
+    ] {
+        let resp = server
+            .http
+            .get(sse_url(&server, &["widget:alerts"]))
+            .header("last-event-id", id.as_str())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(status == 400 || status == 431, "{id:.40}: {status}");
+    }
+
+    // WebSocket: invalid UTF-8 in a text frame and a binary frame close the connection; a
+    // position beyond 64 bits gets bad_position and the connection stays.
+    let mut ws = Ws::connect(&server).await;
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "widget:alerts",
+            "since": {"epoch": "e1", "offset": 1e30}}))
+        .await;
+    assert_eq!(r["error"]["code"], "bad_position", "{r}");
+    ws.inner
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![0xff, 0xfe].into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ws.close_code().await, Some(4500));
+    let mut raw = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    raw.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // A masked text frame whose payload is not UTF-8 (mask key 0: payload as is).
+    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28])
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut raw).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer:?}");
+
+    by.still_receive(&server).await;
+    let (status, _) = server.get("/health/ready").await;
     assert_eq!(status, 200);
 }

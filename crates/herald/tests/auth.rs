@@ -8,6 +8,9 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const KEYS: &str = r#"
+[channels.namespaces.news]
+subscribe = "public"
+
 [[auth.api_keys]]
 name = "old"
 key = "old-key-0123456789abcdef"
@@ -21,7 +24,7 @@ async fn publish_with(server: &TestServer, auth: Option<&str>) -> (u16, Value, O
     let mut req = server
         .http
         .post(format!("{}/api/publish", server.url))
-        .json(&json!({"channel": "news", "data": 1}));
+        .json(&json!({"channel": "news:today", "data": 1}));
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
@@ -37,8 +40,16 @@ async fn publish_with(server: &TestServer, auth: Option<&str>) -> (u16, Value, O
 #[tokio::test]
 async fn with_keys_the_api_needs_one_of_them_and_subscribers_are_unaffected() {
     let server = TestServer::start(KEYS).await;
-    let mut sse = Sse::connect(&server, &["news"], None).await;
+    let mut sse = Sse::connect(&server, &["news:today"], None).await;
     sse.wait_raw(b"id: ").await;
+    // Once secrets are configured, a namespace not marked public is closed to anonymous clients.
+    let closed = server
+        .http
+        .get(common::sse_url(&server, &["orders"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 401);
 
     let (status, body, challenge) = publish_with(&server, None).await;
     assert_eq!(status, 401, "{body}");
@@ -69,7 +80,7 @@ async fn with_keys_the_api_needs_one_of_them_and_subscribers_are_unaffected() {
 
     // The CLI sends the key it is given.
     let out = tokio::process::Command::new(herald_bin())
-        .args(["publish", "news", "2", "--server", &server.url])
+        .args(["publish", "news:today", "2", "--server", &server.url])
         .env("HERALD_API_KEY", "old-key-0123456789abcdef")
         .output()
         .await
@@ -77,7 +88,7 @@ async fn with_keys_the_api_needs_one_of_them_and_subscribers_are_unaffected() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(sse.next_json().await.1["data"], 2);
     let out = tokio::process::Command::new(herald_bin())
-        .args(["publish", "news", "3", "--server", &server.url])
+        .args(["publish", "news:today", "3", "--server", &server.url])
         .env_remove("HERALD_API_KEY")
         .output()
         .await
