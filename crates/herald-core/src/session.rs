@@ -176,6 +176,8 @@ struct Sub {
     channel: ChannelName,
     position: StreamPosition,
     presence: bool,
+    /// Granted by a subscription token rather than the connection's own token.
+    by_subscription_token: bool,
 }
 
 /// One connection's protocol state.
@@ -247,8 +249,10 @@ impl Session {
     }
 
     /// Adopts a verified token's identity: the first one authenticates the connection; later
-    /// ones (a refresh) must name the same user, and replace grants and expiry.
-    pub fn authenticate(&mut self, identity: Identity) -> Result<(), SessionError> {
+    /// ones (a refresh) must name the same user, and replace grants and expiry. Subscriptions
+    /// the new token no longer allows are ended; their names are returned. (Those granted by a
+    /// subscription token stand until unsubscribed.)
+    pub async fn authenticate(&mut self, identity: Identity) -> Result<Vec<String>, SessionError> {
         if let Some(old) = &self.identity {
             if old.user != identity.user {
                 return Err(SessionError::UserChanged {
@@ -258,7 +262,25 @@ impl Session {
             }
         }
         self.identity = Some(Arc::new(identity));
-        Ok(())
+        let mut revoked = Vec::new();
+        let mut i = 0;
+        while i < self.subs.len() {
+            let sub = &self.subs[i];
+            let allowed = sub.by_subscription_token
+                || self
+                    .node
+                    .channels
+                    .permits(Action::Subscribe, &sub.channel, self.identity.as_deref())
+                    .is_ok();
+            if allowed {
+                i += 1;
+                continue;
+            }
+            let sub = self.subs.remove(i);
+            self.leave(&sub).await;
+            revoked.push(sub.channel.to_string());
+        }
+        Ok(revoked)
     }
 
     /// When the connection's token expires (Unix seconds).
@@ -398,6 +420,7 @@ impl Session {
             channel: channel.clone(),
             position: position.clone(),
             presence: options.presence,
+            by_subscription_token: grant.is_some(),
         });
         if options.presence {
             let member = self.member();

@@ -134,7 +134,8 @@ async fn open(
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Sse, app.limits);
     let expires = identity.as_ref().and_then(|i| app.expiry(i));
     if let Some(identity) = identity {
-        session.authenticate(identity)?;
+        // No subscriptions yet, so nothing can be revoked.
+        session.authenticate(identity).await?;
     }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "sse");
     let mut emits = Vec::new();

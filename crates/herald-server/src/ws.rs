@@ -183,8 +183,10 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     // if the upgrade fails, dropping the session undoes its registration.
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
     if let Some(identity) = identity {
-        // The first identity of a session is always adopted.
-        let _ = session.authenticate(identity);
+        // The first identity of a session is always adopted, and it has no subscriptions yet.
+        if let Err(e) = session.authenticate(identity).await {
+            tracing::warn!(error = %e, "Adopting the first identity failed.");
+        }
     }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     let tracker = app.tracker.clone();
@@ -442,8 +444,11 @@ async fn handle(
                 }
             }
             let (user, expires_at) = (identity.user.clone(), identity.expires_at);
-            match session.authenticate(identity) {
-                Ok(()) => ServerPush::reply(id, &json!({"user": &*user, "expires_at": expires_at})),
+            match session.authenticate(identity).await {
+                Ok(revoked) => ServerPush::reply(
+                    id,
+                    &json!({"user": &*user, "expires_at": expires_at, "revoked": revoked}),
+                ),
                 Err(e) => {
                     app.node.stats.refused.bad_token.fetch_add(1, Relaxed);
                     error_reply(Some(id), &e)

@@ -93,6 +93,9 @@ enum Command {
         /// Server URL.
         #[arg(long, env = "HERALD_URL", default_value = client::DEFAULT_SERVER)]
         server: String,
+        /// Connection token, for namespaces that are not public (see `herald token`).
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -194,7 +197,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Tail { channels, server } => client::tail(&server, &channels).await,
+        Command::Tail {
+            channels,
+            server,
+            token,
+        } => client::tail(&server, &channels, token.as_deref()).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }

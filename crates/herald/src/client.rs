@@ -51,7 +51,11 @@ pub(crate) async fn publish(
 }
 
 /// `herald tail CHANNEL...`: prints each event's data as one JSON line on stdout.
-pub(crate) async fn tail(server: &str, channels: &[String]) -> anyhow::Result<ExitCode> {
+pub(crate) async fn tail(
+    server: &str,
+    channels: &[String],
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -73,6 +77,9 @@ pub(crate) async fn tail(server: &str, channels: &[String]) -> anyhow::Result<Ex
             .header("accept", "text/event-stream");
         if !last_id.is_empty() {
             req = req.header("last-event-id", &last_id);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
         }
         match req.send().await {
             Ok(resp) if resp.status().is_success() => {

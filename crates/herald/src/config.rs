@@ -178,7 +178,7 @@ pub(crate) struct Overrides {
 }
 
 /// Environment variables with the `HERALD_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &["log", "config", "url", "api_key"];
+const NON_CONFIG_ENV: &[&str] = &["log", "config", "url", "api_key", "token"];
 
 /// Every problem found while loading the configuration.
 #[derive(Debug)]

@@ -363,6 +363,21 @@ async fn channels_are_read_and_published_only_as_granted() {
     server.publish("alerts#bob", None, json!("for bob")).await;
     assert_eq!(bob_alerts.next_json().await.1["data"], "for bob");
 
+    // A refresh that drops a grant ends that subscription at once.
+    let with_room = hs256(&claims("gina", json!({"channels": ["room:5"]})));
+    let mut gina = Ws::connect_url(&ws_url_with(&server, &with_room)).await;
+    let r = gina
+        .request(json!({"op": "subscribe", "channel": "room:5"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let without = hs256(&claims("gina", json!({"channels": []})));
+    let r = gina.request(json!({"op": "auth", "token": without})).await;
+    assert_eq!(r["result"]["revoked"], json!(["room:5"]), "{r}");
+    let r = gina
+        .request(json!({"op": "unsubscribe", "channel": "room:5"}))
+        .await;
+    assert_eq!(r["error"]["code"], "not_subscribed", "{r}");
+
     by.still_receive(&server).await;
     assert!(
         server.stats().await["refused"]["permission"]
