@@ -264,6 +264,25 @@ async fn bad_tokens_are_refused_with_their_reason_and_bystanders_keep_receiving(
         assert_eq!(r["error"]["code"], "unauthorized", "{what}: {r}");
         by.still_receive(&server).await;
     }
+    // A valid token is read from the Authorization header and from the `herald_token` cookie
+    // as well as from the query.
+    let (h, c) = (
+        hs256(&claims("eve-h", grant.clone())),
+        hs256(&claims("eve-c", grant.clone())),
+    );
+    for (name, value) in [
+        ("authorization", format!("Bearer {h}")),
+        ("cookie", format!("theme=dark; herald_token={c}")),
+    ] {
+        let resp = server
+            .http
+            .get(sse_url(&server, &["room:1"]))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "token in {name}");
+    }
     // The same claims, properly signed (HS256 and RS256), are accepted.
     let (status, _) = sse_status(
         &server,
