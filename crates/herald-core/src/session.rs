@@ -6,7 +6,7 @@
 //! turns [`Emit`]s into wire bytes, and calls the session from its single connection task.
 
 use crate::{
-    outbox, Action, ChannelError, ChannelName, ConnId, Denied, EngineError, HistoryPage,
+    outbox, Action, ChannelError, ChannelName, ConnId, Denied, EngineError, Grants, HistoryPage,
     HistoryQuery, Identity, Node, Outbox, OutboxLimits, OutboxTx, Outgoing, PresenceEvent,
     PresenceKind, Publication, PublishError, ResetReason, Take, TokenBucket,
 };
@@ -178,6 +178,9 @@ struct Sub {
     presence: bool,
     /// Granted by a subscription token rather than the connection's own token.
     by_subscription_token: bool,
+    /// The member announced at join (where the namespace has presence), so the leave names
+    /// the same member even if the connection authenticated in between.
+    member: Option<Member>,
 }
 
 /// One connection's protocol state.
@@ -290,16 +293,30 @@ impl Session {
 
     fn permit(&self, action: Action, channel: &ChannelName) -> Result<(), SessionError> {
         let who = self.identity.as_deref();
-        self.node
-            .channels
-            .permits(action, channel, who)
-            .map_err(|d| {
-                self.node.stats.refused.permission.fetch_add(1, Relaxed);
-                match action {
-                    Action::Publish => SessionError::PublishDenied(d),
-                    _ => SessionError::Denied(d),
-                }
-            })
+        let mut decision = self.node.channels.permits(action, channel, who);
+        // A channel subscribed with a subscription token is readable as that token granted it.
+        if decision.is_err()
+            && matches!(action, Action::History | Action::Presence)
+            && self
+                .subs
+                .iter()
+                .any(|s| s.channel == *channel && s.by_subscription_token)
+        {
+            if let (Some(me), Ok(grant)) = (who, Grants::new([channel.as_str()])) {
+                let merged = Identity {
+                    subscribe: grant,
+                    ..me.clone()
+                };
+                decision = self.node.channels.permits(action, channel, Some(&merged));
+            }
+        }
+        decision.map_err(|d| {
+            self.node.stats.refused.permission.fetch_add(1, Relaxed);
+            match action {
+                Action::Publish => SessionError::PublishDenied(d),
+                _ => SessionError::Denied(d),
+            }
+        })
     }
 
     /// The subscribe check with a subscription token's grants in place of the connection's.
@@ -416,14 +433,15 @@ impl Session {
             out.extend(page.publications.into_iter().map(Emit::Publication));
             page.top
         };
+        let member = options.presence.then(|| self.member());
         self.subs.push(Sub {
             channel: channel.clone(),
             position: position.clone(),
             presence: options.presence,
             by_subscription_token: grant.is_some(),
+            member: member.clone(),
         });
-        if options.presence {
-            let member = self.member();
+        if let Some(member) = member {
             self.node.presence.join(&channel, &member).await?;
             self.node
                 .broker
@@ -477,7 +495,7 @@ impl Session {
     async fn leave(&self, sub: &Sub) {
         self.release(&sub.channel).await;
         if sub.presence {
-            let member = self.member();
+            let member = sub.member.clone().unwrap_or_else(|| self.member());
             let left = self
                 .node
                 .presence

@@ -28,13 +28,17 @@ pub enum ErrorCode {
     NotSubscribed,
     /// The connection holds as many channels as it may.
     TooManyChannels,
-    /// Clients may not publish to this namespace.
+    /// This connection may not publish to the channel (namespace `publish` access, grants, user
+    /// channels).
     PublishForbidden,
     /// Presence is not enabled for this namespace.
     PresenceDisabled,
-    /// The HTTP API needs `Authorization: Bearer <key>` with a configured key.
+    /// A credential is missing or refused: the HTTP API's key, a connection token, Telegram
+    /// initData; or the channel needs a token and the connection has none.
     Unauthorized,
-    /// The caller may not use this route (the API without keys answers loopback only).
+    /// The caller is known but not allowed: a channel without its grant, another user's
+    /// channel, a refresh for another user, a browser origin not on the list, or the API
+    /// without keys from beyond loopback.
     Forbidden,
     /// The route does not exist.
     NotFound,

@@ -145,7 +145,7 @@ impl AuthConfig {
         }
         if !listen.ip().is_loopback() && !self.configured() && !self.allow_insecure {
             out.push(format!(
-                "server.listen {listen} is reachable from other machines and no authentication is configured; configure auth.api_keys, listen on a loopback address, or pass --allow-insecure (auth.allow_insecure = true) to run open on purpose"
+                "server.listen {listen} is reachable from other machines and no authentication is configured; configure authentication (auth.api_keys, auth.token or auth.telegram), listen on a loopback address, or pass --allow-insecure (auth.allow_insecure = true) to run open on purpose"
             ));
         }
         out

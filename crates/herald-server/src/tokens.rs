@@ -146,13 +146,17 @@ pub(crate) async fn telegram_login(
         ));
     };
     let (channels, publish) = config.grants_for(user.id);
-    let info = json!({
-        "telegram_id": user.id,
-        "first_name": user.first_name,
-        "last_name": user.last_name,
-        "username": user.username,
-        "photo_url": user.photo_url,
-    });
+    // The public fields Telegram sent (absent ones are left out, not null).
+    let mut info = json!({"telegram_id": user.id, "first_name": user.first_name});
+    for (key, value) in [
+        ("last_name", &user.last_name),
+        ("username", &user.username),
+        ("photo_url", &user.photo_url),
+    ] {
+        if let Some(v) = value {
+            info[key] = json!(v);
+        }
+    }
     let request = MintRequest {
         user: user.id.to_string(),
         info: Some(info),

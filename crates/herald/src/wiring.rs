@@ -120,7 +120,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if !config.auth.configured() {
         if addr.ip().is_loopback() {
             tracing::warn!(
-                "No authentication is configured: running open for development, on loopback only. The HTTP API answers loopback callers only; configure auth.api_keys before exposing Herald."
+                "No authentication is configured: running open for development, on loopback only. The HTTP API answers loopback callers only; configure auth.api_keys (and auth.token for clients) before exposing Herald."
             );
         } else {
             tracing::warn!(

@@ -342,6 +342,13 @@ async fn channels_are_read_and_published_only_as_granted() {
         .request(json!({"op": "subscribe", "channel": "room:1", "token": sub_token}))
         .await;
     assert!(r.get("error").is_none(), "{r}");
+    let r = ws
+        .request(json!({"op": "history", "channel": "room:1"}))
+        .await;
+    assert!(
+        r.get("error").is_none(),
+        "a subscription token also grants reading: {r}"
+    );
     let foreign = hs256(&claims("host", json!({"channels": ["room:2"]})));
     let r = ws
         .request(json!({"op": "subscribe", "channel": "room:2", "token": foreign}))
