@@ -5,9 +5,14 @@
 mod telegram;
 mod token;
 
-// Explicit lists replace these once both modules settle.
-pub use telegram::*;
-pub use token::*;
+pub use telegram::{
+    sign_init_data, verify_init_data, TelegramCheck, TelegramConfig, TelegramError, TelegramLogin,
+    TelegramUser, MAX_FUTURE_SKEW, MAX_INIT_DATA_BYTES, TELEGRAM_PRODUCTION_KEY, TELEGRAM_TEST_KEY,
+};
+pub use token::{
+    MintRequest, Minter, TokenConfig, TokenError, TokenVerifier, MAX_TOKEN_BYTES,
+    MAX_TOKEN_INFO_BYTES, MAX_TOKEN_USER_BYTES, MIN_HMAC_SECRET_BYTES,
+};
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

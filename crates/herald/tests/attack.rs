@@ -804,3 +804,92 @@ async fn hostile_transport_input_gets_a_timely_answer_and_bystanders_keep_receiv
     let (status, _) = server.get("/health/ready").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_subscribe_flood_is_refused_past_its_rate() {
+    let server = TestServer::start(&format!(
+        "{}\n[connection]\nsubscribe_per_minute = 3\n",
+        config().replace("[connection]\nmax_per_user = 2\n", "")
+    ))
+    .await;
+    let mut by = Bystanders::join(&server).await;
+    let mut ws = Ws::connect(&server).await;
+    for i in 0..3 {
+        let r = ws
+            .request(json!({"op": "subscribe", "channel": format!("widget:{i}")}))
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "widget:3"}))
+        .await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    assert_eq!(server.stats().await["refused"]["subscribe_rate"], 1);
+    by.still_receive(&server).await;
+}
+
+/// An address of this machine that is not loopback (no packet is sent to find it).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this machine has no non-loopback address to connect from");
+        return;
+    };
+    // Listening on that address makes the node see a non-loopback peer, which is what the
+    // per-address limit counts; the API then needs a key, as it would in production.
+    const KEY: &str = "attack-suite-api-key-0123456789";
+    let server = TestServer::start_on(
+        &format!(
+            "{}\n[server]\nmax_connections_per_ip = 2\n[[auth.api_keys]]\nname = \"suite\"\nkey = \"{KEY}\"\n",
+            config()
+        ),
+        &format!("{ip}:0"),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = Sse::connect(&server, &["widget:alerts"], None).await;
+        s.wait_raw(b"id: ").await;
+        held.push(s);
+    }
+    let (status, body) = sse_status(&server, &["widget:alerts"], None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("rate_limited"))
+    );
+    match within(WAIT, tokio_tungstenite::connect_async(server.ws_url())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // The two held streams still receive.
+    let resp = server
+        .http
+        .post(format!("{}/api/publish", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({"channel": "widget:alerts", "data": "still here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for s in &mut held {
+        assert_eq!(s.next_json().await.1["data"], "still here");
+    }
+    let stats: Value = server
+        .http
+        .get(format!("{}/api/stats", server.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["refused"]["per_ip"], 2);
+}

@@ -61,9 +61,14 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with `config` (TOML) on 127.0.0.1:0.
     pub async fn start(config: &str) -> Self {
+        Self::start_on(config, "127.0.0.1:0").await
+    }
+
+    /// Starts a server with `config` (TOML) listening on `listen`.
+    pub async fn start_on(config: &str, listen: &str) -> Self {
         let file = TempFile::with(config);
         let mut child = Command::new(herald_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--listen", listen, "--config"])
             .arg(&file.0)
             .env(
                 "HERALD_LOG",
