@@ -647,49 +647,42 @@ async fn an_api_key_over_its_rate_gets_429() {
     }
 }
 
+/// Runs the herald binary with `args` and then `--config FILE`; returns exit code, stdout and
+/// stderr.
+fn herald_with(args: &[&str], config: &TempFile) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::herald_bin())
+        .args(args)
+        .arg("--config")
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn check_config_reports_token_problems_and_redacts_secrets() {
     let bad = TempFile::with(
         "[auth.token]\nhmac_secrets = [\"short\"]\nalgorithms = [\"none\"]\npublic_keys = [\"/nonexistent/key.pem\"]\n",
     );
-    let out = std::process::Command::new(common::herald_bin())
-        .args(["check-config", "--config"])
-        .arg(&bad.0)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = herald_with(&["check-config"], &bad);
+    assert_eq!(code, Some(2));
     assert!(err.contains("hmac_secrets"), "{err}");
     assert!(err.contains("none"), "{err}");
     assert!(err.contains("/nonexistent/key.pem"), "{err}");
     let good = TempFile::with(&config());
-    let out = std::process::Command::new(common::herald_bin())
-        .args(["check-config", "--config"])
-        .arg(&good.0)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let (code, shown, err) = herald_with(&["check-config"], &good);
+    assert_eq!(code, Some(0), "{err}");
     assert!(
         !shown.contains(SECRET) && !shown.contains("made-up-bot-token"),
         "{shown}"
     );
     // `herald token` mints with the configured secret.
-    let out = std::process::Command::new(common::herald_bin())
-        .args(["token", "--user", "zoe", "--channel", "room:*", "--config"])
-        .arg(&good.0)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
+    let (code, token, err) = herald_with(&["token", "--user", "zoe", "--channel", "room:*"], &good);
+    assert_eq!(code, Some(0), "{err}");
     let server = TestServer::start(&config()).await;
     let (status, _) = sse_status(&server, &["room:7"], Some(token.trim())).await;
     assert_eq!(status, 200);
