@@ -131,6 +131,8 @@ counters! {
         subscribe_rate,
         /// HTTP API requests refused by a key's `requests_per_second`.
         api_rate,
+        /// Telegram logins refused by `auth.telegram.logins_per_minute_per_ip`.
+        login_rate,
         /// Tokens refused (bad signature, expired, wrong audience ...).
         bad_token,
         /// Requests refused because the connection lacked the permission.

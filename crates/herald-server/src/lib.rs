@@ -57,6 +57,8 @@ pub struct App {
     minter: Option<Arc<Minter>>,
     /// Request buckets per API key (`requests_per_second`).
     api_rates: Arc<KeyedBuckets>,
+    /// Telegram login buckets per remote address.
+    login_rates: Arc<KeyedBuckets>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -92,6 +94,11 @@ impl App {
         };
         let minter = Minter::from_config(&settings.auth.token).map(Arc::new);
         let api_rates = Arc::new(KeyedBuckets::new(0, 1.0, 4096));
+        let login_rates = Arc::new(KeyedBuckets::new(
+            settings.auth.telegram.logins_per_minute_per_ip,
+            60.0,
+            100_000,
+        ));
         Ok(Self {
             node,
             server: Arc::new(settings.server),
@@ -107,6 +114,7 @@ impl App {
             tokens,
             minter,
             api_rates,
+            login_rates,
         })
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use herald_auth::{unix_now, verify_init_data, MintRequest, TelegramError};
-use herald_core::Identity;
+use herald_core::{Identity, Take};
 use herald_protocol::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -111,6 +111,30 @@ pub(crate) async fn telegram_login(
             "Telegram login is not configured on this node (auth.telegram)",
         ));
     };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .filter(|ip| !ip.is_loopback());
+    if let Some(ip) = peer {
+        match app.login_rates.take(&ip.to_string()) {
+            Take::Allowed => {}
+            Take::Overflow => {
+                app.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);
+            }
+            Take::Limited => {
+                app.node.stats.refused.login_rate.fetch_add(1, Relaxed);
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this address may try at most {} Telegram logins a minute",
+                        config.logins_per_minute_per_ip
+                    ),
+                ));
+            }
+        }
+    }
     let from_header = req
         .headers()
         .get(header::AUTHORIZATION)

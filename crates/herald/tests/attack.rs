@@ -841,7 +841,10 @@ async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
     let server = TestServer::start_on(
         &format!(
             "{}\n[server]\nmax_connections_per_ip = 2\n[[auth.api_keys]]\nname = \"suite\"\nkey = \"{KEY}\"\n",
-            config()
+            config().replace(
+                "channels = [\"watch:*\"]",
+                "channels = [\"watch:*\"]\nlogins_per_minute_per_ip = 2"
+            )
         ),
         &format!("{ip}:0"),
     )
@@ -885,4 +888,16 @@ async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
         .await
         .unwrap();
     assert_eq!(stats["refused"]["per_ip"], 2);
+    // Telegram logins from one address are rate limited too (2 a minute here).
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, _) = server
+            .post(
+                "/auth/telegram",
+                &json!({"init_data": "auth_date=1&hash=00"}).to_string(),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [401, 401, 429]);
 }

@@ -34,6 +34,9 @@ pub struct TelegramConfig {
     pub channels: Vec<String>,
     /// Publish grant patterns for the minted token; `{user}` becomes the Telegram user id.
     pub publish: Vec<String>,
+    /// Most login attempts per minute from one remote address (loopback is not counted);
+    /// 0 for no limit.
+    pub logins_per_minute_per_ip: u32,
 }
 
 impl Default for TelegramConfig {
@@ -46,6 +49,7 @@ impl Default for TelegramConfig {
             token_ttl: Duration::from_secs(3600),
             channels: Vec::new(),
             publish: Vec::new(),
+            logins_per_minute_per_ip: 30,
         }
     }
 }
@@ -60,6 +64,7 @@ impl fmt::Debug for TelegramConfig {
             .field("token_ttl", &self.token_ttl)
             .field("channels", &self.channels)
             .field("publish", &self.publish)
+            .field("logins_per_minute_per_ip", &self.logins_per_minute_per_ip)
             .finish()
     }
 }
