@@ -179,8 +179,9 @@ struct Sub {
     /// Granted by a subscription token rather than the connection's own token.
     by_subscription_token: bool,
     /// The member announced at join (where the namespace has presence), so the leave names
-    /// the same member even if the connection authenticated in between.
-    member: Option<Member>,
+    /// the same member even if the connection authenticated in between. Boxed: most
+    /// subscriptions have no presence, and every connection holds its subscriptions.
+    member: Option<Box<Member>>,
 }
 
 /// One connection's protocol state.
@@ -434,12 +435,17 @@ impl Session {
             page.top
         };
         let member = options.presence.then(|| self.member());
+        // Grow one at a time at first: most connections hold one or two channels, and a
+        // first push would otherwise reserve room for four.
+        if self.subs.len() == self.subs.capacity() {
+            self.subs.reserve_exact(self.subs.len().max(1));
+        }
         self.subs.push(Sub {
             channel: channel.clone(),
             position: position.clone(),
             presence: options.presence,
             by_subscription_token: grant.is_some(),
-            member: member.clone(),
+            member: member.clone().map(Box::new),
         });
         if let Some(member) = member {
             self.node.presence.join(&channel, &member).await?;
@@ -495,7 +501,7 @@ impl Session {
     async fn leave(&self, sub: &Sub) {
         self.release(&sub.channel).await;
         if sub.presence {
-            let member = sub.member.clone().unwrap_or_else(|| self.member());
+            let member = sub.member.as_deref().cloned().unwrap_or_else(|| self.member());
             let left = self
                 .node
                 .presence

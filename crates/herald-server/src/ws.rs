@@ -190,18 +190,17 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     let tracker = app.tracker.clone();
-    tracker.spawn(
-        connection(
-            app,
-            on_upgrade,
-            (permit, ip_guard),
-            user_guard,
-            config,
-            session,
-            outbox,
-        )
-        .instrument(span),
-    );
+    let fut = connection(
+        app,
+        on_upgrade,
+        (permit, ip_guard),
+        user_guard,
+        config,
+        session,
+        outbox,
+    )
+    .instrument(span);
+    tracker.spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -271,9 +270,17 @@ fn connection(
                     last_seen = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            let reply =
-                                handle(&app, &mut session, &mut user_guard, t.as_str(), &mut emits)
-                                    .await;
+                            // Boxed: a request's future (subscribe with replay, auth with
+                            // revocation) is larger than everything else an idle connection
+                            // holds, and requests are rare next to deliveries.
+                            let reply = Box::pin(handle(
+                                &app,
+                                &mut session,
+                                &mut user_guard,
+                                t.as_str(),
+                                &mut emits,
+                            ))
+                            .await;
                             if send_emits(&mut ws, &mut emits, Some(reply)).await.is_err() {
                                 break None;
                             }
@@ -339,7 +346,8 @@ fn connection(
             };
             let _ = ws.close(Some(frame)).await;
         }
-        session.close().await;
+        // Boxed: leaving presence channels is async work an idle connection need not carry.
+        Box::pin(session.close()).await;
         tracing::debug!("WebSocket ended.");
     }
 }
