@@ -130,6 +130,11 @@ impl OutboxTx {
             }
             q.bytes += size;
             q.items.push_back(item);
+            // Only the first item wakes the receiver: it drains everything queued by then, and
+            // a later item finds the queue non-empty, so a wake-up is already on its way.
+            if q.items.len() > 1 {
+                return Ok(());
+            }
         }
         self.shared.notify.notify_one();
         Ok(())
