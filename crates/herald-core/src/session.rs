@@ -501,7 +501,11 @@ impl Session {
     async fn leave(&self, sub: &Sub) {
         self.release(&sub.channel).await;
         if sub.presence {
-            let member = sub.member.as_deref().cloned().unwrap_or_else(|| self.member());
+            let member = sub
+                .member
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| self.member());
             let left = self
                 .node
                 .presence

@@ -18,8 +18,8 @@ pub use frames::{
     RESERVED_EVENT_PREFIX, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
 };
 pub use position::{
-    format_sse_id, parse_sse_id, Epoch, EpochError, SseIdError, StreamPosition, MAX_EPOCH_BYTES,
-    MAX_SSE_ID_BYTES,
+    format_sse_id, parse_sse_id, write_sse_id, Epoch, EpochError, SseIdError, StreamPosition,
+    MAX_EPOCH_BYTES, MAX_SSE_ID_BYTES,
 };
 pub use sse::{SseDecoder, SseEvent};
 pub use wsframe::{ws_text_frame, ws_text_frame_with, WS_HEADER_ROOM};

@@ -140,12 +140,24 @@ pub fn format_sse_id<'a>(
     positions: impl IntoIterator<Item = &'a StreamPosition>,
     out: &mut String,
 ) {
+    let mut bytes = Vec::new();
+    write_sse_id(positions, &mut bytes);
+    // Epochs are base36 and offsets are written in base36: the id is ASCII.
+    out.push_str(std::str::from_utf8(&bytes).expect("an SSE id is ASCII"));
+}
+
+/// Appends the SSE id for `positions` to `out` as bytes (the per-event path: no allocation
+/// beyond `out`'s own growth).
+pub fn write_sse_id<'a>(
+    positions: impl IntoIterator<Item = &'a StreamPosition>,
+    out: &mut Vec<u8>,
+) {
     for (i, p) in positions.into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            out.push(b'.');
         }
-        out.push_str(p.epoch.as_str());
-        out.push('-');
+        out.extend_from_slice(p.epoch.as_str().as_bytes());
+        out.push(b'-');
         push_base36(p.offset, out);
     }
 }
@@ -175,7 +187,7 @@ pub fn parse_sse_id(id: &str, channels: usize) -> Result<Vec<StreamPosition>, Ss
     Ok(out)
 }
 
-fn push_base36(mut n: u64, out: &mut String) {
+fn push_base36(mut n: u64, out: &mut Vec<u8>) {
     let mut buf = [0u8; 13];
     let mut i = buf.len();
     loop {
@@ -187,9 +199,7 @@ fn push_base36(mut n: u64, out: &mut String) {
             break;
         }
     }
-    for &b in &buf[i..] {
-        out.push(b as char);
-    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn parse_base36(s: &str) -> Result<u64, SseIdError> {

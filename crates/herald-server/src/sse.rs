@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
 use herald_protocol::{
-    format_sse_id, parse_sse_id, CloseCode, ErrorCode, ServerPush, StreamPosition, SSE_EVENT_RESET,
+    parse_sse_id, write_sse_id, CloseCode, ErrorCode, ServerPush, StreamPosition, SSE_EVENT_RESET,
 };
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -238,10 +238,8 @@ impl<S: futures_util::Stream> futures_util::Stream for Instrumented<S> {
 }
 
 fn push_id(out: &mut Vec<u8>, ids: &[StreamPosition]) {
-    let mut s = String::with_capacity(ids.len() * 12);
-    format_sse_id(ids, &mut s);
     out.extend_from_slice(b"id: ");
-    out.extend_from_slice(s.as_bytes());
+    write_sse_id(ids, out);
     out.push(b'\n');
 }
 
@@ -332,24 +330,27 @@ impl SseStream {
     /// Encodes pending emits, each publication followed by the id of all positions so far,
     /// stopping after about [`MAX_CHUNK_BYTES`] so a long replay is written in bounded pieces.
     fn encode(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
         let Some(session) = self.session.as_ref() else {
-            return out;
+            return Vec::new();
         };
+        let mut bytes = 0usize;
         let take = self
             .emits
             .iter()
-            .scan(0usize, |bytes, e| {
-                if *bytes >= MAX_CHUNK_BYTES {
-                    return None;
+            .take_while(|e| {
+                if bytes >= MAX_CHUNK_BYTES {
+                    return false;
                 }
-                *bytes += match e {
-                    Emit::Publication(p) => p.queued_bytes(),
+                bytes += match e {
+                    Emit::Publication(p) => p.sse().len(),
                     _ => 256,
                 };
-                Some(())
+                true
             })
             .count();
+        // Room for the events and an id line after each, so the chunk is built in one allocation.
+        let id_line = 6 + self.ids.len() * 16;
+        let mut out = Vec::with_capacity(bytes + take * (id_line + 1));
         for emit in self.emits.drain(..take) {
             match emit {
                 Emit::Publication(p) => {
