@@ -901,3 +901,40 @@ async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
     }
     assert_eq!(statuses, [401, 401, 429]);
 }
+
+#[tokio::test]
+async fn telegram_login_checks_the_ed25519_signature_with_only_a_bot_id() {
+    // Telegram's published third-party example (bot id 7342037359, signed with the production
+    // key). It dates from 2024, so the freshness window is widened for this test only.
+    const INIT_DATA: &str = "user=%7B%22id%22%3A279058397%2C%22first_name%22%3A%22Vladislav%20%2B%20-%20%3F%20%5C%2F%22%2C%22last_name%22%3A%22Kibenko%22%2C%22username%22%3A%22vdkfrost%22%2C%22language_code%22%3A%22ru%22%2C%22is_premium%22%3Atrue%2C%22allows_write_to_pm%22%3Atrue%2C%22photo_url%22%3A%22https%3A%5C%2F%5C%2Ft.me%5C%2Fi%5C%2Fuserpic%5C%2F320%5C%2F4FPEE4tmP3ATHa57u6MqTDih13LTOiMoKoLDRG4PnSA.svg%22%7D&chat_instance=8134722200314281151&chat_type=private&auth_date=1733584787&hash=2174df5b000556d044f3f020384e879c8efcab55ddea2ced4eb752e93e7080d6&signature=zL-ucjNyREiHDE8aihFwpfR9aggP2xiAo3NSpfe-p7IbCisNlDKlo7Kb6G4D0Ao2mBrSgEk4maLSdv6MLIlADQ";
+    let config = config().replace(
+        &format!("bot_token = \"{BOT_TOKEN}\""),
+        "bot_id = 7342037359\nmax_age = \"36500days\"",
+    );
+    let server = TestServer::start(&config).await;
+    let (status, body) = server
+        .post(
+            "/auth/telegram",
+            &json!({ "init_data": INIT_DATA }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "279058397");
+    assert_eq!(body["user"]["first_name"], "Vladislav + - ? /");
+    // One changed character, and the signature no longer verifies.
+    let forged = INIT_DATA.replace("Kibenko", "Kibenka");
+    let (status, body) = server
+        .post(
+            "/auth/telegram",
+            &json!({ "init_data": forged }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad_signature"),
+        "{body}"
+    );
+}
