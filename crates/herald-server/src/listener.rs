@@ -70,7 +70,16 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         });
     }
     drop(listener);
-    tracing::info!("Stopped accepting connections.");
+    // Every SSE and WebSocket connection learns of shutdown through its outbox: one pass here
+    // instead of a cancellation check in every connection's loop on every wake-up.
+    let told = app
+        .node
+        .hub
+        .close_all(herald_protocol::CloseCode::ServerShutdown);
+    tracing::info!(
+        connections = told,
+        "Stopped accepting connections; told clients to reconnect."
+    );
     let grace = app.server.shutdown_grace;
     let drained = tokio::time::timeout(grace, graceful.shutdown())
         .await

@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::TaskTracker;
 
 /// Largest chunk a replay is cut into, in bytes (approximately).
@@ -132,6 +131,7 @@ async fn open(
     };
 
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Sse, app.limits);
+    crate::ws::close_if_shutting_down(&app, &session);
     let expires = identity.as_ref().and_then(|i| app.expiry(i));
     if let Some(identity) = identity {
         // No subscriptions yet, so nothing can be revoked.
@@ -171,7 +171,6 @@ async fn open(
         ))),
         keepalive_every: app.sse.keepalive,
         expires,
-        shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
         tracker: app.tracker.clone(),
         first: None,
         done: false,
@@ -254,8 +253,6 @@ struct SseStream {
     keepalive_every: Duration,
     /// When the connection's token expires (plus leeway); the keep-alive timer wakes for it.
     expires: Option<Instant>,
-    /// Created once: each `cancelled()` call registers with the shared root token.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     tracker: TaskTracker,
     first: Option<Bytes>,
     done: bool,
@@ -286,10 +283,6 @@ impl SseStream {
         loop {
             tokio::select! {
                 biased;
-                () = &mut self.shutdown => {
-                    self.done = true;
-                    return Some(disconnect_event(CloseCode::ServerShutdown));
-                }
                 r = self.outbox.recv(&mut self.buf) => match r {
                     Ok(()) => {
                         let session = self.session.as_mut()?;

@@ -1,6 +1,6 @@
 //! `GET /ws`: the WebSocket transport. One task per connection owns the socket, the session and
-//! the outbox, and selects over shutdown, queued pushes, incoming frames and the heartbeat
-//! deadline. The JSON protocol is in `docs/protocol.md`.
+//! the outbox, and selects over queued pushes (shutdown arrives as a closed outbox), incoming
+//! frames and the heartbeat deadline. The JSON protocol is in `docs/protocol.md`.
 //!
 //! tungstenite reads and parses client frames and writes control frames (ping, pong, close).
 //! Pushes bypass it: each publication carries its complete text frame, built once
@@ -182,6 +182,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     // The session exists from here, so the connection's span carries its id from the start;
     // if the upgrade fails, dropping the session undoes its registration.
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
+    close_if_shutting_down(&app, &session);
     if let Some(identity) = identity {
         // The first identity of a session is always adopted, and it has no subscriptions yet.
         if let Err(e) = session.authenticate(identity).await {
@@ -248,13 +249,11 @@ fn connection(
         let first = Instant::now() + ping_every;
         let heartbeat = tokio::time::sleep_until(expires.map_or(first, |e| e.min(first)));
         tokio::pin!(heartbeat);
-        // Created once: each `cancelled()` call registers with the shared root token.
-        let shutdown = app.shutdown.cancelled();
-        tokio::pin!(shutdown);
+        // Shutdown arrives through the outbox (`Hub::close_all`), so the loop polls no
+        // cancellation token on every wake-up.
         let close = loop {
             tokio::select! {
                 biased;
-                () = &mut shutdown => break Some(CloseCode::ServerShutdown),
                 r = outbox.recv(&mut buf) => match r {
                     Ok(()) => {
                         for item in buf.drain(..) {
@@ -420,6 +419,16 @@ async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &[Bytes]) -> std::io::
 
 fn error_reply(id: Option<u64>, e: &SessionError) -> String {
     ServerPush::error(id, e.code(), &e.to_string())
+}
+
+/// Shutdown closes every registered connection's outbox once; a session registered while it
+/// began may have been missed, so it checks for itself.
+pub(crate) fn close_if_shutting_down(app: &App, session: &Session) {
+    if app.shutdown.is_cancelled() {
+        app.node
+            .hub
+            .close_conn(session.conn_id(), CloseCode::ServerShutdown);
+    }
 }
 
 fn api_error_reply(id: u64, e: &ApiError) -> String {
