@@ -59,6 +59,21 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
     }
 }
 
+/// The credentials of an `Authorization: <scheme> <credentials>` header, when its scheme is
+/// `scheme` (compared without case).
+pub(crate) fn authorization<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (s, credentials) = value.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| credentials.trim())
+}
+
+/// The remote address of a request, as the listener recorded it.
+pub(crate) fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// Decides one request; returns the matching key (None when no keys are configured).
 pub(crate) fn authorize<'a>(
     auth: &'a AuthConfig,
@@ -76,14 +91,7 @@ pub(crate) fn authorize<'a>(
             ))
         };
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let Some(presented) = presented else {
+    let Some(presented) = authorization(headers, "bearer") else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,

@@ -2,9 +2,14 @@
 //! not counted: behind a reverse proxy on the same machine every client would share one) and
 //! per user (`connection.max_per_user`), and the WebSocket origin check.
 
+use crate::{ApiError, App};
+use axum::http::StatusCode;
+use herald_core::Identity;
+use herald_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Open connections per key; the map holds only keys with open connections.
@@ -72,6 +77,35 @@ impl IpLimiter {
     /// Counts a connection from `ip`, except from loopback.
     pub(crate) fn acquire_ip(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Option<IpGuard>, ()> {
         self.acquire(ip.filter(|ip| !ip.is_loopback()))
+    }
+}
+
+impl App {
+    /// Counts an SSE or WebSocket connection against its address
+    /// (`server.max_connections_per_ip`; loopback is not counted).
+    pub(crate) fn count_ip(&self, peer: Option<IpAddr>) -> Result<Option<IpGuard>, ApiError> {
+        self.per_ip.acquire_ip(peer).map_err(|()| {
+            self.node.stats.refused.per_ip.fetch_add(1, Relaxed);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "this address holds as many connections as it may (server.max_connections_per_ip)",
+            )
+        })
+    }
+
+    /// Counts a connection against its user (`connection.max_per_user`).
+    pub(crate) fn count_user(&self, identity: &Identity) -> Result<Option<UserGuard>, ApiError> {
+        self.per_user
+            .acquire(Some(identity.user.clone()))
+            .map_err(|()| {
+                self.node.stats.refused.per_user.fetch_add(1, Relaxed);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    "this user holds as many connections as it may (connection.max_per_user)",
+                )
+            })
     }
 }
 

@@ -113,14 +113,7 @@ async fn open(
     if app.shutdown.is_cancelled() {
         return Ok(try_later(&app, CloseCode::ServerShutdown));
     }
-    let Ok(ip_guard) = app.per_ip.acquire_ip(peer) else {
-        app.node.stats.refused.per_ip.fetch_add(1, Relaxed);
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "this address holds as many connections as it may (server.max_connections_per_ip)",
-        ));
-    };
+    let ip_guard = app.count_ip(peer)?;
     let user_guard = match &identity {
         Some(i) => app.count_user(i)?,
         None => None,

@@ -3,7 +3,7 @@
 //! turns Telegram Mini App `initData` into a token.
 
 use crate::api::JsonBody;
-use crate::limits::UserGuard;
+use crate::auth::{authorization, peer_ip};
 use crate::{ApiError, App};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,14 +23,7 @@ pub(crate) const TOKEN_COOKIE: &str = "herald_token";
 /// The token a request presents: `Authorization: Bearer <token>`, then the `herald_token`
 /// cookie, then the `token` query parameter (for `EventSource`, which cannot set headers).
 pub(crate) fn presented(headers: &HeaderMap, query_token: Option<String>) -> Option<String> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    if let Some(t) = bearer {
+    if let Some(t) = authorization(headers, "bearer") {
         return Some(t.to_owned());
     }
     let cookie = headers
@@ -60,20 +53,6 @@ impl App {
         verifier
             .verify(token, unix_now())
             .map_err(|e| refused(format!("token refused ({}): {e}", e.reason())))
-    }
-
-    /// Counts a connection against its user (`connection.max_per_user`).
-    pub(crate) fn count_user(&self, identity: &Identity) -> Result<Option<UserGuard>, ApiError> {
-        self.per_user
-            .acquire(Some(identity.user.clone()))
-            .map_err(|()| {
-                self.node.stats.refused.per_user.fetch_add(1, Relaxed);
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited,
-                    "this user holds as many connections as it may (connection.max_per_user)",
-                )
-            })
     }
 
     /// When a connection authenticated as `identity` must end: the first second its token no
@@ -111,11 +90,7 @@ pub(crate) async fn telegram_login(
             "Telegram login is not configured on this node (auth.telegram)",
         ));
     };
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-        .filter(|ip| !ip.is_loopback());
+    let peer = peer_ip(req.extensions()).filter(|ip| !ip.is_loopback());
     if let Some(ip) = peer {
         match app.login_rates.take(&ip.to_string()) {
             Take::Allowed => {}
@@ -135,17 +110,7 @@ pub(crate) async fn telegram_login(
             }
         }
     }
-    let from_header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, data) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("tma")
-                .then(|| data.trim().to_owned())
-        });
-    let raw = match from_header {
+    let raw = match authorization(req.headers(), "tma").map(str::to_owned) {
         Some(raw) => raw,
         None => {
             let JsonBody(body) = JsonBody::<TelegramBody>::from_request(req, &app).await?;

@@ -145,18 +145,9 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
         },
         None => None,
     };
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let Ok(ip_guard) = app.per_ip.acquire_ip(peer) else {
-        app.node.stats.refused.per_ip.fetch_add(1, Relaxed);
-        return ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "this address holds as many connections as it may (server.max_connections_per_ip)",
-        )
-        .into_response();
+    let ip_guard = match app.count_ip(crate::auth::peer_ip(req.extensions())) {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
     };
     let user_guard = match identity.as_ref().map(|i| app.count_user(i)) {
         Some(Err(e)) => return e.into_response(),

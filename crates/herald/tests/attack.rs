@@ -142,6 +142,24 @@ fn ws_url_with(server: &TestServer, token: &str) -> String {
     format!("{}?token={}", server.ws_url(), urlencode(token))
 }
 
+/// The status a refused WebSocket upgrade answered with; fails the test if it was accepted.
+async fn upgrade_refused(url: impl AsRef<str>) -> u16 {
+    match within(WAIT, tokio_tungstenite::connect_async(url.as_ref())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        other => panic!("expected a refused upgrade, got {other:?}"),
+    }
+}
+
+/// `POST /auth/telegram` with `init_data`; returns status and body.
+async fn login(server: &TestServer, init_data: &str) -> (u16, Value) {
+    server
+        .post(
+            "/auth/telegram",
+            &json!({ "init_data": init_data }).to_string(),
+        )
+        .await
+}
+
 /// The legitimate clients that must keep receiving while the node is attacked.
 struct Bystanders {
     widget: Sse,
@@ -242,17 +260,11 @@ async fn bad_tokens_are_refused_with_their_reason_and_bystanders_keep_receiving(
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(reason), "{what}: {message}");
         // WebSocket, token in the query: 401 instead of the upgrade.
-        match within(
-            WAIT,
-            tokio_tungstenite::connect_async(ws_url_with(&server, token)),
-        )
-        .await
-        {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                assert_eq!(resp.status(), 401, "{what}")
-            }
-            other => panic!("{what}: expected 401, got {other:?}"),
-        }
+        assert_eq!(
+            upgrade_refused(ws_url_with(&server, token)).await,
+            401,
+            "{what}"
+        );
         // WebSocket, token in the first frame: an error reply, and the connection stays
         // anonymous (a closed namespace stays closed).
         let mut ws = Ws::connect(&server).await;
@@ -479,15 +491,7 @@ async fn oversize_messages_and_connection_floods_are_refused() {
         (status, &body["error"]["code"]),
         (429, &json!("rate_limited"))
     );
-    match within(
-        WAIT,
-        tokio_tungstenite::connect_async(ws_url_with(&server, &carol)),
-    )
-    .await
-    {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
-        other => panic!("expected 429, got {other:?}"),
-    }
+    assert_eq!(upgrade_refused(ws_url_with(&server, &carol)).await, 429);
     let mut third = Ws::connect(&server).await;
     let r = third.request(json!({"op": "auth", "token": carol})).await;
     assert_eq!(r["error"]["code"], "rate_limited", "{r}");
@@ -554,12 +558,7 @@ async fn telegram_login_issues_a_token_for_that_user() {
     let auth_date = now().to_string();
     let init_data =
         herald_auth::sign_init_data(&[("user", user), ("auth_date", &auth_date)], BOT_TOKEN);
-    let (status, body) = server
-        .post(
-            "/auth/telegram",
-            &json!({ "init_data": init_data }).to_string(),
-        )
-        .await;
+    let (status, body) = login(&server, &init_data).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], "279058397");
     let token = body["token"].as_str().unwrap();
@@ -588,9 +587,7 @@ async fn telegram_login_issues_a_token_for_that_user() {
         ("stale", stale, "stale"),
         ("other bot", other_bot, "bad_hash"),
     ] {
-        let (status, body) = server
-            .post("/auth/telegram", &json!({ "init_data": data }).to_string())
-            .await;
+        let (status, body) = login(&server, &data).await;
         assert_eq!(status, 401, "{what}: {body}");
         assert!(
             body["error"]["message"].as_str().unwrap().contains(reason),
@@ -860,10 +857,7 @@ async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
         (status, &body["error"]["code"]),
         (429, &json!("rate_limited"))
     );
-    match within(WAIT, tokio_tungstenite::connect_async(server.ws_url())).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
-        other => panic!("expected 429, got {other:?}"),
-    }
+    assert_eq!(upgrade_refused(server.ws_url()).await, 429);
     // The two held streams still receive.
     let resp = server
         .http
@@ -891,12 +885,7 @@ async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
     // Telegram logins from one address are rate limited too (2 a minute here).
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let (status, _) = server
-            .post(
-                "/auth/telegram",
-                &json!({"init_data": "auth_date=1&hash=00"}).to_string(),
-            )
-            .await;
+        let (status, _) = login(&server, "auth_date=1&hash=00").await;
         statuses.push(status);
     }
     assert_eq!(statuses, [401, 401, 429]);
@@ -912,23 +901,13 @@ async fn telegram_login_checks_the_ed25519_signature_with_only_a_bot_id() {
         "bot_id = 7342037359\nmax_age = \"36500days\"",
     );
     let server = TestServer::start(&config).await;
-    let (status, body) = server
-        .post(
-            "/auth/telegram",
-            &json!({ "init_data": INIT_DATA }).to_string(),
-        )
-        .await;
+    let (status, body) = login(&server, INIT_DATA).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], "279058397");
     assert_eq!(body["user"]["first_name"], "Vladislav + - ? /");
     // One changed character, and the signature no longer verifies.
     let forged = INIT_DATA.replace("Kibenko", "Kibenka");
-    let (status, body) = server
-        .post(
-            "/auth/telegram",
-            &json!({ "init_data": forged }).to_string(),
-        )
-        .await;
+    let (status, body) = login(&server, &forged).await;
     assert_eq!(status, 401, "{body}");
     assert!(
         body["error"]["message"]
