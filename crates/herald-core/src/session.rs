@@ -266,21 +266,18 @@ impl Session {
             }
         }
         self.identity = Some(Arc::new(identity));
-        let mut revoked = Vec::new();
-        let mut i = 0;
-        while i < self.subs.len() {
-            let sub = &self.subs[i];
-            let allowed = sub.by_subscription_token
-                || self
-                    .node
-                    .channels
-                    .permits(Action::Subscribe, &sub.channel, self.identity.as_deref())
-                    .is_ok();
-            if allowed {
-                i += 1;
-                continue;
-            }
-            let sub = self.subs.remove(i);
+        let (channels, who) = (&self.node.channels, self.identity.as_deref());
+        let ended: Vec<Sub> = self
+            .subs
+            .extract_if(.., |sub| {
+                !sub.by_subscription_token
+                    && channels
+                        .permits(Action::Subscribe, &sub.channel, who)
+                        .is_err()
+            })
+            .collect();
+        let mut revoked = Vec::with_capacity(ended.len());
+        for sub in ended {
             self.leave(&sub).await;
             revoked.push(sub.channel.to_string());
         }
