@@ -4,13 +4,19 @@
 //! A push that would exceed the message or byte bound fails with `Full`; the hub then evicts
 //! the connection with a reconnect close code, and the client resumes from history. Closing
 //! the outbox (eviction, operator disconnect) wakes the connection task at once.
+//!
+//! The receiver's waker lives in the queue, under the queue's one lock: a push takes the lock
+//! once and, when the queue was empty, takes the waker out with it. (A `tokio::sync::Notify`
+//! beside the queue costs a second set of atomics per delivery and a waiter node in every
+//! connection's future.)
 
 use crate::{PresenceEvent, Publication};
 use herald_protocol::CloseCode;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// Bounds of one connection's outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,12 +70,13 @@ struct Queue {
     bytes: usize,
     closed: Option<CloseCode>,
     receiver_gone: bool,
+    /// The receiving task, while it waits on an empty queue.
+    waker: Option<Waker>,
 }
 
 #[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
-    notify: Notify,
     limits: OutboxLimits,
 }
 
@@ -93,8 +100,8 @@ pub fn outbox(limits: OutboxLimits) -> (OutboxTx, Outbox) {
             bytes: 0,
             closed: None,
             receiver_gone: false,
+            waker: None,
         }),
-        notify: Notify::new(),
         limits,
     });
     (
@@ -117,7 +124,7 @@ impl OutboxTx {
     /// Queues `item` without waiting.
     pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
         let size = item.bytes();
-        {
+        let waker = {
             let mut q = lock(&self.shared);
             if q.closed.is_some() || q.receiver_gone {
                 return Err(PushError::Closed);
@@ -132,17 +139,18 @@ impl OutboxTx {
             q.items.push_back(item);
             // Only the first item wakes the receiver: it drains everything queued by then, and
             // a later item finds the queue non-empty, so a wake-up is already on its way.
-            if q.items.len() > 1 {
-                return Ok(());
-            }
+            q.waker.take()
+        };
+        // Woken outside the lock, so the receiver never finds it held.
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.shared.notify.notify_one();
         Ok(())
     }
 
     /// Asks the connection to close with `code`; queued items are dropped. The first reason wins.
     pub fn close(&self, code: CloseCode) {
-        {
+        let waker = {
             let mut q = lock(&self.shared);
             if q.closed.is_some() {
                 return;
@@ -150,8 +158,11 @@ impl OutboxTx {
             q.closed = Some(code);
             q.items.clear();
             q.bytes = 0;
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.shared.notify.notify_one();
     }
 
     /// Whether both sides belong to the same outbox.
@@ -164,23 +175,33 @@ impl Outbox {
     /// Waits until something is queued, then moves all of it into `buf`. Returns the close code
     /// once the outbox was closed.
     pub async fn recv(&mut self, buf: &mut Vec<Outgoing>) -> Result<(), CloseCode> {
-        loop {
-            {
-                let mut q = lock(&self.shared);
-                if let Some(code) = q.closed {
-                    return Err(code);
-                }
-                if !q.items.is_empty() {
-                    buf.extend(q.items.drain(..));
-                    q.bytes = 0;
-                    if q.items.capacity() > 64 {
-                        q.items.shrink_to(16);
-                    }
-                    return Ok(());
-                }
-            }
-            self.shared.notify.notified().await;
+        poll_fn(|cx| self.poll_recv(cx, buf)).await
+    }
+
+    /// [`Self::recv`] as a poll: moves everything queued into `buf`, or registers the task to
+    /// be woken by the next push or close.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<Outgoing>,
+    ) -> Poll<Result<(), CloseCode>> {
+        let mut q = lock(&self.shared);
+        if let Some(code) = q.closed {
+            return Poll::Ready(Err(code));
         }
+        if !q.items.is_empty() {
+            buf.extend(q.items.drain(..));
+            q.bytes = 0;
+            if q.items.capacity() > 64 {
+                q.items.shrink_to(16);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        match &q.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => q.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The close code, if the outbox was closed.
@@ -194,6 +215,7 @@ impl Drop for Outbox {
         let mut q = lock(&self.shared);
         q.receiver_gone = true;
         q.items.clear();
+        q.waker = None;
     }
 }
 

@@ -3,7 +3,10 @@
 
 use crate::{ChannelName, EventName};
 use bytes::Bytes;
-use herald_protocol::{Member, ServerPush, StreamPosition, SSE_EVENT_JOIN, SSE_EVENT_LEAVE};
+use herald_protocol::{
+    write_sse_id, Member, ServerPush, StreamPosition, MAX_EPOCH_BYTES, SSE_EVENT_JOIN,
+    SSE_EVENT_LEAVE,
+};
 use serde_json::value::RawValue;
 use std::sync::OnceLock;
 
@@ -23,6 +26,7 @@ pub struct Publication {
     /// The WebSocket frame and, as a view into it, the JSON.
     encoded: OnceLock<(Bytes, Bytes)>,
     sse: OnceLock<Bytes>,
+    sse_event: OnceLock<Bytes>,
 }
 
 impl Publication {
@@ -42,6 +46,7 @@ impl Publication {
             time_ms,
             encoded: OnceLock::new(),
             sse: OnceLock::new(),
+            sse_event: OnceLock::new(),
         }
     }
 
@@ -74,6 +79,21 @@ impl Publication {
     pub fn sse(&self) -> &Bytes {
         self.sse
             .get_or_init(|| sse_fields(self.event.as_str(), self.json()))
+    }
+
+    /// The complete SSE event for a stream with this one channel: [`Self::sse`], then
+    /// `id: epoch-offset` and the blank line. A one-channel stream's id is the publication's own
+    /// position, so these bytes are the same for every such subscriber and are shared.
+    pub fn sse_event(&self) -> &Bytes {
+        self.sse_event.get_or_init(|| {
+            let fields = self.sse();
+            let mut v = Vec::with_capacity(fields.len() + 6 + 2 * MAX_EPOCH_BYTES);
+            v.extend_from_slice(fields);
+            v.extend_from_slice(b"id: ");
+            write_sse_id([&self.position], &mut v);
+            v.extend_from_slice(b"\n\n");
+            Bytes::from(v)
+        })
     }
 
     /// Approximate bytes this publication holds in an outbox.
@@ -160,5 +180,33 @@ impl PresenceEvent {
             v.push(b'\n');
             Bytes::from(v)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_protocol::{parse_sse_id, Epoch, SseDecoder};
+
+    #[test]
+    fn a_one_channel_sse_event_carries_its_own_position_as_the_id() {
+        let p = Publication::new(
+            ChannelName::parse("scores:42").unwrap(),
+            EventName::parse("goal").unwrap(),
+            RawValue::from_string(r#"{"by":"ana"}"#.into()).unwrap(),
+            StreamPosition::new(Epoch::parse("k3x9").unwrap(), 1_000_000),
+            7,
+        );
+        let mut events = Vec::new();
+        let mut decoder = SseDecoder::new();
+        decoder.feed(p.sse_event(), &mut events);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "goal");
+        assert_eq!(events[0].data.as_bytes(), &p.json()[..]);
+        assert_eq!(
+            parse_sse_id(&events[0].id, 1).unwrap(),
+            vec![p.position.clone()]
+        );
+        assert!(p.sse_event().starts_with(p.sse()));
     }
 }

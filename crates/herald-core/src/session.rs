@@ -552,7 +552,8 @@ impl Session {
                 return;
             }
             if p.position.offset == cur.offset + 1 {
-                self.subs[i].position = p.position.clone();
+                // Same epoch: only the offset moves (no reference count traffic per delivery).
+                self.subs[i].position.offset = p.position.offset;
                 out.push(Emit::Publication(p));
                 return;
             }

@@ -5,6 +5,7 @@
 //! in the URL, joined by `.`; offsets are base36. Only CORS-safe bytes are used, so a browser
 //! sends the id without a preflight while it stays under 128 bytes.
 
+use bytes::BufMut;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -147,17 +148,17 @@ pub fn format_sse_id<'a>(
 }
 
 /// Appends the SSE id for `positions` to `out` as bytes (the per-event path: no allocation
-/// beyond `out`'s own growth).
+/// beyond `out`'s own growth). `out` is a `Vec<u8>` or a `BytesMut`.
 pub fn write_sse_id<'a>(
     positions: impl IntoIterator<Item = &'a StreamPosition>,
-    out: &mut Vec<u8>,
+    out: &mut impl BufMut,
 ) {
     for (i, p) in positions.into_iter().enumerate() {
         if i > 0 {
-            out.push(b'.');
+            out.put_u8(b'.');
         }
-        out.extend_from_slice(p.epoch.as_str().as_bytes());
-        out.push(b'-');
+        out.put_slice(p.epoch.as_str().as_bytes());
+        out.put_u8(b'-');
         push_base36(p.offset, out);
     }
 }
@@ -187,7 +188,7 @@ pub fn parse_sse_id(id: &str, channels: usize) -> Result<Vec<StreamPosition>, Ss
     Ok(out)
 }
 
-fn push_base36(mut n: u64, out: &mut Vec<u8>) {
+fn push_base36(mut n: u64, out: &mut impl BufMut) {
     let mut buf = [0u8; 13];
     let mut i = buf.len();
     loop {
@@ -199,7 +200,7 @@ fn push_base36(mut n: u64, out: &mut Vec<u8>) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    out.put_slice(&buf[i..]);
 }
 
 fn parse_base36(s: &str) -> Result<u64, SseIdError> {

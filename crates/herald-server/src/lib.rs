@@ -13,6 +13,7 @@ mod health;
 mod limits;
 mod listener;
 mod sse;
+mod timer;
 mod tokens;
 mod ws;
 

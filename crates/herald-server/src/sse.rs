@@ -6,11 +6,13 @@
 //! the outbox, the keep-alive deadline and shutdown.
 
 use crate::error::status_for;
+use crate::timer::ConnTimer;
 use crate::{tokens, ApiError, App};
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
 use herald_protocol::{
     parse_sse_id, write_sse_id, CloseCode, ErrorCode, ServerPush, StreamPosition, SSE_EVENT_RESET,
@@ -18,9 +20,10 @@ use herald_protocol::{
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 /// Largest chunk a replay is cut into, in bytes (approximately).
@@ -158,7 +161,7 @@ async fn open(
         outbox,
         buf: Vec::new(),
         emits: Vec::new(),
-        keepalive: Box::pin(tokio::time::sleep_until(wake(
+        keepalive: Box::pin(ConnTimer::new(wake(
             Instant::now() + app.sse.keepalive,
             expires,
         ))),
@@ -171,17 +174,17 @@ async fn open(
     };
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
-    let mut first = format!("retry: {}\n", app.sse.retry.as_millis()).into_bytes();
+    let mut first = BytesMut::from(format!("retry: {}\n", app.sse.retry.as_millis()).as_bytes());
     // Positions before replay: what the client already had, or the live start.
     if let Some(p) = positions {
         st.ids = p;
     }
     push_id(&mut first, &st.ids);
-    first.push(b'\n');
+    first.extend_from_slice(b"\n");
     st.emits = emits;
     let replay = st.encode();
     first.extend_from_slice(&replay);
-    st.first = Some(Bytes::from(first));
+    st.first = Some(first.freeze());
 
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         let chunk = st.next_chunk().await?;
@@ -229,20 +232,22 @@ impl<S: futures_util::Stream> futures_util::Stream for Instrumented<S> {
     }
 }
 
-fn push_id(out: &mut Vec<u8>, ids: &[StreamPosition]) {
+fn push_id(out: &mut BytesMut, ids: &[StreamPosition]) {
     out.extend_from_slice(b"id: ");
     write_sse_id(ids, out);
-    out.push(b'\n');
+    out.extend_from_slice(b"\n");
 }
 
 struct SseStream {
-    /// Positions as of the last event written, in channel order.
+    /// Positions as of the last event written, in channel order. A one-channel stream's
+    /// publications carry their own id, so there it is kept up to date only by resets (the
+    /// one event whose id is built here).
     ids: Vec<StreamPosition>,
     session: Option<Session>,
     outbox: Outbox,
     buf: Vec<Outgoing>,
     emits: Vec<Emit>,
-    keepalive: Pin<Box<Sleep>>,
+    keepalive: Pin<Box<ConnTimer>>,
     keepalive_every: Duration,
     /// When the connection's token expires (plus leeway); the keep-alive timer wakes for it.
     expires: Option<Instant>,
@@ -268,35 +273,41 @@ impl SseStream {
         }
         if !self.emits.is_empty() {
             // The rest of a long replay goes out before anything new is read.
-            return Some(Bytes::from(self.encode()));
+            return Some(self.encode());
         }
         if self.done {
             return None;
         }
         loop {
-            tokio::select! {
-                biased;
-                r = self.outbox.recv(&mut self.buf) => match r {
-                    Ok(()) => {
-                        let session = self.session.as_mut()?;
-                        for item in self.buf.drain(..) {
-                            session.accept(item, &mut self.emits).await;
-                        }
-                        if self.emits.is_empty() {
-                            continue;
-                        }
-                        let chunk = self.encode();
-                        let next = wake(Instant::now() + self.keepalive_every, self.expires);
-                        self.keepalive.as_mut().reset(next);
-                        return Some(Bytes::from(chunk));
+            // Deliveries first; the timer is looked at only when nothing is queued.
+            let due = std::future::poll_fn(|cx| match self.outbox.poll_recv(cx, &mut self.buf) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => self.keepalive.as_mut().poll_due(cx).map(|()| None),
+            })
+            .await;
+            match due {
+                Some(Ok(())) => {
+                    let session = self.session.as_mut()?;
+                    for item in self.buf.drain(..) {
+                        session.accept(item, &mut self.emits).await;
                     }
-                    Err(code) => {
-                        tracing::debug!(code = code.code(), reason = code.reason(), "SSE stream ended by the server.");
-                        self.done = true;
-                        return Some(disconnect_event(code));
+                    if self.emits.is_empty() {
+                        continue;
                     }
-                },
-                () = &mut self.keepalive => {
+                    // The keep-alive keeps its fixed period: re-arming it on every event would
+                    // cost a clock read and a timer update per delivery.
+                    return Some(self.encode());
+                }
+                Some(Err(code)) => {
+                    tracing::debug!(
+                        code = code.code(),
+                        reason = code.reason(),
+                        "SSE stream ended by the server."
+                    );
+                    self.done = true;
+                    return Some(disconnect_event(code));
+                }
+                None => {
                     let now = Instant::now();
                     if self.expires.is_some_and(|e| e <= now) {
                         tracing::debug!("SSE stream ended: the token expired.");
@@ -306,7 +317,9 @@ impl SseStream {
                         self.done = true;
                         return Some(disconnect_event(CloseCode::TokenExpired));
                     }
-                    self.keepalive.as_mut().reset(wake(now + self.keepalive_every, self.expires));
+                    self.keepalive
+                        .as_mut()
+                        .reset(wake(now + self.keepalive_every, self.expires));
                     return Some(Bytes::from_static(b":\n\n"));
                 }
             }
@@ -315,10 +328,23 @@ impl SseStream {
 
     /// Encodes pending emits, each publication followed by the id of all positions so far,
     /// stopping after about [`MAX_CHUNK_BYTES`] so a long replay is written in bounded pieces.
-    fn encode(&mut self) -> Vec<u8> {
+    ///
+    /// A one-channel stream's events are the publications' shared bytes
+    /// ([`Publication::sse_event`](herald_core::Publication::sse_event)): a lone event goes out
+    /// as those bytes themselves, several are copied into one chunk. Only a stream of several
+    /// channels builds its `id:` lines per connection.
+    fn encode(&mut self) -> Bytes {
         let Some(session) = self.session.as_ref() else {
-            return Vec::new();
+            return Bytes::new();
         };
+        let single = self.ids.len() == 1;
+        if single && self.emits.len() == 1 {
+            if let Emit::Publication(p) = &self.emits[0] {
+                let bytes = p.sse_event().clone();
+                self.emits.clear();
+                return bytes;
+            }
+        }
         let mut bytes = 0usize;
         let take = self
             .emits
@@ -328,24 +354,27 @@ impl SseStream {
                     return false;
                 }
                 bytes += match e {
+                    Emit::Publication(p) if single => p.sse_event().len(),
                     Emit::Publication(p) => p.sse().len(),
                     _ => 256,
                 };
                 true
             })
             .count();
-        // Room for the events and an id line after each, so the chunk is built in one allocation.
-        let id_line = 6 + self.ids.len() * 16;
-        let mut out = Vec::with_capacity(bytes + take * (id_line + 1));
+        // Room for the events and, on several channels, an id line after each, so the chunk is
+        // built in one allocation.
+        let id_line = if single { 0 } else { 6 + self.ids.len() * 16 };
+        let mut out = BytesMut::with_capacity(bytes + take * id_line);
         for emit in self.emits.drain(..take) {
             match emit {
+                Emit::Publication(p) if single => out.extend_from_slice(p.sse_event()),
                 Emit::Publication(p) => {
                     if let Some(i) = session.channels().position(|c| *c == p.channel) {
                         self.ids[i] = p.position.clone();
                     }
                     out.extend_from_slice(p.sse());
                     push_id(&mut out, &self.ids);
-                    out.push(b'\n');
+                    out.extend_from_slice(b"\n");
                 }
                 Emit::Reset { reason, channels } => {
                     for rc in &channels {
@@ -362,14 +391,14 @@ impl SseStream {
                     out.extend_from_slice(SSE_EVENT_RESET.as_bytes());
                     out.extend_from_slice(b"\ndata: ");
                     out.extend_from_slice(json.as_bytes());
-                    out.push(b'\n');
+                    out.extend_from_slice(b"\n");
                     push_id(&mut out, &self.ids);
-                    out.push(b'\n');
+                    out.extend_from_slice(b"\n");
                 }
                 Emit::Presence(e) => out.extend_from_slice(e.sse()),
             }
         }
-        out
+        out.freeze()
     }
 }
 

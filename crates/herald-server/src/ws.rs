@@ -10,6 +10,7 @@
 
 use crate::api::history_json;
 use crate::limits::{origin_allowed, IpGuard, UserGuard};
+use crate::timer::ConnTimer;
 use crate::{tokens, ApiError, App};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -23,7 +24,6 @@ use herald_protocol::{
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -41,8 +41,9 @@ const READ_BUFFER_BYTES: usize = 256;
 /// Most publications one `history` request returns.
 const MAX_HISTORY_LIMIT: u32 = 10_000;
 
-/// Frames handed to one vectored write.
-const FRAMES_PER_WRITE: usize = 64;
+/// Largest buffer several pushes are copied into before it is written (a long replay is
+/// written in pieces of about this size).
+const MAX_WRITE_BYTES: usize = 256 * 1024;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -230,6 +231,8 @@ fn connection(
         tracing::debug!("WebSocket connected.");
         let mut buf: Vec<Outgoing> = Vec::new();
         let mut emits: Vec<Emit> = Vec::new();
+        // Whether tungstenite may hold bytes of its own that must go out before raw frames.
+        let mut tungstenite_wrote = false;
         let ping_every = app.ws.ping_interval;
         let idle = app.ws.idle_timeout;
         let mut last_seen = Instant::now();
@@ -238,7 +241,7 @@ fn connection(
         let mut expires_at = session.expires_at();
         let mut expires = session.identity().and_then(|i| app.expiry(i));
         let first = Instant::now() + ping_every;
-        let heartbeat = tokio::time::sleep_until(expires.map_or(first, |e| e.min(first)));
+        let heartbeat = ConnTimer::new(expires.map_or(first, |e| e.min(first)));
         tokio::pin!(heartbeat);
         // Shutdown arrives through the outbox (`Hub::close_all`), so the loop polls no
         // cancellation token on every wake-up.
@@ -250,7 +253,7 @@ fn connection(
                         for item in buf.drain(..) {
                             session.accept(item, &mut emits).await;
                         }
-                        if send_emits(&mut ws, &mut emits, None).await.is_err() {
+                        if send_emits(&mut ws, &mut emits, None, &mut tungstenite_wrote).await.is_err() {
                             break None;
                         }
                     }
@@ -258,6 +261,8 @@ fn connection(
                 },
                 msg = ws.next() => {
                     last_seen = Instant::now();
+                    // Reading may have queued a pong in tungstenite.
+                    tungstenite_wrote = true;
                     match msg {
                         Some(Ok(Message::Text(t))) => {
                             // Boxed: a request's future (subscribe with replay, auth with
@@ -271,7 +276,7 @@ fn connection(
                                 &mut emits,
                             ))
                             .await;
-                            if send_emits(&mut ws, &mut emits, Some(reply)).await.is_err() {
+                            if send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await.is_err() {
                                 break None;
                             }
                             if session.expires_at() != expires_at {
@@ -303,7 +308,7 @@ fn connection(
                         }
                     }
                 }
-                () = &mut heartbeat => {
+                () = heartbeat.as_mut().due() => {
                     let now = Instant::now();
                     if now.duration_since(last_seen) >= idle {
                         break Some(CloseCode::HeartbeatTimeout);
@@ -313,6 +318,7 @@ fn connection(
                         break Some(CloseCode::TokenExpired);
                     }
                     if now.duration_since(last_ping) >= ping_every {
+                        tungstenite_wrote = true;
                         if ws.send(Message::Ping(Bytes::new())).await.is_err() {
                             break None;
                         }
@@ -343,67 +349,72 @@ fn connection(
 }
 
 /// Writes an optional reply and then the pushes in `emits`, in order, as raw text frames.
+///
+/// A lone push is written from its shared bytes; several are copied into one buffer and written
+/// together (one contiguous write costs the kernel less than a vectored write of many small
+/// slices). `tungstenite_wrote` says whether tungstenite itself may hold unsent bytes (a pong, a
+/// ping): only then is it flushed first, so frames never interleave.
 async fn send_emits(
     ws: &mut Ws,
     emits: &mut Vec<Emit>,
     reply: Option<String>,
+    tungstenite_wrote: &mut bool,
 ) -> std::io::Result<()> {
     if emits.is_empty() && reply.is_none() {
         return Ok(());
     }
-    let mut frames: Vec<Bytes> = Vec::with_capacity(emits.len() + 1);
+    if std::mem::take(tungstenite_wrote) {
+        ws.flush()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    let io = ws.get_mut();
+    if reply.is_none() && emits.len() == 1 {
+        let lone = match &emits[0] {
+            Emit::Publication(p) => Some(p.ws_frame()),
+            Emit::Presence(e) => Some(e.ws_frame()),
+            Emit::Reset { .. } => None,
+        };
+        if let Some(frame) = lone {
+            io.write_all(frame).await?;
+            emits.clear();
+            return io.flush().await;
+        }
+    }
+    let mut out = Vec::with_capacity(
+        emits
+            .iter()
+            .map(|e| match e {
+                Emit::Publication(p) => p.ws_frame().len(),
+                _ => 256,
+            })
+            .sum::<usize>()
+            .min(MAX_WRITE_BYTES)
+            + reply.as_ref().map_or(0, |r| r.len() + 10),
+    );
     if let Some(r) = reply {
-        frames.push(ws_text_frame(r.as_bytes()));
+        out.extend_from_slice(&ws_text_frame(r.as_bytes()));
     }
     for emit in emits.drain(..) {
-        frames.push(match emit {
-            Emit::Publication(p) => p.ws_frame().clone(),
-            Emit::Presence(e) => e.ws_frame().clone(),
-            Emit::Reset { reason, channels } => {
-                ServerPush::Reset {
+        match emit {
+            Emit::Publication(p) => out.extend_from_slice(p.ws_frame()),
+            Emit::Presence(e) => out.extend_from_slice(e.ws_frame()),
+            Emit::Reset { reason, channels } => out.extend_from_slice(
+                &ServerPush::Reset {
                     reason: reason.as_str(),
                     channels: &channels,
                 }
                 .to_ws_frame()
-                .0
-            }
-        });
+                .0,
+            ),
+        }
+        if out.len() >= MAX_WRITE_BYTES {
+            io.write_all(&out).await?;
+            out.clear();
+        }
     }
-    // Anything tungstenite still holds (a pong, say) goes first, so frames never interleave.
-    ws.flush()
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    write_frames(ws.get_mut(), &frames).await
-}
-
-/// Writes every frame, several per vectored write.
-async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &[Bytes]) -> std::io::Result<()> {
-    let mut i = 0;
-    let mut offset = 0;
-    while i < frames.len() {
-        let mut slices = Vec::with_capacity(FRAMES_PER_WRITE.min(frames.len() - i));
-        slices.push(IoSlice::new(&frames[i][offset..]));
-        slices.extend(
-            frames[i + 1..]
-                .iter()
-                .take(FRAMES_PER_WRITE - 1)
-                .map(|f| IoSlice::new(f)),
-        );
-        let mut n = io.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && i < frames.len() {
-            let left = frames[i].len() - offset;
-            if n >= left {
-                n -= left;
-                i += 1;
-                offset = 0;
-            } else {
-                offset += n;
-                n = 0;
-            }
-        }
+    if !out.is_empty() {
+        io.write_all(&out).await?;
     }
     io.flush().await
 }
