@@ -13,10 +13,13 @@
 use crate::{PresenceEvent, Publication};
 use herald_protocol::CloseCode;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+
+/// Most queued items whose room an outbox keeps between deliveries (4 KiB): a burst beyond it
+/// is freed once drained, so a connection that once lagged does not hold its peak.
+const KEPT_CAPACITY: usize = 256;
 
 /// Bounds of one connection's outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +69,7 @@ pub enum PushError {
 
 #[derive(Debug)]
 struct Queue {
-    items: VecDeque<Outgoing>,
+    items: Vec<Outgoing>,
     bytes: usize,
     closed: Option<CloseCode>,
     receiver_gone: bool,
@@ -96,7 +99,7 @@ pub struct Outbox {
 pub fn outbox(limits: OutboxLimits) -> (OutboxTx, Outbox) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
-            items: VecDeque::new(),
+            items: Vec::new(),
             bytes: 0,
             closed: None,
             receiver_gone: false,
@@ -136,7 +139,7 @@ impl OutboxTx {
                 return Err(PushError::Full);
             }
             q.bytes += size;
-            q.items.push_back(item);
+            q.items.push(item);
             // Only the first item wakes the receiver: it drains everything queued by then, and
             // a later item finds the queue non-empty, so a wake-up is already on its way.
             q.waker.take()
@@ -172,8 +175,9 @@ impl OutboxTx {
 }
 
 impl Outbox {
-    /// Waits until something is queued, then moves all of it into `buf`. Returns the close code
-    /// once the outbox was closed.
+    /// Waits until something is queued, then moves all of it into `buf` (best passed empty:
+    /// then the queue's vector and `buf` trade places). Returns the close code once the outbox
+    /// was closed.
     pub async fn recv(&mut self, buf: &mut Vec<Outgoing>) -> Result<(), CloseCode> {
         poll_fn(|cx| self.poll_recv(cx, buf)).await
     }
@@ -190,11 +194,17 @@ impl Outbox {
             return Poll::Ready(Err(code));
         }
         if !q.items.is_empty() {
-            buf.extend(q.items.drain(..));
-            q.bytes = 0;
-            if q.items.capacity() > 64 {
-                q.items.shrink_to(16);
+            if buf.is_empty() {
+                // The two vectors trade places: no item is copied, and each keeps its capacity
+                // for the next round unless that capacity outgrew everyday use.
+                std::mem::swap(buf, &mut q.items);
+                if q.items.capacity() > KEPT_CAPACITY {
+                    q.items = Vec::new();
+                }
+            } else {
+                buf.append(&mut q.items);
             }
+            q.bytes = 0;
             return Poll::Ready(Ok(()));
         }
         match &q.waker {
