@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
                     let json = data.get();
                     assert!(!json.is_empty(), "empty `data` accepted");
                 }
-                Request::Unsubscribe { .. } | Request::Presence { .. } | Request::Ping => {}
+                Request::Auth { .. }
+                | Request::Unsubscribe { .. }
+                | Request::Presence { .. }
+                | Request::Ping => {}
             }
             let _ = format!("{req:?}");
         }
