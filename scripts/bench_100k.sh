@@ -9,11 +9,10 @@
 # and each held by its own `herald bench idle` generator. Where the limit allows, one process
 # holds them all.
 #
-# Heartbeats are shortened so the hold exercises them: WebSocket pings every 10 s with a 45 s
-# idle timeout (a connection that stops answering is closed; the generator starts answering once
-# all of its connections are open, which takes up to about 30 s here), SSE keep-alives every
-# 10 s; the hold lasts 60 s. A run passes when every connection opened and was still open after
-# the hold.
+# Heartbeats are shortened so the hold exercises them: WebSocket pings every 5 s with a 15 s
+# idle timeout (a connection that stops answering is closed; each generator connection answers
+# from the moment it opens), SSE keep-alives every 5 s; the hold lasts 30 s. A run passes when
+# every connection opened and was still open after the hold.
 # Servers are pinned to CPU 0, generators to CPU 1 (taskset); everything is on loopback, bounded
 # in time, and only the processes started here are stopped.
 # One JSON line per process goes to bench/results/100k-TRANSPORT.jsonl, a summary to stdout.
@@ -61,10 +60,10 @@ for i in $(seq 0 $((PROCS - 1))); do
 listen = "127.0.0.1:$port"
 max_connections = $((PER_NODE + 100))
 [ws]
-ping_interval = "10s"
-idle_timeout = "45s"
+ping_interval = "5s"
+idle_timeout = "15s"
 [sse]
-keepalive = "10s"
+keepalive = "5s"
 TOML
   HERALD_LOG=warn taskset -c 0 "$HERALD" serve --config "$WORK/node$i.toml" >"$WORK/node$i.log" 2>&1 &
   PIDS+=($!)
@@ -80,7 +79,7 @@ done
 for i in $(seq 0 $((PROCS - 1))); do
   port=$((BASE_PORT + i))
   taskset -c 1 "$HERALD" bench idle --url "http://127.0.0.1:$port" --transport "$TRANSPORT" \
-    --connections "$PER_NODE" --connect-concurrency 100 --hold 60s --server-pid "${PIDS[$i]}" \
+    --connections "$PER_NODE" --connect-concurrency 100 --hold 30s --server-pid "${PIDS[$i]}" \
     --json >"$WORK/gen$i.json" 2>"$WORK/gen$i.err" &
   GENS+=($!)
 done

@@ -1,15 +1,18 @@
 //! `herald bench idle`: open N connections, hold them (answering heartbeats), and report the
 //! server's resident memory per connection; `herald bench connect` reports how fast they open.
 
-use super::fanout::open_subscribers;
+use super::fanout::{channel_name, open_subscribers};
 use super::report;
 use super::wire::{self, Endpoint, Transport};
 use super::ServerArgs;
 use anyhow::Context;
 use bytes::Buf;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
 
 /// Options of an idle or connect run.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,47 +71,65 @@ async fn open_all(
     .await
 }
 
-/// Opens connections, holds them, reports RSS per connection.
+/// Opens connections, holds them, reports RSS per connection. Each connection answers the
+/// server's heartbeats from the moment it is open, so however long opening all of them takes,
+/// none is closed as silent.
 pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
     let ep = Endpoint::parse(args.server.url())?;
     let before = server_rss(&args).await?;
     let start = Instant::now();
-    let (subs, failed) = open_all(&ep, &args).await;
-    let connect_secs = start.elapsed().as_secs_f64();
-    let open = subs.len();
-    // Hold: each connection answers pings and discards everything else.
-    let mut holders = Vec::with_capacity(open);
-    for (_, mut sub) in subs {
+    let n = args.connections;
+    let bar = report::progress(n as u64, "connecting", args.server.json);
+    let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    // Each connection reports once whether it opened; the channel holds at most `n` booleans.
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<bool>();
+    let reported_failure = Arc::new(AtomicBool::new(false));
+    let mut holders = Vec::with_capacity(n);
+    for i in 0..n {
+        let ep = ep.clone();
+        let permits = permits.clone();
+        let opened_tx = opened_tx.clone();
+        let reported_failure = reported_failure.clone();
+        let channel = channel_name(args.server.target, i % args.channels.max(1));
+        let (transport, target) = (args.transport, args.server.target);
         holders.push(tokio::spawn(async move {
-            let mut frames = Vec::new();
-            loop {
-                if sub.transport == Transport::Ws {
-                    if wire::next_ws_frames(&mut sub.buf, &mut frames).is_err() {
-                        return false;
-                    }
-                    for (op, payload) in frames.drain(..) {
-                        if op == 0x9 {
-                            let pong = wire::client_frame(0xA, &payload);
-                            if sub.stream.write_all(&pong).await.is_err() {
-                                return false;
-                            }
-                        } else if op == 0x8 {
-                            return false;
-                        }
-                    }
-                } else {
-                    let n = sub.buf.len();
-                    sub.buf.advance(n);
+            let opened = {
+                let _permit = permits.acquire_owned().await;
+                wire::subscribe(&ep, i, transport, target, &channel).await
+            };
+            match opened {
+                Ok(sub) => {
+                    let _ = opened_tx.send(true);
+                    hold(sub).await
                 }
-                match sub.stream.read_buf(&mut sub.buf).await {
-                    Ok(0) | Err(_) => return false,
-                    Ok(_) => {}
+                Err(e) => {
+                    if !reported_failure.swap(true, Relaxed) {
+                        eprintln!("subscriber {i} failed: {e:#}");
+                    }
+                    let _ = opened_tx.send(false);
+                    false
                 }
             }
         }));
     }
+    drop(opened_tx);
+    // Counted rather than waited to close: a connection that opened keeps its sender while it
+    // is held.
+    let (mut open, mut failed) = (0usize, 0usize);
+    while open + failed < n {
+        match opened_rx.recv().await {
+            Some(true) => open += 1,
+            Some(false) => failed += 1,
+            // Only if every task ended without reporting (a panic): count the rest as failed.
+            None => failed = n - open,
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let connect_secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(args.hold).await;
     let after = server_rss(&args).await?;
+    // A connection that failed to open, or that the server closed, has finished its task.
     let still_open = holders.iter().filter(|h| !h.is_finished()).count();
     for h in &holders {
         h.abort();
@@ -134,6 +155,36 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
         "server_rss_per_connection_bytes": per_conn,
         "ok": failed == 0 && still_open == open,
     }))
+}
+
+/// Holds one open connection: answers pings, discards everything else. Returns when the server
+/// closes it (or the connection fails); the run aborts it otherwise.
+async fn hold(mut sub: wire::Subscriber) -> bool {
+    let mut frames = Vec::new();
+    loop {
+        if sub.transport == Transport::Ws {
+            if wire::next_ws_frames(&mut sub.buf, &mut frames).is_err() {
+                return false;
+            }
+            for (op, payload) in frames.drain(..) {
+                if op == 0x9 {
+                    let pong = wire::client_frame(0xA, &payload);
+                    if sub.stream.write_all(&pong).await.is_err() {
+                        return false;
+                    }
+                } else if op == 0x8 {
+                    return false;
+                }
+            }
+        } else {
+            let n = sub.buf.len();
+            sub.buf.advance(n);
+        }
+        match sub.stream.read_buf(&mut sub.buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Opens connections as fast as allowed and reports the rate.
