@@ -277,6 +277,13 @@ impl Session {
             })
             .collect();
         let mut revoked = Vec::with_capacity(ended.len());
+        if !ended.is_empty() {
+            self.node
+                .stats
+                .refused
+                .revoked
+                .fetch_add(ended.len() as u64, Relaxed);
+        }
         for sub in ended {
             self.leave(&sub).await;
             revoked.push(sub.channel.to_string());

@@ -139,6 +139,8 @@ counters! {
         permission,
         /// Connections ended because their token expired.
         token_expired,
+        /// Subscriptions ended because a refreshed token no longer allows them.
+        revoked,
         /// Publishes, request bodies and WebSocket messages refused for their size.
         too_large,
         /// Subscriptions refused by `connection.max_channels`.

@@ -417,12 +417,9 @@ async fn channels_are_read_and_published_only_as_granted() {
     assert_eq!(r["error"]["code"], "not_subscribed", "{r}");
 
     by.still_receive(&server).await;
-    assert!(
-        server.stats().await["refused"]["permission"]
-            .as_u64()
-            .unwrap()
-            >= 9
-    );
+    let stats = server.stats().await;
+    assert!(stats["refused"]["permission"].as_u64().unwrap() >= 9);
+    assert_eq!(stats["refused"]["revoked"], 1, "{stats}");
 }
 
 #[tokio::test]
