@@ -31,6 +31,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a Redis Cluster node: at most 55535, with its cluster bus port (the port plus
+/// 10000) free as well. Redis refuses to start a cluster node above 55535, and a port the kernel
+/// hands out for `:0` often is.
+fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..=29_999);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair for a Redis Cluster node");
+}
+
 fn binary(kind: Kind) -> &'static str {
     match kind {
         Kind::Redis => "redis-server",
@@ -65,7 +79,11 @@ impl Backend {
         std::fs::create_dir_all(&dir).expect("backend dir");
         let mut b = Self {
             kind,
-            port: free_port(),
+            port: if extra.contains(&"--cluster-enabled") {
+                free_cluster_port()
+            } else {
+                free_port()
+            },
             dir,
             extra,
             child: None,
