@@ -182,9 +182,18 @@ fn serve<'a>(
                     return;
                 }
             };
-            let written = tokio::time::timeout(write_timeout, wr.write_all(&data)).await;
-            if !matches!(written, Ok(Ok(()))) {
-                return;
+            // Most writes fit the socket buffer at once: try that first, without building the
+            // timeout's timer entry; only a partial write waits (bounded by the write timeout).
+            let rest = match wr.try_write(&data) {
+                Ok(n) => &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => &data[..],
+                Err(_) => return,
+            };
+            if !rest.is_empty() {
+                let written = tokio::time::timeout(write_timeout, wr.write_all(rest)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    return;
+                }
             }
         }
         let _ = wr.shutdown().await;
