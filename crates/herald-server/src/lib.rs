@@ -9,6 +9,7 @@ mod auth;
 mod config;
 mod direct;
 mod error;
+mod gate;
 mod health;
 mod limits;
 mod listener;

@@ -9,6 +9,7 @@
 //! write buffer.
 
 use crate::api::history_json;
+use crate::gate::ReadGate;
 use crate::limits::{origin_allowed, IpGuard, UserGuard};
 use crate::timer::ConnTimer;
 use crate::{tokens, ApiError, App};
@@ -233,6 +234,8 @@ fn connection(
         let mut emits: Vec<Emit> = Vec::new();
         // Whether tungstenite may hold bytes of its own that must go out before raw frames.
         let mut tungstenite_wrote = false;
+        // The socket's read side is polled only after it woke the task, not on every delivery.
+        let mut read_gate = ReadGate::new();
         let ping_every = app.ws.ping_interval;
         let idle = app.ws.idle_timeout;
         let mut last_seen = Instant::now();
@@ -259,7 +262,7 @@ fn connection(
                     }
                     Err(code) => break Some(code),
                 },
-                msg = ws.next() => {
+                msg = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| ws.poll_next_unpin(cx))) => {
                     last_seen = Instant::now();
                     // Reading may have queued a pong in tungstenite.
                     tungstenite_wrote = true;
