@@ -86,9 +86,11 @@ impl Publication {
     /// position, so these bytes are the same for every such subscriber and are shared.
     pub fn sse_event(&self) -> &Bytes {
         self.sse_event.get_or_init(|| {
-            let fields = self.sse();
-            let mut v = Vec::with_capacity(fields.len() + 6 + 2 * MAX_EPOCH_BYTES);
-            v.extend_from_slice(fields);
+            // Built from the fields directly, so a publication seen only by one-channel streams
+            // never holds `sse()` as well.
+            let (event, json) = (self.event.as_str(), self.json());
+            let mut v = Vec::with_capacity(json.len() + event.len() + 22 + 2 * MAX_EPOCH_BYTES);
+            write_sse_fields(event, json, &mut v);
             v.extend_from_slice(b"id: ");
             write_sse_id([&self.position], &mut v);
             v.extend_from_slice(b"\n\n");
@@ -105,12 +107,16 @@ impl Publication {
 /// Builds `event: E\ndata: JSON\n`; the JSON has no raw newlines.
 pub(crate) fn sse_fields(event: &str, json: &[u8]) -> Bytes {
     let mut v = Vec::with_capacity(json.len() + event.len() + 16);
+    write_sse_fields(event, json, &mut v);
+    Bytes::from(v)
+}
+
+fn write_sse_fields(event: &str, json: &[u8], v: &mut Vec<u8>) {
     v.extend_from_slice(b"event: ");
     v.extend_from_slice(event.as_bytes());
     v.extend_from_slice(b"\ndata: ");
     v.extend_from_slice(json);
     v.push(b'\n');
-    Bytes::from(v)
 }
 
 /// Whether a member joined or left.

@@ -156,7 +156,7 @@ impl AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SseConfig {
-    /// A comment line is sent after this much silence so proxies keep the stream open.
+    /// A comment line is sent this often (a fixed period) so proxies keep the stream open.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
     /// The reconnection delay advertised to clients (`retry:`).
