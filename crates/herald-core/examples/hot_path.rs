@@ -19,16 +19,18 @@ async fn main() {
     let subscribers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let publications: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let stats = Arc::new(Stats::default());
-    let hub = Arc::new(Hub::new(stats.clone()));
+    let lag = OutboxLimits {
+        messages: publications + 1,
+        bytes: usize::MAX,
+    };
+    let hub = Arc::new(Hub::with_lag(stats.clone(), lag));
     let engine = MemoryEngine::new(hub.clone(), MemoryEngineConfig::default());
     let channel = ChannelName::parse("bench").expect("valid name");
     let mut outboxes = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
-        let (tx, rx) = outbox(OutboxLimits {
-            messages: publications + 1,
-            bytes: usize::MAX,
-        });
-        hub.subscribe(&channel, ConnId::random(), tx);
+        let conn = ConnId::random();
+        let (tx, rx) = outbox(conn, lag);
+        hub.subscribe(&channel, conn, tx);
         outboxes.push(rx);
     }
     let retention = Retention {

@@ -1,10 +1,14 @@
 //! The local registry of who on this node is subscribed to what, sharded by channel, and the
-//! synchronous fan-out that queues a shared item into each subscriber's outbox without waiting.
+//! synchronous fan-out that never waits: a publication is appended once to its channel's
+//! [`Topic`] ring, which tells only the subscribers that were idle; a presence change is queued
+//! into each subscriber's outbox.
 //!
-//! A subscriber whose outbox is full is evicted here: removed from every shard entry fan-out
-//! touches and told to close with a reconnect code. Nothing in this file awaits.
+//! A subscriber that falls too far behind (the ring dropped what it had not read, or its outbox
+//! is full) is evicted: removed from the channel and told to close with a reconnect code.
+//! Nothing in this file awaits.
 
-use crate::{ChannelName, OutboxTx, Outgoing, PushError, Stats};
+use crate::topic::Topic;
+use crate::{ChannelName, OutboxLimits, OutboxTx, Outgoing, PushError, Stats};
 use herald_protocol::CloseCode;
 use std::collections::HashMap;
 use std::fmt;
@@ -49,22 +53,28 @@ impl fmt::Debug for ConnId {
     }
 }
 
-type Subscribers = HashMap<ConnId, OutboxTx>;
-
-/// This node's subscriptions: channel → connection → outbox.
+/// This node's subscriptions: channel → topic (its readers and recent publications).
 #[derive(Debug)]
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
+    shards: Box<[Mutex<HashMap<ChannelName, Arc<Topic>>>]>,
     conns: Box<[Mutex<HashMap<ConnId, OutboxTx>>]>,
     hasher: RandomState,
+    /// How far a subscriber may fall behind on one channel before it is evicted.
+    lag: OutboxLimits,
     stats: Arc<Stats>,
 }
 
 const DEFAULT_SHARDS: usize = 64;
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub with the default lag bound.
     pub fn new(stats: Arc<Stats>) -> Self {
+        Self::with_lag(stats, OutboxLimits::default())
+    }
+
+    /// An empty hub whose subscribers are evicted once they are more than `lag` behind on a
+    /// channel (messages or bytes).
+    pub fn with_lag(stats: Arc<Stats>, lag: OutboxLimits) -> Self {
         Self {
             shards: (0..DEFAULT_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
@@ -73,33 +83,39 @@ impl Hub {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             hasher: RandomState::new(),
+            lag,
             stats,
         }
     }
 
-    fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, HashMap<ChannelName, Subscribers>> {
+    fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, HashMap<ChannelName, Arc<Topic>>> {
         let i = (self.hasher.hash_one(channel.as_str()) as usize) % self.shards.len();
         self.shards[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a subscriber. Returns true when it is the channel's first on this node.
+    fn topic(&self, channel: &ChannelName) -> Option<Arc<Topic>> {
+        self.shard(channel).get(channel).cloned()
+    }
+
+    /// Adds a subscriber; it receives the channel's publications from now on. Returns true when
+    /// it is the channel's first on this node.
     pub fn subscribe(&self, channel: &ChannelName, conn: ConnId, tx: OutboxTx) -> bool {
         let mut shard = self.shard(channel);
-        let subs = shard.entry(channel.clone()).or_default();
-        subs.insert(conn, tx);
-        subs.len() == 1
+        let topic = shard
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(Topic::new(self.lag, self.stats.clone())));
+        topic.add(conn, tx) == 1
     }
 
     /// Removes a subscriber. Returns true when the channel has no subscribers left on this node.
     pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
         let mut shard = self.shard(channel);
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(topic) = shard.get(channel) else {
             return true;
         };
-        subs.remove(&conn);
-        if subs.is_empty() {
+        if topic.remove(conn) == 0 {
             shard.remove(channel);
             true
         } else {
@@ -107,31 +123,37 @@ impl Hub {
         }
     }
 
-    /// Queues `item` to every subscriber of `channel` on this node; never waits. Subscribers
-    /// whose outbox is full are evicted with [`CloseCode::SlowConsumer`].
+    /// Delivers `item` to every subscriber of `channel` on this node; never waits. Returns how
+    /// many subscribers it reaches. Subscribers that fell too far behind are evicted with
+    /// [`CloseCode::SlowConsumer`].
     pub fn fan_out(&self, channel: &ChannelName, item: &Outgoing) -> usize {
-        let mut evicted = Vec::new();
-        let mut delivered = 0;
-        {
-            let mut shard = self.shard(channel);
-            let Some(subs) = shard.get_mut(channel) else {
-                return 0;
-            };
-            subs.retain(|_, tx| match tx.push(item.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    true
+        let Some(topic) = self.topic(channel) else {
+            return 0;
+        };
+        let (delivered, evicted) = match item {
+            Outgoing::Publication(p) => {
+                let appended = topic.append(p);
+                let mut notify = appended.notify;
+                for (_, tx) in &notify {
+                    tx.notify(&topic);
                 }
-                Err(PushError::Full) => {
-                    evicted.push(tx.clone());
-                    false
-                }
-                Err(PushError::Closed) => false,
-            });
-            if subs.is_empty() {
-                shard.remove(channel);
+                notify.clear();
+                topic.recycle(notify);
+                (appended.readers, appended.evicted)
             }
-        }
+            Outgoing::Presence(_) => {
+                let mut delivered = 0;
+                let mut evicted = Vec::new();
+                for tx in topic.outboxes() {
+                    match tx.push(item.clone()) {
+                        Ok(()) => delivered += 1,
+                        Err(PushError::Full) => evicted.push(tx),
+                        Err(PushError::Closed) => {}
+                    }
+                }
+                (delivered, evicted)
+            }
+        };
         for tx in &evicted {
             tx.close(CloseCode::SlowConsumer);
         }
@@ -147,10 +169,9 @@ impl Hub {
 
     /// Closes every local subscriber of `channel` with `code`. Returns how many.
     pub fn close_channel(&self, channel: &ChannelName, code: CloseCode) -> usize {
-        let txs: Vec<OutboxTx> = self
-            .shard(channel)
-            .get(channel)
-            .map(|s| s.values().cloned().collect())
+        let txs = self
+            .topic(channel)
+            .map(|t| t.outboxes())
             .unwrap_or_default();
         for tx in &txs {
             tx.close(code);
@@ -205,7 +226,7 @@ impl Hub {
 
     /// Local subscribers of `channel`.
     pub fn subscribers(&self, channel: &ChannelName) -> usize {
-        self.shard(channel).get(channel).map_or(0, HashMap::len)
+        self.topic(channel).map_or(0, |t| t.len())
     }
 
     /// Up to `limit` active channels with their local subscriber counts, sorted by name.
@@ -213,7 +234,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            out.extend(shard.iter().map(|(c, s)| (c.clone(), s.len())));
+            out.extend(shard.iter().map(|(c, t)| (c.clone(), t.len())));
         }
         out.sort();
         out.truncate(limit);
@@ -227,7 +248,7 @@ impl Hub {
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             channels += shard.len();
-            subs += shard.values().map(HashMap::len).sum::<usize>();
+            subs += shard.values().map(|t| t.len()).sum::<usize>();
         }
         (channels, subs)
     }
@@ -240,33 +261,92 @@ mod tests {
     use herald_protocol::{Epoch, StreamPosition};
     use serde_json::value::RawValue;
 
+    fn publication(ch: &ChannelName, n: u64) -> Outgoing {
+        Outgoing::Publication(Arc::new(Publication::new(
+            ch.clone(),
+            EventName::message(),
+            RawValue::from_string("{}".into()).unwrap(),
+            StreamPosition::new(Epoch::parse("e").unwrap(), n),
+            0,
+        )))
+    }
+
+    fn offsets(buf: &[Outgoing]) -> Vec<u64> {
+        buf.iter()
+            .map(|o| match o {
+                Outgoing::Publication(p) => p.position.offset,
+                Outgoing::Presence(_) => 0,
+            })
+            .collect()
+    }
+
     #[tokio::test]
-    async fn full_subscriber_is_evicted_and_others_keep_receiving() {
-        let hub = Hub::new(Arc::new(Stats::default()));
+    async fn a_subscriber_too_far_behind_is_evicted_and_others_keep_receiving() {
+        let stats = Arc::new(Stats::default());
+        let hub = Hub::with_lag(
+            stats.clone(),
+            OutboxLimits {
+                messages: 2,
+                bytes: 1 << 20,
+            },
+        );
         let ch = ChannelName::parse("c").unwrap();
-        let (slow_tx, mut slow_rx) = outbox(OutboxLimits {
-            messages: 1,
-            bytes: 1 << 20,
-        });
-        let (fast_tx, mut fast_rx) = outbox(OutboxLimits::default());
-        assert!(hub.subscribe(&ch, ConnId::random(), slow_tx));
-        assert!(!hub.subscribe(&ch, ConnId::random(), fast_tx));
-        let item = |n| {
-            Outgoing::Publication(Arc::new(Publication::new(
-                ch.clone(),
-                EventName::message(),
-                RawValue::from_string("{}".into()).unwrap(),
-                StreamPosition::new(Epoch::parse("e").unwrap(), n),
-                0,
-            )))
-        };
-        assert_eq!(hub.fan_out(&ch, &item(1)), 2);
-        assert_eq!(hub.fan_out(&ch, &item(2)), 1);
-        assert_eq!(hub.subscribers(&ch), 1);
+        let (slow, fast) = (ConnId::random(), ConnId::random());
+        let (slow_tx, mut slow_rx) = outbox(slow, OutboxLimits::default());
+        let (fast_tx, mut fast_rx) = outbox(fast, OutboxLimits::default());
+        assert!(hub.subscribe(&ch, slow, slow_tx));
+        assert!(!hub.subscribe(&ch, fast, fast_tx));
         let mut buf = Vec::new();
+        for n in 1..=3 {
+            assert_eq!(
+                hub.fan_out(&ch, &publication(&ch, n)),
+                2 - usize::from(n == 3)
+            );
+            fast_rx.recv(&mut buf).await.unwrap();
+            assert_eq!(offsets(&buf), [n]);
+            buf.clear();
+        }
+        // The slow one never read: the third publication pushed its first out of the ring.
+        assert_eq!(hub.subscribers(&ch), 1);
         assert_eq!(slow_rx.recv(&mut buf).await, Err(CloseCode::SlowConsumer));
-        fast_rx.recv(&mut buf).await.unwrap();
-        assert_eq!(buf.len(), 2);
-        assert_eq!(hub.stats.slow_consumer_evictions.load(Relaxed), 1);
+        assert!(buf.is_empty());
+        assert_eq!(stats.slow_consumer_evictions.load(Relaxed), 1);
+        assert_eq!(stats.deliveries.load(Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn a_busy_subscriber_reads_everything_since_its_cursor_in_one_drain() {
+        let hub = Hub::new(Arc::new(Stats::default()));
+        let (a, b) = (
+            ChannelName::parse("a").unwrap(),
+            ChannelName::parse("b").unwrap(),
+        );
+        let conn = ConnId::random();
+        let (tx, mut rx) = outbox(conn, OutboxLimits::default());
+        hub.subscribe(&a, conn, tx.clone());
+        hub.subscribe(&b, conn, tx);
+        for n in 1..=3 {
+            hub.fan_out(&a, &publication(&a, n));
+        }
+        hub.fan_out(&b, &publication(&b, 7));
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).await.unwrap();
+        let mut got = offsets(&buf);
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3, 7]);
+        // Caught up: the next publication is the only one read, and a left channel's mark is
+        // ignored.
+        buf.clear();
+        hub.fan_out(&a, &publication(&a, 4));
+        hub.fan_out(&b, &publication(&b, 8));
+        assert!(!hub.unsubscribe(&a, ConnId::random()));
+        assert!(hub.unsubscribe(&b, conn));
+        rx.recv(&mut buf).await.unwrap();
+        assert_eq!(offsets(&buf), [4]);
+        // Idle channel: the ring is emptied once everyone has read it.
+        hub.fan_out(&a, &publication(&a, 5));
+        buf.clear();
+        rx.recv(&mut buf).await.unwrap();
+        assert_eq!(offsets(&buf), [5]);
     }
 }

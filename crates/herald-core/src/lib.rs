@@ -19,6 +19,7 @@ mod rate;
 mod remote;
 mod session;
 mod stats;
+mod topic;
 
 pub use channel::{ChannelError, ChannelName, EventName, MAX_CHANNEL_BYTES, MAX_EVENT_BYTES};
 pub use engine::{

@@ -1,16 +1,18 @@
-//! The bounded per-connection outbox: fan-out pushes shared, pre-encoded items without ever
-//! waiting; the connection task drains everything queued in one go and writes it in one batch.
-//!
-//! A push that would exceed the message or byte bound fails with `Full`; the hub then evicts
-//! the connection with a reconnect close code, and the client resumes from history. Closing
-//! the outbox (eviction, operator disconnect) wakes the connection task at once.
+//! The per-connection outbox: what the connection task drains in one go and writes in one
+//! batch. Publications are not queued here one by one: the channel's [`Topic`] marks the outbox
+//! *ready* for that channel, and the drain reads every unread publication from the topic's ring.
+//! Other items (presence changes) are queued here, bounded in messages and bytes; a push past
+//! the bound fails with `Full` and the hub evicts the connection with a reconnect close code.
+//! Closing the outbox (eviction, operator disconnect, shutdown) wakes the connection task at
+//! once.
 //!
 //! The receiver's waker lives in the queue, under the queue's one lock: a push takes the lock
 //! once and, when the queue was empty, takes the waker out with it. (A `tokio::sync::Notify`
 //! beside the queue costs a second set of atomics per delivery and a waiter node in every
 //! connection's future.)
 
-use crate::{PresenceEvent, Publication};
+use crate::topic::Topic;
+use crate::{ConnId, PresenceEvent, Publication};
 use herald_protocol::CloseCode;
 use serde::{Deserialize, Serialize};
 use std::future::poll_fn;
@@ -21,13 +23,14 @@ use std::task::{Context, Poll, Waker};
 /// is freed once drained, so a connection that once lagged does not hold its peak.
 const KEPT_CAPACITY: usize = 256;
 
-/// Bounds of one connection's outbox.
+/// How far a connection may fall behind: the bound of a channel's ring (publications a reader
+/// has not read) and of a connection's queue of other items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxLimits {
-    /// Most queued messages.
+    /// Most messages.
     pub messages: usize,
-    /// Most queued bytes (approximate encoded size).
+    /// Most bytes (approximate encoded size).
     pub bytes: usize,
 }
 
@@ -71,6 +74,8 @@ pub enum PushError {
 struct Queue {
     items: Vec<Outgoing>,
     bytes: usize,
+    /// Channels with publications this connection has not read.
+    ready: Vec<Arc<Topic>>,
     closed: Option<CloseCode>,
     receiver_gone: bool,
     /// The receiving task, while it waits on an empty queue.
@@ -81,6 +86,7 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     limits: OutboxLimits,
+    conn: ConnId,
 }
 
 /// The sending side, held by the hub for each subscription.
@@ -93,26 +99,50 @@ pub struct OutboxTx {
 #[derive(Debug)]
 pub struct Outbox {
     shared: Arc<Shared>,
+    /// The ready list taken from the queue, read outside its lock (kept for its room).
+    ready: Vec<Arc<Topic>>,
 }
 
-/// A new outbox with `limits`.
-pub fn outbox(limits: OutboxLimits) -> (OutboxTx, Outbox) {
+/// A new outbox with `limits` for the connection `conn`.
+pub fn outbox(conn: ConnId, limits: OutboxLimits) -> (OutboxTx, Outbox) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             items: Vec::new(),
             bytes: 0,
+            ready: Vec::new(),
             closed: None,
             receiver_gone: false,
             waker: None,
         }),
         limits,
+        conn,
     });
     (
         OutboxTx {
             shared: shared.clone(),
         },
-        Outbox { shared },
+        Outbox {
+            shared,
+            ready: Vec::new(),
+        },
     )
+}
+
+fn close(shared: &Shared, code: CloseCode) {
+    let waker = {
+        let mut q = lock(shared);
+        if q.closed.is_some() {
+            return;
+        }
+        q.closed = Some(code);
+        q.items.clear();
+        q.ready.clear();
+        q.bytes = 0;
+        q.waker.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
 }
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
@@ -151,23 +181,32 @@ impl OutboxTx {
         Ok(())
     }
 
-    /// Asks the connection to close with `code`; queued items are dropped. The first reason wins.
-    pub fn close(&self, code: CloseCode) {
+    /// Marks `topic` as holding publications this connection has not read. Returns false when
+    /// the connection is closed.
+    pub(crate) fn notify(&self, topic: &Arc<Topic>) -> bool {
         let waker = {
             let mut q = lock(&self.shared);
-            if q.closed.is_some() {
-                return;
+            if q.closed.is_some() || q.receiver_gone {
+                return false;
             }
-            q.closed = Some(code);
-            q.items.clear();
-            q.bytes = 0;
-            q.waker.take()
+            let first = q.items.is_empty() && q.ready.is_empty();
+            q.ready.push(topic.clone());
+            if first {
+                q.waker.take()
+            } else {
+                None
+            }
         };
         if let Some(w) = waker {
             w.wake();
         }
+        true
     }
 
+    /// Asks the connection to close with `code`; queued items are dropped. The first reason wins.
+    pub fn close(&self, code: CloseCode) {
+        close(&self.shared, code);
+    }
     /// Whether both sides belong to the same outbox.
     pub fn same(&self, other: &OutboxTx) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -189,29 +228,45 @@ impl Outbox {
         cx: &mut Context<'_>,
         buf: &mut Vec<Outgoing>,
     ) -> Poll<Result<(), CloseCode>> {
-        let mut q = lock(&self.shared);
-        if let Some(code) = q.closed {
-            return Poll::Ready(Err(code));
-        }
-        if !q.items.is_empty() {
-            if buf.is_empty() {
-                // The two vectors trade places: no item is copied, and each keeps its capacity
-                // for the next round unless that capacity outgrew everyday use.
-                std::mem::swap(buf, &mut q.items);
-                if q.items.capacity() > KEPT_CAPACITY {
-                    q.items = Vec::new();
-                }
-            } else {
-                buf.append(&mut q.items);
+        loop {
+            let mut q = lock(&self.shared);
+            if let Some(code) = q.closed {
+                return Poll::Ready(Err(code));
             }
-            q.bytes = 0;
-            return Poll::Ready(Ok(()));
+            if q.items.is_empty() && q.ready.is_empty() {
+                match &q.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => q.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            if !q.items.is_empty() {
+                if buf.is_empty() {
+                    // The two vectors trade places: no item is copied, and each keeps its
+                    // capacity for the next round unless that capacity outgrew everyday use.
+                    std::mem::swap(buf, &mut q.items);
+                    if q.items.capacity() > KEPT_CAPACITY {
+                        q.items = Vec::new();
+                    }
+                } else {
+                    buf.append(&mut q.items);
+                }
+                q.bytes = 0;
+            }
+            std::mem::swap(&mut q.ready, &mut self.ready);
+            drop(q);
+            // Each topic is read with no other lock held.
+            for topic in self.ready.drain(..) {
+                if let Err(code) = topic.read(self.shared.conn, buf) {
+                    close(&self.shared, code);
+                    return Poll::Ready(Err(code));
+                }
+            }
+            if !buf.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            // Every mark was stale (the channel was left since): wait again.
         }
-        match &q.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => q.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 
     /// The close code, if the outbox was closed.
@@ -225,6 +280,7 @@ impl Drop for Outbox {
         let mut q = lock(&self.shared);
         q.receiver_gone = true;
         q.items.clear();
+        q.ready.clear();
         q.waker = None;
     }
 }
@@ -248,10 +304,13 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_by_messages_and_drains_in_one_batch() {
-        let (tx, mut rx) = outbox(OutboxLimits {
-            messages: 2,
-            bytes: 1 << 20,
-        });
+        let (tx, mut rx) = outbox(
+            ConnId::random(),
+            OutboxLimits {
+                messages: 2,
+                bytes: 1 << 20,
+            },
+        );
         tx.push(item(1)).unwrap();
         tx.push(item(2)).unwrap();
         assert_eq!(tx.push(item(3)), Err(PushError::Full));
@@ -263,17 +322,20 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_by_bytes() {
-        let (tx, _rx) = outbox(OutboxLimits {
-            messages: 100,
-            bytes: 200,
-        });
+        let (tx, _rx) = outbox(
+            ConnId::random(),
+            OutboxLimits {
+                messages: 100,
+                bytes: 200,
+            },
+        );
         tx.push(item(1)).unwrap();
         assert_eq!(tx.push(item(2)), Err(PushError::Full));
     }
 
     #[tokio::test]
     async fn close_wakes_the_receiver_and_refuses_pushes() {
-        let (tx, mut rx) = outbox(OutboxLimits::default());
+        let (tx, mut rx) = outbox(ConnId::random(), OutboxLimits::default());
         tx.push(item(1)).unwrap();
         tx.close(CloseCode::SlowConsumer);
         let mut buf = Vec::new();
@@ -285,7 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_receiver_is_reported_closed() {
-        let (tx, rx) = outbox(OutboxLimits::default());
+        let (tx, rx) = outbox(ConnId::random(), OutboxLimits::default());
         drop(rx);
         assert_eq!(tx.push(item(1)), Err(PushError::Closed));
     }

@@ -217,7 +217,7 @@ mod tests {
         let remote = RemoteSubscriptions::default();
         let engine = Counting::default();
         let ch = ChannelName::parse("c").unwrap();
-        let (tx, _rx) = outbox(OutboxLimits::default());
+        let (tx, _rx) = outbox(ConnId::random(), OutboxLimits::default());
         let a = ConnId::random();
         hub.subscribe(&ch, a, tx.clone());
         remote.sync(&hub, &ch, &engine).await.unwrap();

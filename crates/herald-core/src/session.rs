@@ -205,13 +205,13 @@ const MAX_REPLAY: usize = 100_000;
 impl Session {
     /// A new session and the outbox its connection task drains.
     pub fn new(node: Node, transport: Transport, limits: SessionLimits) -> (Self, Outbox) {
-        let (tx, rx) = outbox(limits.outbox);
+        let conn_id = ConnId::random();
+        let (tx, rx) = outbox(conn_id, limits.outbox);
         let gauge = match transport {
             Transport::Ws => &node.stats.connections_ws,
             Transport::Sse => &node.stats.connections_sse,
         };
         gauge.fetch_add(1, Relaxed);
-        let conn_id = ConnId::random();
         node.hub.register(conn_id, tx.clone());
         let session = Self {
             node,

@@ -171,11 +171,15 @@ async fn publish(
 
 /// Subscribes a fresh outbox to `channel` on `node`, as a session would.
 async fn subscribe(node: &Node, channel: &ChannelName) -> Outbox {
-    let (tx, rx) = outbox(OutboxLimits {
-        messages: 10_000,
-        bytes: 64 << 20,
-    });
-    node.hub.subscribe(channel, ConnId::random(), tx);
+    let conn = ConnId::random();
+    let (tx, rx) = outbox(
+        conn,
+        OutboxLimits {
+            messages: 10_000,
+            bytes: 64 << 20,
+        },
+    );
+    node.hub.subscribe(channel, conn, tx);
     node.engine.subscribe(channel).await.unwrap();
     rx
 }

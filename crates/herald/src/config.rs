@@ -38,9 +38,11 @@ pub(crate) struct Config {
 pub(crate) struct ConnectionConfig {
     /// Most channels one connection may subscribe to.
     pub(crate) max_channels: usize,
-    /// Most messages queued for one connection before it is evicted as too slow.
+    /// Most publications a connection may fall behind on one channel (and most presence events
+    /// queued for it) before it is evicted as too slow.
     pub(crate) outbox_messages: usize,
-    /// Most bytes queued for one connection before it is evicted as too slow.
+    /// Most bytes a connection may fall behind on one channel (and of presence events queued for
+    /// it) before it is evicted as too slow.
     #[serde(serialize_with = "herald_server::exact_size")]
     pub(crate) outbox_bytes: ByteSize,
     /// Most publishes one connection may make in a minute; 0 for no limit.

@@ -40,7 +40,10 @@ pub(crate) async fn build(
     tracker: &TaskTracker,
 ) -> anyhow::Result<Node> {
     let stats = Arc::new(Stats::default());
-    let hub = Arc::new(Hub::new(stats.clone()));
+    let hub = Arc::new(Hub::with_lag(
+        stats.clone(),
+        config.connection.limits().outbox,
+    ));
     let channels = Arc::new(ChannelsConfig {
         closed: config.auth.configured(),
         ..config.channels.clone()
