@@ -53,10 +53,13 @@ impl fmt::Debug for ConnId {
     }
 }
 
+/// One shard of the channel map.
+type Topics = HashMap<ChannelName, Arc<Topic>>;
+
 /// This node's subscriptions: channel → topic (its readers and recent publications).
 #[derive(Debug)]
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<ChannelName, Arc<Topic>>>]>,
+    shards: Box<[Mutex<Topics>]>,
     conns: Box<[Mutex<HashMap<ConnId, OutboxTx>>]>,
     hasher: RandomState,
     /// How far a subscriber may fall behind on one channel before it is evicted.
@@ -88,7 +91,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, HashMap<ChannelName, Arc<Topic>>> {
+    fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, Topics> {
         let i = (self.hasher.hash_one(channel.as_str()) as usize) % self.shards.len();
         self.shards[i]
             .lock()
