@@ -12,7 +12,7 @@ use crate::{ChannelName, OutboxLimits, OutboxTx, Outgoing, PushError, Stats};
 use herald_protocol::CloseCode;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -53,6 +53,30 @@ impl fmt::Debug for ConnId {
     }
 }
 
+/// Hashes a [`ConnId`] as itself: ids are random and chosen by the server, so they need no
+/// mixing (and a client cannot pick keys that collide).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by connection id.
+pub(crate) type ConnIdMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
+
 /// One shard of the channel map.
 type Topics = HashMap<ChannelName, Arc<Topic>>;
 
@@ -60,7 +84,7 @@ type Topics = HashMap<ChannelName, Arc<Topic>>;
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<Topics>]>,
-    conns: Box<[Mutex<HashMap<ConnId, OutboxTx>>]>,
+    conns: Box<[Mutex<ConnIdMap<OutboxTx>>]>,
     hasher: RandomState,
     /// How far a subscriber may fall behind on one channel before it is evicted.
     lag: OutboxLimits,
@@ -83,7 +107,7 @@ impl Hub {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             conns: (0..DEFAULT_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(ConnIdMap::default()))
                 .collect(),
             hasher: RandomState::new(),
             lag,
@@ -182,8 +206,10 @@ impl Hub {
         txs.len()
     }
 
-    fn conn_shard(&self, conn: ConnId) -> MutexGuard<'_, HashMap<ConnId, OutboxTx>> {
-        let i = (conn.0 as usize) % self.conns.len();
+    fn conn_shard(&self, conn: ConnId) -> MutexGuard<'_, ConnIdMap<OutboxTx>> {
+        // Bits the shard's own map does not use (it takes the low bits for the bucket and the
+        // top seven for its tags), so every shard's table stays evenly filled.
+        let i = ((conn.0 >> 32) as usize) % self.conns.len();
         self.conns[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 

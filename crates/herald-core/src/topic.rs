@@ -17,10 +17,11 @@
 //! closes are sent after it is released); an outbox's reader takes the topic's lock while it
 //! holds nothing else.
 
+use crate::hub::ConnIdMap;
 use crate::outbox::OutboxLimits;
 use crate::{ConnId, OutboxTx, Outgoing, Publication, Stats};
 use herald_protocol::CloseCode;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -38,7 +39,7 @@ struct State {
     ring: VecDeque<Arc<Publication>>,
     first: u64,
     bytes: usize,
-    readers: HashMap<ConnId, Reader>,
+    readers: ConnIdMap<Reader>,
     /// The readers whose cursor is at the end of the ring, to be told of the next append.
     waiting: Vec<(ConnId, OutboxTx)>,
     /// An empty vector with capacity, traded with `waiting` on each append.
@@ -83,7 +84,7 @@ impl Topic {
                 ring: VecDeque::new(),
                 first: 0,
                 bytes: 0,
-                readers: HashMap::new(),
+                readers: ConnIdMap::default(),
                 waiting: Vec::new(),
                 spare: Vec::new(),
             }),
