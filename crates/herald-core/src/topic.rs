@@ -40,8 +40,12 @@ struct State {
     first: u64,
     bytes: usize,
     readers: ConnIdMap<Reader>,
-    /// The readers whose cursor is at the end of the ring, to be told of the next append.
+    /// The readers whose cursor is at the end of the ring, to be told of the next append,
+    /// plus `stale` entries of readers that left or re-subscribed since (telling them is
+    /// harmless: their drain finds nothing to read). Leaving does not search this list, so a
+    /// channel's mass disconnect costs linear time, not quadratic.
     waiting: Vec<(ConnId, OutboxTx)>,
+    stale: usize,
     /// An empty vector with capacity, traded with `waiting` on each append.
     spare: Vec<(ConnId, OutboxTx)>,
 }
@@ -69,6 +73,28 @@ impl State {
         self.first + self.ring.len() as u64
     }
 
+    /// Whether every reader has read everything (exact: `stale` counts every entry of
+    /// `waiting` that is not a caught-up reader).
+    fn all_caught_up(&self) -> bool {
+        self.waiting.len().checked_sub(self.stale) == Some(self.readers.len())
+    }
+
+    /// Rebuilds `waiting` from the readers once most of it is stale, so it stays within about
+    /// twice the number of readers. Called with `waiting` and `readers` in their final state.
+    fn compact(&mut self) {
+        if self.stale > 16 && self.stale * 2 > self.waiting.len() {
+            let end = self.end();
+            self.waiting.clear();
+            self.waiting.extend(
+                self.readers
+                    .iter()
+                    .filter(|(_, r)| r.next == end)
+                    .map(|(c, r)| (*c, r.tx.clone())),
+            );
+            self.stale = 0;
+        }
+    }
+
     fn pop_front(&mut self) {
         if let Some(p) = self.ring.pop_front() {
             self.bytes -= p.queued_bytes();
@@ -86,6 +112,7 @@ impl Topic {
                 bytes: 0,
                 readers: ConnIdMap::default(),
                 waiting: Vec::new(),
+                stale: 0,
                 spare: Vec::new(),
             }),
             limits,
@@ -110,11 +137,13 @@ impl Topic {
                 next,
             },
         ) {
-            if old.next == s.end() {
-                s.waiting.retain(|(c, _)| *c != conn);
+            if old.next == next {
+                // Its old entry in `waiting` no longer counts.
+                s.stale += 1;
             }
         }
         s.waiting.push((conn, tx));
+        s.compact();
         s.readers.len()
     }
 
@@ -123,12 +152,16 @@ impl Topic {
         let mut s = self.lock();
         if let Some(r) = s.readers.remove(&conn) {
             if r.next == s.end() {
-                s.waiting.retain(|(c, _)| *c != conn);
+                s.stale += 1;
+                s.compact();
             }
         }
         if s.readers.is_empty() {
+            s.first = s.end();
             s.ring.clear();
             s.bytes = 0;
+            s.waiting.clear();
+            s.stale = 0;
         }
         s.readers.len()
     }
@@ -147,7 +180,7 @@ impl Topic {
     pub(crate) fn append(&self, p: &Arc<Publication>) -> Appended {
         let mut s = self.lock();
         let s = &mut *s;
-        if s.waiting.len() == s.readers.len() {
+        if s.all_caught_up() {
             // Everyone has read everything: nothing in the ring is needed any more.
             s.first = s.end();
             s.ring.clear();
@@ -183,6 +216,7 @@ impl Topic {
         }
         let readers = s.readers.len();
         std::mem::swap(&mut s.waiting, &mut s.spare);
+        s.stale = 0;
         let notify = std::mem::take(&mut s.spare);
         Appended {
             readers,
@@ -230,5 +264,59 @@ impl Topic {
         r.next = end;
         s.waiting.push((conn, r.tx.clone()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{outbox, ChannelName, EventName};
+    use herald_protocol::{Epoch, StreamPosition};
+    use serde_json::value::RawValue;
+
+    fn publication(n: u64) -> Arc<Publication> {
+        Arc::new(Publication::new(
+            ChannelName::parse("c").unwrap(),
+            EventName::message(),
+            RawValue::from_string("1".into()).unwrap(),
+            StreamPosition::new(Epoch::parse("e").unwrap(), n),
+            0,
+        ))
+    }
+
+    #[test]
+    fn leaving_and_rejoining_keeps_the_waiting_list_exact_and_bounded() {
+        let topic = Topic::new(OutboxLimits::default(), Arc::new(Stats::default()));
+        let conns: Vec<ConnId> = (0..1000).map(|_| ConnId::random()).collect();
+        let mut outboxes = Vec::new();
+        for &c in &conns {
+            let (tx, rx) = outbox(c, OutboxLimits::default());
+            topic.add(c, tx.clone());
+            // Subscribing twice leaves one reader.
+            topic.add(c, tx);
+            outboxes.push(rx);
+        }
+        for &c in &conns[..900] {
+            topic.remove(c);
+        }
+        {
+            let s = topic.lock();
+            assert_eq!(s.readers.len(), 100);
+            assert!(s.all_caught_up());
+            assert!(s.waiting.len() <= 2 * 100 + 17, "{}", s.waiting.len());
+        }
+        // One reader stays behind; the others read: the ring is kept for it, not cleared.
+        let appended = topic.append(&publication(1));
+        assert_eq!(appended.readers, 100);
+        let mut out = Vec::new();
+        for &c in &conns[901..] {
+            topic.read(c, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 99);
+        assert!(!topic.lock().all_caught_up());
+        topic.append(&publication(2));
+        out.clear();
+        topic.read(conns[900], &mut out).unwrap();
+        assert_eq!(out.len(), 2, "the reader that stayed behind gets both");
     }
 }
