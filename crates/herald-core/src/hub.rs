@@ -161,11 +161,19 @@ impl Hub {
             Outgoing::Publication(p) => {
                 let appended = topic.append(p);
                 let mut notify = appended.notify;
-                for (_, tx) in &notify {
-                    tx.notify(&topic);
+                let mut closed = Vec::new();
+                for (conn, tx) in &notify {
+                    if !tx.notify(&topic) {
+                        closed.push(*conn);
+                    }
                 }
                 notify.clear();
                 topic.recycle(notify);
+                // A connection that closed (shutdown, operator disconnect, gone) stops holding
+                // the ring before its session leaves, and is not later taken for a slow one.
+                for conn in closed {
+                    topic.remove(conn);
+                }
                 (appended.readers, appended.evicted)
             }
             Outgoing::Presence(_) => {
@@ -341,6 +349,37 @@ mod tests {
         assert!(buf.is_empty());
         assert_eq!(stats.slow_consumer_evictions.load(Relaxed), 1);
         assert_eq!(stats.deliveries.load(Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn a_closed_subscriber_stops_holding_the_ring_and_is_not_counted_slow() {
+        let stats = Arc::new(Stats::default());
+        let hub = Hub::with_lag(
+            stats.clone(),
+            OutboxLimits {
+                messages: 2,
+                bytes: 1 << 20,
+            },
+        );
+        let ch = ChannelName::parse("c").unwrap();
+        let (gone, live) = (ConnId::random(), ConnId::random());
+        let (gone_tx, gone_rx) = outbox(gone, OutboxLimits::default());
+        let (live_tx, mut live_rx) = outbox(live, OutboxLimits::default());
+        hub.subscribe(&ch, gone, gone_tx.clone());
+        hub.subscribe(&ch, live, live_tx);
+        gone_tx.close(CloseCode::ServerShutdown);
+        drop(gone_rx);
+        let mut buf = Vec::new();
+        for n in 1..=4 {
+            hub.fan_out(&ch, &publication(&ch, n));
+            live_rx.recv(&mut buf).await.unwrap();
+            assert_eq!(offsets(&buf), [n]);
+            buf.clear();
+        }
+        assert_eq!(hub.subscribers(&ch), 1);
+        assert_eq!(stats.slow_consumer_evictions.load(Relaxed), 0);
+        // Its session leaving later is harmless.
+        assert!(!hub.unsubscribe(&ch, gone));
     }
 
     #[tokio::test]
