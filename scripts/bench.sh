@@ -2,7 +2,7 @@
 # Regenerates the results in BENCHMARKS.md.
 #
 #   scripts/bench.sh short         one run per case, smaller loads (under 5 minutes)
-#   scripts/bench.sh full          three runs per case, the whole scaling table (about 25 minutes)
+#   scripts/bench.sh full          three runs per case, the whole scaling table (under an hour)
 #   scripts/bench.sh MODE idle     only the idle-memory cases, replacing those rows of MODE's results
 #
 # The server under test is pinned to CPU 0 and the load generator to CPU 1 (taskset), so the
@@ -94,19 +94,19 @@ start_nchan() {
   return 1
 }
 
-# bench NAME TARGET-LABEL ARGS... : runs `herald bench ARGS --json` RUNS times, tags each line.
+# bench NAME TARGET-LABEL ARGS... : runs `herald bench ARGS --json` once (run number $RUN) and
+# tags the line.
+RUN=1
 bench() {
   local name="$1" label="$2"; shift 2
-  for run in $(seq "$RUNS"); do
-    local line
-    if line="$(taskset -c "$GEN_CPU" "$HERALD" bench "$@" --json 2>>"$WORK/bench.err")"; then :; fi
-    if [ -n "$line" ]; then
-      echo "{\"case\":\"$name\",\"server\":\"$label\",\"run\":$run,\"result\":$line}" >> "$RESULTS"
-      echo "$name [$label] run $run: $(echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); print({k: r.get(k) for k in ("delivered_per_sec","publishes_per_sec","server_rss_per_connection_bytes","connects_per_sec","lost","ok") if k in r}, r.get("latency",{}).get("p99_ms",""))')" >&2
-    else
-      echo "$name [$label] run $run: failed: $(tail -2 "$WORK/bench.err")" >&2
-    fi
-  done
+  local line
+  if line="$(taskset -c "$GEN_CPU" "$HERALD" bench "$@" --json 2>>"$WORK/bench.err")"; then :; fi
+  if [ -n "$line" ]; then
+    echo "{\"case\":\"$name\",\"server\":\"$label\",\"run\":$RUN,\"result\":$line}" >> "$RESULTS"
+    echo "$name [$label] run $RUN: $(echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); print({k: r.get(k) for k in ("delivered_per_sec","publishes_per_sec","server_rss_per_connection_bytes","connects_per_sec","lost","ok") if k in r}, r.get("latency",{}).get("p99_ms",""))')" >&2
+  else
+    echo "$name [$label] run $RUN: failed: $(tail -2 "$WORK/bench.err")" >&2
+  fi
 }
 
 if [ "$MODE" = short ]; then
@@ -115,14 +115,19 @@ else
   SAT_SUBS=10000; SAT_MSGS=1000; SCALE_SUBS="1000 10000 18000"; SCALE_SIZES="100 1024 16384"; IDLE_CONNS=18000
 fi
 
-run_suite() {
-  local label="$1" target="$2" url="$3" pidarg=()
-  [ -n "${4:-}" ] && pidarg=(--server-pid "$4")
-  for t in ws sse; do
-    bench "latency-1k-50hz-$t" "$label" fanout --target "$target" --url "$url" --transport "$t" \
-      --subscribers 1000 --messages 500 --rate 50 "${pidarg[@]}"
-    bench "saturation-${SAT_SUBS}-$t" "$label" fanout --target "$target" --url "$url" --transport "$t" \
-      --subscribers "$SAT_SUBS" --messages "$SAT_MSGS" --rate 0 --window 200 --publishers 1 "${pidarg[@]}"
+# The servers taking part: label, --target, URL, the PID whose CPU is measured.
+SERVERS=()
+add_server() { SERVERS+=("$1 $2 $3 $4"); }
+
+# One case, once, on every server in turn, so that a drift of the machine's speed during the
+# script touches Herald, the ceiling and Nchan alike. Extra arguments go to `herald bench`.
+each_server() {
+  local name="$1"; shift
+  local entry label target url pid
+  for entry in "${SERVERS[@]}"; do
+    read -r label target url pid <<< "$entry"
+    if [ "$label" = nchan ] && [ "${NCHAN_ONCE:-0}" = 1 ] && [ "$RUN" -gt 1 ]; then continue; fi
+    bench "$name" "$label" "$@" --target "$target" --url "$url" --server-pid "$pid"
   done
 }
 
@@ -130,11 +135,10 @@ run_suite() {
 # load (or a previous run) keeps freed memory in its allocator and would hide the cost of new
 # connections.
 idle_cases() {
-  local saved_runs=$RUNS
   for t in ws sse; do
-    for run in $(seq "$saved_runs"); do
+    for RUN in $(seq "$RUNS"); do
       stop_server; start_herald
-      RUNS=1 bench "idle-$IDLE_CONNS-$t" herald idle --url "http://127.0.0.1:$HERALD_PORT" --transport "$t" \
+      bench "idle-$IDLE_CONNS-$t" herald idle --url "http://127.0.0.1:$HERALD_PORT" --transport "$t" \
         --connections "$IDLE_CONNS" --hold 3s --server-pid "$SERVER_PID"
     done
   done
@@ -142,9 +146,9 @@ idle_cases() {
   if start_nchan; then
     stop_server
     for t in ws sse; do
-      for run in $(seq "$saved_runs"); do
+      for RUN in $(seq "$RUNS"); do
         start_nchan
-        RUNS=1 bench "idle-$IDLE_CONNS-$t" nchan idle --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --transport "$t" \
+        bench "idle-$IDLE_CONNS-$t" nchan idle --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --transport "$t" \
           --connections "$IDLE_CONNS" --hold 3s --server-pid "$NCHAN_WORKER"
         stop_server
       done
@@ -158,36 +162,54 @@ if [ "$ONLY" = idle ]; then
   exit 0
 fi
 
-# Herald
-start_herald
-HERALD_PID=$SERVER_PID
-run_suite herald herald "http://127.0.0.1:$HERALD_PORT" "$HERALD_PID"
-bench "connect-5000-ws" herald connect --url "http://127.0.0.1:$HERALD_PORT" --connections 5000
-bench "publish-32" herald publish --url "http://127.0.0.1:$HERALD_PORT" --concurrency 32 --duration 5s --server-pid "$HERALD_PID"
-for subs in $SCALE_SUBS; do
-  for size in $SCALE_SIZES; do
-    for ch in 1 1000; do
-      [ "$ch" -gt "$subs" ] && continue
-      msgs=$(( ch == 1 ? 300 : 3000 ))
-      bench "scale-$subs-${size}B-${ch}ch-ws" herald fanout --url "http://127.0.0.1:$HERALD_PORT" \
-        --subscribers "$subs" --channels "$ch" --size "$size" --messages "$msgs" --rate 0 --publishers 8 --server-pid "$HERALD_PID"
+# Fan-out, publish and connect cases: the three servers run side by side (all pinned to CPU 0;
+# an idle one costs nothing) and every case is run on each in turn before the next case.
+start_herald; HERALD_PID=$SERVER_PID; SERVER_PID=""
+add_server herald herald "http://127.0.0.1:$HERALD_PORT" "$HERALD_PID"
+start_ceiling; CEILING_PID=$SERVER_PID; SERVER_PID=""
+add_server ceiling ceiling "http://127.0.0.1:$CEILING_PORT" "$CEILING_PID"
+if start_nchan; then
+  add_server nchan nchan "http://127.0.0.1:$NCHAN_PORT" "$NCHAN_WORKER"
+fi
+stop_all() {
+  for pid in ${HERALD_PID:-} ${CEILING_PID:-}; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  HERALD_PID=""; CEILING_PID=""
+  stop_server
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+for RUN in $(seq "$RUNS"); do
+  for t in ws sse; do
+    each_server "latency-1k-50hz-$t" fanout --transport "$t" --subscribers 1000 --messages 500 --rate 50
+    each_server "saturation-${SAT_SUBS}-$t" fanout --transport "$t" \
+      --subscribers "$SAT_SUBS" --messages "$SAT_MSGS" --rate 0 --window 200 --publishers 1
+  done
+  bench "connect-5000-ws" herald connect --url "http://127.0.0.1:$HERALD_PORT" --connections 5000
+  for entry in "${SERVERS[@]}"; do
+    read -r label target url pid <<< "$entry"
+    [ "$label" = ceiling ] && continue
+    bench "publish-32" "$label" publish --target "$target" --url "$url" --concurrency 32 --duration 5s --server-pid "$pid"
+  done
+  # The scaling table. Nchan takes minutes per run on the large one-channel cases, so there it
+  # runs once per case; Herald and the ceiling run every time.
+  for subs in $SCALE_SUBS; do
+    for size in $SCALE_SIZES; do
+      for ch in 1 1000; do
+        [ "$ch" -gt "$subs" ] && continue
+        msgs=$(( ch == 1 ? 300 : 3000 ))
+        NCHAN_ONCE=1 each_server "scale-$subs-${size}B-${ch}ch-ws" fanout --subscribers "$subs" --channels "$ch" \
+          --size "$size" --messages "$msgs" --rate 0 --publishers 8
+      done
     done
   done
 done
-stop_server
+stop_all
+
+# Idle memory, each run on a fresh process.
 idle_cases
-
-# Ceiling
-start_ceiling
-run_suite ceiling ceiling "http://127.0.0.1:$CEILING_PORT" "$SERVER_PID"
-stop_server
-
-# Nchan
-if start_nchan; then
-  run_suite nchan nchan "http://127.0.0.1:$NCHAN_PORT" "$NCHAN_WORKER"
-  bench "publish-32" nchan publish --target nchan --url "http://127.0.0.1:$NCHAN_PORT" --concurrency 32 --duration 5s --server-pid "$NCHAN_WORKER"
-  stop_server
-fi
 
 # The in-process hot path (no sockets): fan-out and drain cost per delivery.
 cargo run --release -q -p herald-core --example hot_path 10000 200 | tee "$OUT/hot_path.txt" >&2

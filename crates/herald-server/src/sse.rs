@@ -288,9 +288,11 @@ impl SseStream {
             match due {
                 Some(Ok(())) => {
                     let session = self.session.as_mut()?;
+                    self.emits.reserve(self.buf.len());
                     for item in self.buf.drain(..) {
                         session.accept(item, &mut self.emits).await;
                     }
+                    crate::scratch::trim(&mut self.buf);
                     if self.emits.is_empty() {
                         continue;
                     }
@@ -397,6 +399,9 @@ impl SseStream {
                 }
                 Emit::Presence(e) => out.extend_from_slice(e.sse()),
             }
+        }
+        if self.emits.is_empty() {
+            crate::scratch::trim(&mut self.emits);
         }
         out.freeze()
     }

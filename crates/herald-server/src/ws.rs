@@ -5,8 +5,8 @@
 //! tungstenite reads and parses client frames and writes control frames (ping, pong, close).
 //! Pushes bypass it: each publication carries its complete text frame, built once
 //! ([`herald_core::Publication::ws_frame`]), and the connection writes those shared bytes
-//! straight to the socket, many frames per vectored write, with no per-connection copy or
-//! write buffer.
+//! straight to the socket: a batch is copied into the worker thread's scratch buffer and
+//! written in one call, so a connection keeps no write buffer of its own (`scratch.rs`).
 
 use crate::api::history_json;
 use crate::gate::ReadGate;
@@ -41,10 +41,6 @@ const READ_BUFFER_BYTES: usize = 256;
 
 /// Most publications one `history` request returns.
 const MAX_HISTORY_LIMIT: u32 = 10_000;
-
-/// Largest buffer several pushes are copied into before it is written (a long replay is
-/// written in pieces of about this size).
-const MAX_WRITE_BYTES: usize = 256 * 1024;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -253,12 +249,15 @@ fn connection(
                 biased;
                 r = outbox.recv(&mut buf) => match r {
                     Ok(()) => {
+                        emits.reserve(buf.len());
                         for item in buf.drain(..) {
                             session.accept(item, &mut emits).await;
                         }
+                        crate::scratch::trim(&mut buf);
                         if send_emits(&mut ws, &mut emits, None, &mut tungstenite_wrote).await.is_err() {
                             break None;
                         }
+                        crate::scratch::trim(&mut emits);
                     }
                     Err(code) => break Some(code),
                 },
@@ -353,10 +352,14 @@ fn connection(
 
 /// Writes an optional reply and then the pushes in `emits`, in order, as raw text frames.
 ///
-/// A lone push is written from its shared bytes; several are copied into one buffer and written
-/// together (one contiguous write costs the kernel less than a vectored write of many small
-/// slices). `tungstenite_wrote` says whether tungstenite itself may hold unsent bytes (a pong, a
-/// ping): only then is it flushed first, so frames never interleave.
+/// A lone push is written from its shared bytes. Several are copied into the worker thread's
+/// scratch buffer and offered to the socket at once, without waiting; only what the socket did
+/// not take is copied out and awaited. So a connection holds no write buffer of its own unless
+/// its socket is full, and then only the unsent rest (one contiguous write costs the kernel
+/// less than a vectored write of many small slices, and a buffer per connection grown to its
+/// largest batch cost page faults at saturation). `tungstenite_wrote` says whether tungstenite
+/// itself may hold unsent bytes (a pong, a ping): only then is it flushed first, so frames
+/// never interleave.
 async fn send_emits(
     ws: &mut Ws,
     emits: &mut Vec<Emit>,
@@ -384,40 +387,27 @@ async fn send_emits(
             return io.flush().await;
         }
     }
-    let mut out = Vec::with_capacity(
-        emits
-            .iter()
-            .map(|e| match e {
-                Emit::Publication(p) => p.ws_frame().len(),
-                _ => 256,
-            })
-            .sum::<usize>()
-            .min(MAX_WRITE_BYTES)
-            + reply.as_ref().map_or(0, |r| r.len() + 10),
-    );
-    if let Some(r) = reply {
-        out.extend_from_slice(&ws_text_frame(r.as_bytes()));
-    }
-    for emit in emits.drain(..) {
-        match emit {
-            Emit::Publication(p) => out.extend_from_slice(p.ws_frame()),
-            Emit::Presence(e) => out.extend_from_slice(e.ws_frame()),
-            Emit::Reset { reason, channels } => out.extend_from_slice(
-                &ServerPush::Reset {
-                    reason: reason.as_str(),
-                    channels: &channels,
-                }
-                .to_ws_frame()
-                .0,
-            ),
+    let rest = crate::scratch::write_now(io, |out| {
+        if let Some(r) = reply {
+            out.extend_from_slice(&ws_text_frame(r.as_bytes()));
         }
-        if out.len() >= MAX_WRITE_BYTES {
-            io.write_all(&out).await?;
-            out.clear();
+        for emit in emits.drain(..) {
+            match emit {
+                Emit::Publication(p) => out.extend_from_slice(p.ws_frame()),
+                Emit::Presence(e) => out.extend_from_slice(e.ws_frame()),
+                Emit::Reset { reason, channels } => out.extend_from_slice(
+                    &ServerPush::Reset {
+                        reason: reason.as_str(),
+                        channels: &channels,
+                    }
+                    .to_ws_frame()
+                    .0,
+                ),
+            }
         }
-    }
-    if !out.is_empty() {
-        io.write_all(&out).await?;
+    })?;
+    if let Some(rest) = rest {
+        io.write_all(&rest).await?;
     }
     io.flush().await
 }

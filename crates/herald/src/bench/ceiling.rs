@@ -2,13 +2,16 @@
 //! this machine and this generator allow at all. It accepts Herald's routes at the byte level
 //! (`GET /ws`, `GET /sse`, `POST /api/publish`), wraps each published body once into a WebSocket
 //! frame and an SSE event of the same shape Herald sends, and writes it to every connection,
-//! coalescing whatever is queued into one write. It has one channel: everything goes to all.
+//! coalescing whatever is queued into one write. Channels are routed by name only: a subscriber
+//! names its channel in the request line (`?channel=`, WebSocket included), a publication in its
+//! body, and each channel is one broadcast queue.
 
 use anyhow::Context;
 use bytes::{Buf, Bytes, BytesMut};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
@@ -19,6 +22,34 @@ pub(crate) struct CeilingArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7078")]
     pub(crate) listen: SocketAddr,
+}
+
+/// Each channel's queue holds this many frames, the bound Herald's default outbox puts on how
+/// far one subscriber may lag behind its channel.
+const QUEUE: usize = 1024;
+
+/// Channel name → its broadcast queue, created on first use.
+type Channels = Arc<Mutex<HashMap<String, broadcast::Sender<Frame>>>>;
+
+fn queue(channels: &Channels, name: &str) -> broadcast::Sender<Frame> {
+    let mut map = channels.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(name.to_owned())
+        .or_insert_with(|| broadcast::channel(QUEUE).0)
+        .clone()
+}
+
+/// The value of `key=` in a request line's query, or `bench_0`.
+fn query_channel(line: &str) -> String {
+    let query = line
+        .split(' ')
+        .nth(1)
+        .and_then(|t| t.split_once('?'))
+        .map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("channel="))
+        .unwrap_or("bench_0")
+        .to_owned()
 }
 
 #[derive(Clone)]
@@ -33,22 +64,22 @@ pub(crate) async fn serve(args: CeilingArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     println!("Listening on http://{}", listener.local_addr()?);
-    let (tx, _) = broadcast::channel::<Frame>(8192);
+    let channels = Channels::default();
     let offset = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let tx = tx.clone();
+        let channels = channels.clone();
         let offset = offset.clone();
         tokio::spawn(async move {
-            let _ = connection(stream, tx, offset).await;
+            let _ = connection(stream, channels, offset).await;
         });
     }
 }
 
 async fn connection(
     mut stream: TcpStream,
-    tx: broadcast::Sender<Frame>,
+    channels: Channels,
     offset: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let mut buf = BytesMut::with_capacity(4096);
@@ -78,13 +109,15 @@ async fn connection(
                 tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
             stream.write_all(resp.as_bytes()).await?;
-            return subscriber(stream, buf, tx.subscribe(), true).await;
+            let rx = queue(&channels, &query_channel(line)).subscribe();
+            return subscriber(stream, buf, rx, true).await;
         }
         if line.starts_with("GET /sse") {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nretry: 2000\n\n")
                 .await?;
-            return subscriber(stream, buf, tx.subscribe(), false).await;
+            let rx = queue(&channels, &query_channel(line)).subscribe();
+            return subscriber(stream, buf, rx, false).await;
         }
         if line.starts_with("POST ") {
             let len: usize = header("content-length")
@@ -99,12 +132,18 @@ async fn connection(
             // `{"channel":"c","data":X}` → the push Herald would send for it.
             let data = memchr::memmem::find(&body, b"\"data\":")
                 .map_or(&body[..], |i| &body[i + 7..body.len().saturating_sub(1)]);
+            let channel = memchr::memmem::find(&body, b"\"channel\":\"")
+                .and_then(|i| {
+                    let rest = &body[i + 11..];
+                    memchr::memchr(b'"', rest).map(|end| &rest[..end])
+                })
+                .map_or_else(|| "bench_0".into(), String::from_utf8_lossy);
             let n = offset.fetch_add(1, Relaxed) + 1;
             let json = format!(
-                r#"{{"push":"publication","channel":"bench_0","event":"message","offset":{n},"epoch":"ceiling","time":0,"data":{}}}"#,
+                r#"{{"push":"publication","channel":"{channel}","event":"message","offset":{n},"epoch":"ceiling","time":0,"data":{}}}"#,
                 String::from_utf8_lossy(data)
             );
-            let _ = tx.send(Frame {
+            let _ = queue(&channels, &channel).send(Frame {
                 ws: ws_frame(json.as_bytes()),
                 sse: Bytes::from(format!("event: message\ndata: {json}\nid: ceiling-{n}\n\n")),
             });
@@ -146,7 +185,6 @@ async fn subscriber(
     mut rx: broadcast::Receiver<Frame>,
     ws: bool,
 ) -> anyhow::Result<()> {
-    let mut out = Vec::with_capacity(64 * 1024);
     let mut replied = false;
     loop {
         tokio::select! {
@@ -167,13 +205,29 @@ async fn subscriber(
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
-                out.clear();
-                out.extend_from_slice(if ws { &f.ws } else { &f.sse });
-                while let Ok(f) = rx.try_recv() {
+                // Everything queued is copied into the thread's scratch buffer and offered to
+                // the socket without waiting; only an unsent rest is kept and awaited.
+                let rest = SCRATCH.with_borrow_mut(|out| {
+                    out.clear();
                     out.extend_from_slice(if ws { &f.ws } else { &f.sse });
+                    while let Ok(f) = rx.try_recv() {
+                        out.extend_from_slice(if ws { &f.ws } else { &f.sse });
+                    }
+                    let sent = match stream.try_write(out) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Err(e),
+                    };
+                    Ok((sent < out.len()).then(|| out[sent..].to_vec()))
+                })?;
+                if let Some(rest) = rest {
+                    stream.write_all(&rest).await?;
                 }
-                stream.write_all(&out).await?;
             }
         }
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }

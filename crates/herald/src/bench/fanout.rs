@@ -146,9 +146,6 @@ async fn open_subscribers_on(
 
 /// Runs a fan-out measurement.
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
-    if args.server.target == Target::Ceiling && args.channels != 1 {
-        bail!("the ceiling server has one channel; use --channels 1");
-    }
     let urls: Vec<String> = args
         .server
         .urls
@@ -203,44 +200,42 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     }
 
     // Publishers: channel c belongs to publisher c mod K, so each channel's sequence is sent in
-    // order by one task.
+    // order by one task. They run on a thread and runtime of their own: sharing the readers'
+    // runtime, a publish waited behind thousands of reader tasks, so the pace "as fast as the
+    // server accepts" depended on how busy the generator was.
     let k = args.publishers.clamp(1, channels.max(1));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(k)
-        .build()
-        .context("building the HTTP client")?;
     let subs_total = per_channel.iter().sum::<u64>().max(1);
-    let mut pubs = Vec::with_capacity(k);
-    for p in 0..k {
-        let mine: Vec<usize> = (0..channels).filter(|c| c % k == p).collect();
-        let client = client.clone();
-        let url = urls[0].clone();
-        let counters = counters.clone();
-        let per_channel = per_channel.clone();
-        let a = args.clone();
-        pubs.push(tokio::spawn(async move {
-            publish_loop(PublishPlan {
-                client,
-                url,
-                target: a.server.target,
-                mine,
-                per_channel_msgs,
-                size: a.size,
-                rate: if a.rate > 0.0 { a.rate / k as f64 } else { 0.0 },
-                window: a.window,
-                subs_on: per_channel,
-                subs_total,
-                channels,
-                counters,
-                start,
-            })
-            .await
-        }));
-    }
+    let round_trips = Arc::new(Latencies::new(k));
+    let plans: Vec<PublishPlan> = (0..k)
+        .map(|p| PublishPlan {
+            url: urls[0].clone(),
+            target: args.server.target,
+            mine: (0..channels).filter(|c| c % k == p).collect(),
+            per_channel_msgs,
+            size: args.size,
+            rate: if args.rate > 0.0 {
+                args.rate / k as f64
+            } else {
+                0.0
+            },
+            window: args.window,
+            subs_on: per_channel.clone(),
+            subs_total,
+            channels,
+            counters: counters.clone(),
+            round_trips: round_trips.clone(),
+            start,
+        })
+        .collect();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("bench-publish".into())
+        .spawn(move || {
+            let _ = done_tx.send(publish_all(plans, k));
+        })
+        .context("starting the publisher thread")?;
     let bar = report::progress(expected, "delivering", args.server.json);
-    for p in pubs {
-        p.await.context("publisher task")??;
-    }
+    done_rx.await.context("publisher thread")??;
     // Wait for deliveries to finish (or stall).
     let mut last = counters.delivered.load(Relaxed);
     let mut last_change = Instant::now();
@@ -311,6 +306,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "publish_errors": counters.publish_errors.load(Relaxed),
         "delivered_per_sec": rate,
         "latency": report::latency_json(&h),
+        "publish_round_trip": report::latency_json(&round_trips.merged()),
         "seconds": wall,
         "generator_cpu_seconds": cpu,
         "server_cpu_seconds": server_cpu,
@@ -326,7 +322,6 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
 }
 
 struct PublishPlan {
-    client: reqwest::Client,
     url: String,
     target: Target,
     mine: Vec<usize>,
@@ -338,10 +333,34 @@ struct PublishPlan {
     subs_total: u64,
     channels: usize,
     counters: Arc<Counters>,
+    /// Each publish request's round trip, sent to answered.
+    round_trips: Arc<Latencies>,
     start: Instant,
 }
 
-async fn publish_loop(p: PublishPlan) -> anyhow::Result<()> {
+/// Runs every publisher to the end on a current-thread runtime of the calling thread.
+fn publish_all(plans: Vec<PublishPlan>, k: usize) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the publishers' runtime")?;
+    rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(k)
+            .build()
+            .context("building the HTTP client")?;
+        let tasks: Vec<_> = plans
+            .into_iter()
+            .map(|plan| tokio::spawn(publish_loop(client.clone(), plan)))
+            .collect();
+        for t in tasks {
+            t.await.context("publisher task")??;
+        }
+        Ok(())
+    })
+}
+
+async fn publish_loop(client: reqwest::Client, p: PublishPlan) -> anyhow::Result<()> {
     let pad_len = p.size.saturating_sub(40).max(1);
     let pad = "x".repeat(pad_len);
     let period = (p.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / p.rate));
@@ -367,6 +386,7 @@ async fn publish_loop(p: PublishPlan) -> anyhow::Result<()> {
                 next_at += period;
             }
             let now = micros(p.start);
+            let sent = Instant::now();
             let _ = p
                 .counters
                 .first_publish_us
@@ -374,19 +394,19 @@ async fn publish_loop(p: PublishPlan) -> anyhow::Result<()> {
             let data = format!(r#"{{"q":{seq},"t":{now},"p":"{pad}"}}"#);
             let channel = channel_name(p.target, c);
             let req = match p.target {
-                Target::Herald | Target::Ceiling => p
-                    .client
+                Target::Herald | Target::Ceiling => client
                     .post(format!("{}/api/publish", p.url))
                     .header("content-type", "application/json")
                     .body(format!(r#"{{"channel":"{channel}","data":{data}}}"#)),
-                Target::Nchan => p
-                    .client
+                Target::Nchan => client
                     .post(format!("{}/pub?id={channel}", p.url))
                     .body(data),
             };
             match req.send().await {
                 Ok(r) if r.status().is_success() => {
                     let _ = r.bytes().await;
+                    let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    p.round_trips.record(c, &[took]);
                 }
                 Ok(r) => {
                     if p.counters.publish_errors.fetch_add(1, Relaxed) == 0 {

@@ -103,7 +103,9 @@ pub(crate) async fn subscribe(
     let mut stream = tcp(ep, index).await?;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let path = match (target, transport) {
-        (Target::Herald | Target::Ceiling, Transport::Ws) => "/ws".to_owned(),
+        (Target::Herald, Transport::Ws) => "/ws".to_owned(),
+        // The ceiling routes by the request line alone; it ignores the subscribe request.
+        (Target::Ceiling, Transport::Ws) => format!("/ws?channel={channel}"),
         (Target::Herald | Target::Ceiling, Transport::Sse) => format!("/sse?channel={channel}"),
         (Target::Nchan, _) => format!("/sub/{channel}"),
     };
