@@ -13,6 +13,7 @@ mod gate;
 mod health;
 mod limits;
 mod listener;
+mod repoll;
 mod scratch;
 mod sse;
 mod timer;

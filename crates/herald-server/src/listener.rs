@@ -109,7 +109,9 @@ async fn serve_with_hyper(
     let conn = http
         .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    // hyper's body channel wakes the connection's own task while it is polled; answered by
+    // polling again at once, a publish is not sent to the back of a busy run queue (repoll.rs).
+    if let Err(e) = crate::repoll::Repoll::new(Box::pin(watcher.watch(conn))).await {
         tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
     }
 }
