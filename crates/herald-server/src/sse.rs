@@ -26,8 +26,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-/// Largest chunk a replay is cut into, in bytes (approximately).
-const MAX_CHUNK_BYTES: usize = 256 * 1024;
+/// Largest chunk a batch or a replay is cut into, in bytes (approximately): also about the most
+/// a stream holds of its own while its socket is full.
+const MAX_CHUNK_BYTES: usize = crate::scratch::MAX_WRITE_BYTES;
 
 /// SSE event type sent just before Herald ends a stream on purpose.
 const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";

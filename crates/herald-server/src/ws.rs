@@ -387,28 +387,36 @@ async fn send_emits(
             return io.flush().await;
         }
     }
-    let rest = crate::scratch::write_now(io, |out| {
-        if let Some(r) = reply {
-            out.extend_from_slice(&ws_text_frame(r.as_bytes()));
-        }
-        for emit in emits.drain(..) {
-            match emit {
-                Emit::Publication(p) => out.extend_from_slice(p.ws_frame()),
-                Emit::Presence(e) => out.extend_from_slice(e.ws_frame()),
-                Emit::Reset { reason, channels } => out.extend_from_slice(
-                    &ServerPush::Reset {
-                        reason: reason.as_str(),
-                        channels: &channels,
-                    }
-                    .to_ws_frame()
-                    .0,
-                ),
+    // At most `MAX_WRITE_BYTES` per write, so a connection whose socket is full holds at most
+    // that much of its own; the pushes not yet copied stay shared until the next write.
+    let mut reply = reply;
+    let mut next = 0;
+    while next < emits.len() || reply.is_some() {
+        let rest = crate::scratch::write_now(io, |out| {
+            if let Some(r) = reply.take() {
+                out.extend_from_slice(&ws_text_frame(r.as_bytes()));
             }
+            while next < emits.len() && out.len() < crate::scratch::MAX_WRITE_BYTES {
+                match &emits[next] {
+                    Emit::Publication(p) => out.extend_from_slice(p.ws_frame()),
+                    Emit::Presence(e) => out.extend_from_slice(e.ws_frame()),
+                    Emit::Reset { reason, channels } => out.extend_from_slice(
+                        &ServerPush::Reset {
+                            reason: reason.as_str(),
+                            channels,
+                        }
+                        .to_ws_frame()
+                        .0,
+                    ),
+                }
+                next += 1;
+            }
+        })?;
+        if let Some(rest) = rest {
+            io.write_all(&rest).await?;
         }
-    })?;
-    if let Some(rest) = rest {
-        io.write_all(&rest).await?;
     }
+    emits.clear();
     io.flush().await
 }
 

@@ -210,7 +210,9 @@ async fn subscriber(
                 let rest = SCRATCH.with_borrow_mut(|out| {
                     out.clear();
                     out.extend_from_slice(if ws { &f.ws } else { &f.sse });
-                    while let Ok(f) = rx.try_recv() {
+                    // At most 64 KiB per write, as Herald: a full socket holds no more.
+                    while out.len() < 64 * 1024 {
+                        let Ok(f) = rx.try_recv() else { break };
                         out.extend_from_slice(if ws { &f.ws } else { &f.sse });
                     }
                     let sent = match stream.try_write(out) {
