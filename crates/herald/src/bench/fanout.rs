@@ -65,6 +65,11 @@ struct Counters {
     publish_errors: AtomicU64,
     last_delivery_us: AtomicU64,
     first_publish_us: AtomicU64,
+    /// Subscriber streams the server ended before the run did, and of those, the ones ended as
+    /// slow consumers (WebSocket close code 4001, or SSE's `herald.disconnect` with that code):
+    /// a loss they explain was announced, not silent.
+    closed_by_server: AtomicU64,
+    closed_slow_consumer: AtomicU64,
 }
 
 /// The bench's clock: microseconds since the run started.
@@ -304,6 +309,8 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "duplicated": dup,
         "reordered": ooo.saturating_sub(dup),
         "publish_errors": counters.publish_errors.load(Relaxed),
+        "closed_by_server": counters.closed_by_server.load(Relaxed),
+        "closed_slow_consumer": counters.closed_slow_consumer.load(Relaxed),
         "delivered_per_sec": rate,
         "latency": report::latency_json(&h),
         "publish_round_trip": report::latency_json(&round_trips.merged()),
@@ -371,8 +378,17 @@ async fn publish_loop(client: reqwest::Client, p: PublishPlan) -> anyhow::Result
             if p.subs_on[c] == 0 {
                 continue;
             }
+            // A run in which the server closed a subscriber has failed (its messages count as
+            // lost, and `closed_by_server` says why): stop publishing rather than wait on a
+            // backlog that closed subscriber will never drain.
+            if p.counters.closed_by_server.load(Relaxed) > 0 {
+                return Ok(());
+            }
             // Flow control: keep the average backlog per subscriber under the window.
             loop {
+                if p.counters.closed_by_server.load(Relaxed) > 0 {
+                    return Ok(());
+                }
                 let published = p.counters.published.load(Relaxed) as f64;
                 let delivered = p.counters.delivered.load(Relaxed) as f64;
                 let backlog = published * avg_subs - delivered;
@@ -470,7 +486,10 @@ async fn read_loop(
                                 return;
                             }
                         }
-                        0x8 => return,
+                        0x8 => {
+                            count_close(&counters, &payload);
+                            return;
+                        }
                         _ => {}
                     }
                 }
@@ -478,6 +497,13 @@ async fn read_loop(
             Transport::Sse => {
                 if let Some(end) = memchr::memrchr(b'\n', &sub.buf) {
                     wire::markers(&sub.buf[..=end], &mut on_marker);
+                    if let Some(at) =
+                        memchr::memmem::find(&sub.buf[..=end], b"event: herald.disconnect")
+                    {
+                        if memchr::memmem::find(&sub.buf[at..=end], b"\"code\":4001").is_some() {
+                            counters.closed_slow_consumer.fetch_add(1, Relaxed);
+                        }
+                    }
                     sub.buf.advance(end + 1);
                 }
             }
@@ -496,9 +522,20 @@ async fn read_loop(
         tokio::select! {
             () = stop.cancelled() => return,
             r = sub.stream.read_buf(&mut sub.buf) => match r {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    counters.closed_by_server.fetch_add(1, Relaxed);
+                    return;
+                }
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Counts a WebSocket close frame from the server; 4001 is Herald's slow-consumer eviction.
+fn count_close(counters: &Counters, payload: &[u8]) {
+    counters.closed_by_server.fetch_add(1, Relaxed);
+    if payload.len() >= 2 && u16::from_be_bytes([payload[0], payload[1]]) == 4001 {
+        counters.closed_slow_consumer.fetch_add(1, Relaxed);
     }
 }
