@@ -309,6 +309,9 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "duplicated": dup,
         "reordered": ooo.saturating_sub(dup),
         "publish_errors": counters.publish_errors.load(Relaxed),
+        // Publications the server accepted: fewer than `messages` when the run stopped early
+        // because the server ended a subscriber's stream (`lost` then counts the rest too).
+        "published": counters.published.load(Relaxed),
         "closed_by_server": counters.closed_by_server.load(Relaxed),
         "closed_slow_consumer": counters.closed_slow_consumer.load(Relaxed),
         "delivered_per_sec": rate,
