@@ -317,8 +317,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_subscriber_too_far_behind_is_evicted_and_others_keep_receiving() {
+    /// A hub whose channels let a reader fall two publications behind.
+    fn hub_with_lag_of_two() -> (Hub, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let hub = Hub::with_lag(
             stats.clone(),
@@ -327,6 +327,12 @@ mod tests {
                 bytes: 1 << 20,
             },
         );
+        (hub, stats)
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_too_far_behind_is_evicted_and_others_keep_receiving() {
+        let (hub, stats) = hub_with_lag_of_two();
         let ch = ChannelName::parse("c").unwrap();
         let (slow, fast) = (ConnId::random(), ConnId::random());
         let (slow_tx, mut slow_rx) = outbox(slow, OutboxLimits::default());
@@ -353,14 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_subscriber_stops_holding_the_ring_and_is_not_counted_slow() {
-        let stats = Arc::new(Stats::default());
-        let hub = Hub::with_lag(
-            stats.clone(),
-            OutboxLimits {
-                messages: 2,
-                bytes: 1 << 20,
-            },
-        );
+        let (hub, stats) = hub_with_lag_of_two();
         let ch = ChannelName::parse("c").unwrap();
         let (gone, live) = (ConnId::random(), ConnId::random());
         let (gone_tx, gone_rx) = outbox(gone, OutboxLimits::default());

@@ -6,7 +6,8 @@
 //! Pushes bypass it: each publication carries its complete text frame, built once
 //! ([`herald_core::Publication::ws_frame`]), and the connection writes those shared bytes
 //! straight to the socket: a batch is copied into the worker thread's scratch buffer and
-//! written in one call, so a connection keeps no write buffer of its own (`scratch.rs`).
+//! written in pieces of at most 64 KiB, so a connection keeps no write buffer of its own
+//! (`scratch.rs`).
 
 use crate::api::history_json;
 use crate::gate::ReadGate;
@@ -352,7 +353,8 @@ fn connection(
 
 /// Writes an optional reply and then the pushes in `emits`, in order, as raw text frames.
 ///
-/// A lone push is written from its shared bytes. Several are copied into the worker thread's
+/// A lone push is written from its shared bytes. Several are copied, up to
+/// [`MAX_WRITE_BYTES`](crate::scratch::MAX_WRITE_BYTES) at a time, into the worker thread's
 /// scratch buffer and offered to the socket at once, without waiting; only what the socket did
 /// not take is copied out and awaited. So a connection holds no write buffer of its own unless
 /// its socket is full, and then only the unsent rest (one contiguous write costs the kernel
