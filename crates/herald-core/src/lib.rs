@@ -34,7 +34,7 @@ pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use publication::{PresenceEvent, PresenceKind, Publication};
 pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
 pub use rate::{KeyedBuckets, Take, TokenBucket};
-pub use remote::{EngineHealth, LinkState, RemoteSubscriber, RemoteSubscriptions};
+pub use remote::{EngineHealth, LinkState, RemoteSubscriber, RemoteSubscriptions, READY_FOR};
 pub use session::{publish_error_code, Emit, Session, SessionError, SessionLimits, Transport};
 pub use stats::{Refusals, RefusalsSnapshot, Stats, StatsSnapshot};
 

@@ -8,6 +8,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 /// The engine side of a per-channel subscription.
 #[async_trait]
@@ -84,11 +85,22 @@ pub enum LinkState {
     Disconnected = 2,
 }
 
+/// How long one successful canary round trip vouches for the engine. The engines send a canary
+/// every 500 ms; if none succeeds for this long (the engine died, or the network went silent
+/// and the canary's commands are still waiting on their timeouts), the node reports itself not
+/// ready, so `/health/ready` turns 503 within this bound of the last round trip, whatever the
+/// canary task is doing.
+pub const READY_FOR: Duration = Duration::from_millis(1500);
+
 /// Health and counters of a remote engine, updated lock-free from its tasks.
 #[derive(Debug)]
 pub struct EngineHealth {
     kind: &'static str,
     ready: AtomicBool,
+    /// When `EngineHealth::new` ran; `vouched_until_ms` counts from it.
+    born: Instant,
+    /// Milliseconds after `born` until which the last successful canary vouches for the engine.
+    vouched_until_ms: AtomicU64,
     state: AtomicU8,
     reconnects: AtomicU64,
     latency_count: AtomicU64,
@@ -103,6 +115,8 @@ impl EngineHealth {
         Self {
             kind,
             ready: AtomicBool::new(false),
+            born: Instant::now(),
+            vouched_until_ms: AtomicU64::new(0),
             state: AtomicU8::new(LinkState::Connecting as u8),
             reconnects: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -112,13 +126,32 @@ impl EngineHealth {
         }
     }
 
-    /// Whether the last canary made the round trip.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the node may call itself ready: the last canary made the round trip, no longer
+    /// than [`READY_FOR`] ago. This is what `/health/ready` and `/api/stats` report.
     pub fn is_ready(&self) -> bool {
+        self.canary_ok() && self.now_ms() <= self.vouched_until_ms.load(Relaxed)
+    }
+
+    /// Whether the last canary made the round trip, however long ago. Publishing is gated on
+    /// this rather than on [`EngineHealth::is_ready`]: a canary delayed by a busy node must not
+    /// refuse publications to a working engine, and a publish to an engine that went silent
+    /// fails on its own command timeout (503) anyway.
+    pub fn canary_ok(&self) -> bool {
         self.ready.load(Relaxed)
     }
 
     /// Records a canary result.
     pub fn set_ready(&self, ready: bool) {
+        if ready {
+            let until = self
+                .now_ms()
+                .saturating_add(u64::try_from(READY_FOR.as_millis()).unwrap_or(u64::MAX));
+            self.vouched_until_ms.store(until, Relaxed);
+        }
         let was = self.ready.swap(ready, Relaxed);
         if was != ready {
             if ready {
@@ -193,6 +226,28 @@ mod tests {
     use super::*;
     use crate::{outbox, ConnId, OutboxLimits, Stats};
     use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_canary_vouches_for_the_engine_only_for_a_while() {
+        let h = EngineHealth::new("test", &[]);
+        assert!(!h.is_ready() && !h.canary_ok(), "not ready before a canary");
+        h.set_ready(true);
+        assert!(h.is_ready());
+        tokio::time::advance(READY_FOR - Duration::from_millis(10)).await;
+        assert!(h.is_ready(), "still within the bound");
+        // No canary came back for longer than the bound: not ready, although the last result
+        // was a success (its task may be stuck on a silent network).
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(!h.is_ready() && !h.status().ready);
+        assert!(
+            h.canary_ok(),
+            "publishing is still gated on the last result only"
+        );
+        h.set_ready(true);
+        assert!(h.is_ready(), "a new round trip vouches again");
+        h.set_ready(false);
+        assert!(!h.is_ready() && !h.canary_ok());
+    }
 
     #[derive(Default)]
     struct Counting {

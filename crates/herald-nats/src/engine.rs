@@ -910,7 +910,7 @@ impl Broker for NatsEngine {
         data: Box<RawValue>,
         _retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
-        if !self.health.is_ready() {
+        if !self.health.canary_ok() {
             return Err(EngineError::Unavailable("nats engine not ready"));
         }
         let started = Instant::now();

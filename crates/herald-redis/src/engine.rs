@@ -288,7 +288,7 @@ impl RedisEngine {
         retention: Retention,
         dedupe: Option<(&str, Duration)>,
     ) -> Result<Option<Arc<Publication>>, EngineError> {
-        if !self.health.is_ready() {
+        if !self.health.canary_ok() {
             return Err(EngineError::Unavailable("redis engine not ready"));
         }
         let mut keys = vec![self.key(channel, "m"), self.key(channel, "h")];

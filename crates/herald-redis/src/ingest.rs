@@ -195,8 +195,13 @@ pub(crate) async fn run(
     let _ = client.quit().await;
 }
 
+/// Creates the consumer group if it is missing, reading the stream from its start: handled
+/// entries are deleted, so whatever the stream holds was added while no group existed (before
+/// the first node started, or while a restarted Redis had none yet) and must be published. An
+/// entry handled but not yet deleted when its node died is published again at most as a
+/// duplicate the publish script refuses (`DEDUPE_WINDOW`).
 async fn ensure_group(client: &Client, stream: &str) -> Result<(), fred::error::Error> {
-    let made: Result<Value, _> = client.xgroup_create(stream, GROUP, "$", true).await;
+    let made: Result<Value, _> = client.xgroup_create(stream, GROUP, "0", true).await;
     match made {
         Err(e) if !e.details().contains("BUSYGROUP") => Err(e),
         _ => Ok(()),

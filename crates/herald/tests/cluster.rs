@@ -294,7 +294,17 @@ fn silent_losses(accepted: &[u64], seen: &[Seen]) -> Vec<u64> {
     lost
 }
 
-async fn engine_outage_is_loud_and_lossless(kind: Kind) {
+/// How the engine fails in an outage test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// Killed and restarted on the same port: connections are refused, then come back.
+    Restart,
+    /// Frozen and continued: connections stay open but nothing answers, as on a dead network
+    /// path, so only the canary's round trip (not a connection error) can tell.
+    Silence,
+}
+
+async fn engine_outage_is_loud_and_lossless(kind: Kind, outage: Outage) {
     let Some(mut backend) = Backend::start(kind) else {
         return;
     };
@@ -328,9 +338,14 @@ async fn engine_outage_is_loud_and_lossless(kind: Kind) {
         accepted.push(s);
     }
 
-    backend.kill();
+    match outage {
+        Outage::Restart => backend.kill(),
+        Outage::Silence => backend.freeze(),
+    }
     wait_get(&n[0], "/health/ready", "readiness false", |s, _| s == 503).await;
-    for _ in 0..5 {
+    // A publish to a silent engine waits out its command timeout before it is refused.
+    let tries = if outage == Outage::Silence { 2 } else { 5 };
+    for _ in 0..tries {
         let (s, status, body) = publish(&n[1]).await;
         if status == 200 {
             accepted.push(s);
@@ -342,7 +357,10 @@ async fn engine_outage_is_loud_and_lossless(kind: Kind) {
     }
     assert!(refused > 0, "no publish was refused during the outage");
 
-    backend.restart();
+    match outage {
+        Outage::Restart => backend.restart(),
+        Outage::Silence => backend.thaw(),
+    }
     for server in &n {
         wait_get(server, "/health/ready", "readiness true", |s, _| s == 200).await;
     }
@@ -399,11 +417,13 @@ async fn engine_outage_is_loud_and_lossless(kind: Kind) {
         Vec::<u64>::new(),
         "WS saw {ws_seen:?}"
     );
-    let stats = n[0].stats().await;
-    assert!(
-        stats["engine"]["reconnects"].as_u64().unwrap() >= 1,
-        "{stats}"
-    );
+    if outage == Outage::Restart {
+        let stats = n[0].stats().await;
+        assert!(
+            stats["engine"]["reconnects"].as_u64().unwrap() >= 1,
+            "{stats}"
+        );
+    }
 }
 
 #[test]
@@ -432,7 +452,12 @@ async fn redis_dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere() {
 
 #[tokio::test]
 async fn redis_outage_is_loud_and_lossless() {
-    engine_outage_is_loud_and_lossless(Kind::Redis).await;
+    engine_outage_is_loud_and_lossless(Kind::Redis, Outage::Restart).await;
+}
+
+#[tokio::test]
+async fn redis_silence_is_loud_and_lossless() {
+    engine_outage_is_loud_and_lossless(Kind::Redis, Outage::Silence).await;
 }
 
 #[tokio::test]
@@ -452,7 +477,12 @@ async fn nats_dead_node_leaves_no_ghost_and_its_clients_resume_elsewhere() {
 
 #[tokio::test]
 async fn nats_outage_is_loud_and_lossless() {
-    engine_outage_is_loud_and_lossless(Kind::Nats).await;
+    engine_outage_is_loud_and_lossless(Kind::Nats, Outage::Restart).await;
+}
+
+#[tokio::test]
+async fn nats_silence_is_loud_and_lossless() {
+    engine_outage_is_loud_and_lossless(Kind::Nats, Outage::Silence).await;
 }
 
 #[tokio::test]
@@ -460,33 +490,46 @@ async fn a_worker_publishes_with_redis_cli_alone() {
     let Some(backend) = Backend::start(Kind::Redis) else {
         return;
     };
-    let n = nodes(&backend, 2).await;
-    let mut sse = Sse::connect(&n[0], &["orders"], None).await;
-    sse.wait_raw(b"id: ").await;
-    let mut ws = ws_subscribe(&n[1], "orders", None).await;
-    // The command README documents.
-    let id = backend.redis_cli(&[
+    // The command README documents, word for word.
+    let readme_xadd = [
         "XADD",
         "herald:ingest",
         "*",
         "channel",
-        "orders",
+        "donations:s1",
         "event",
-        "created",
+        "tts-completed",
         "data",
         r#"{"id":42}"#,
-    ]);
+    ];
+    // A worker may add entries before any node runs (a first deploy, or all nodes restarting):
+    // they wait in the stream and are published once a node starts.
+    let id = backend.redis_cli(&readme_xadd);
     assert!(id.trim().contains('-'), "XADD returned {id:?}");
+    let n = nodes(&backend, 2).await;
+    wait_get(
+        &n[0],
+        "/api/history?channel=donations:s1",
+        "the entry added before any node ran",
+        |s, b| s == 200 && b["publications"].as_array().map(Vec::len) == Some(1),
+    )
+    .await;
+
+    let mut sse = Sse::connect(&n[0], &["donations:s1"], None).await;
+    sse.wait_raw(b"id: ").await;
+    let mut ws = ws_subscribe(&n[1], "donations:s1", None).await;
+    backend.redis_cli(&readme_xadd);
     let (event, v) = sse.next_json().await;
-    assert_eq!(event, "created");
+    assert_eq!(event, "tts-completed");
     assert_eq!(v["data"], json!({"id": 42}));
-    assert_eq!(v["offset"], 1);
+    assert_eq!(v["offset"], 2);
     let push = ws.next_push().await;
+    assert_eq!(push["event"], "tts-completed");
     assert_eq!(push["data"], json!({"id": 42}));
-    assert_eq!(push["offset"], 1);
+    assert_eq!(push["offset"], 2);
     // Published exactly once though both nodes consume the stream.
-    let a = n[0].get("/api/history?channel=orders").await.1;
-    assert_eq!(a["publications"].as_array().map(Vec::len), Some(1), "{a}");
+    let a = n[0].get("/api/history?channel=donations:s1").await.1;
+    assert_eq!(a["publications"].as_array().map(Vec::len), Some(2), "{a}");
 
     // A bad entry is set aside with its reason, and the next good one still goes through.
     backend.redis_cli(&[
@@ -503,13 +546,22 @@ async fn a_worker_publishes_with_redis_cli_alone() {
         "herald:ingest",
         "*",
         "channel",
-        "orders",
+        "donations:s1",
         "data",
         "2",
     ]);
     assert_eq!(sse.next_json().await.1["data"], 2);
     let rejected = backend.redis_cli(&["XRANGE", "herald:ingest:rejected", "-", "+"]);
     assert!(rejected.contains("bad channel!"), "{rejected}");
+}
+
+/// The channel-name pub/sub channels a Redis server has sharded subscribers for.
+fn shard_channels(b: &Backend) -> Vec<String> {
+    b.redis_cli(&["PUBSUB", "SHARDCHANNELS", "herald:*"])
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 #[tokio::test]
@@ -539,10 +591,35 @@ async fn redis_cluster_spreads_channels_over_shards() {
     let mut want = channels.clone();
     want.sort();
     assert_eq!(got, want);
+    // Node a receives each channel by sharded pub/sub from the shard that owns it: the
+    // channels are spread over more than one shard, and every one is subscribed exactly once.
+    let per_shard: Vec<Vec<String>> = cluster.nodes.iter().map(shard_channels).collect();
+    let shards_used = per_shard.iter().filter(|c| !c.is_empty()).count();
+    assert!(
+        shards_used >= 2,
+        "channels on one shard only: {per_shard:?}"
+    );
+    let mut subscribed: Vec<String> = per_shard.concat();
+    subscribed.sort();
+    let mut expected: Vec<String> = channels
+        .iter()
+        .map(|c| format!("herald:{{{c}}}:p"))
+        .collect();
+    expected.sort();
+    assert_eq!(subscribed, expected);
 
     // Resume on the other node, and a worker entry through the cluster.
     let last_id = sse.decoder.last_event_id().to_owned();
     drop(sse);
+    // The last subscriber left: node a unsubscribes every channel from its shard.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.nodes.iter().any(|b| !shard_channels(b).is_empty()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shard channels still subscribed after the last subscriber left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     b.publish("shard-3", None, json!("missed")).await;
     let mut sse = Sse::connect(&b, &names, Some(&last_id)).await;
     assert_eq!(sse.next_json().await.1["data"], "missed");
@@ -564,4 +641,65 @@ async fn redis_cluster_spreads_channels_over_shards() {
     assert_eq!(v["data"], "from a worker");
     assert_eq!(v["channel"], "shard-7");
     assert_eq!(v["offset"], 2);
+}
+
+/// `herald serve --engine KIND --engine-url URL` on one node and `HERALD_ENGINE__KIND` /
+/// `HERALD_ENGINE__URL` on another, with no configuration file: both join the same engine.
+async fn engine_chosen_by_flags_or_environment(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let name = match kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    let url = backend.url();
+    let a = TestServer::start_with(
+        "",
+        "127.0.0.1:0",
+        &["--engine", name, "--engine-url", &url],
+        &[],
+    )
+    .await;
+    let b = TestServer::start_with(
+        "",
+        "127.0.0.1:0",
+        &[],
+        &[("HERALD_ENGINE__KIND", name), ("HERALD_ENGINE__URL", &url)],
+    )
+    .await;
+    for node in [&a, &b] {
+        let stats = node.stats().await;
+        assert_eq!(stats["engine"]["kind"], name, "{stats}");
+        assert_eq!(stats["engine"]["ready"], true, "{stats}");
+    }
+    let mut ws = ws_subscribe(&b, "news", None).await;
+    a.publish("news", None, json!("through the engine")).await;
+    assert_eq!(ws.next_push().await["data"], "through the engine");
+
+    if kind == Kind::Redis {
+        // Node b subscribes to a channel at the engine while it has subscribers, and
+        // unsubscribes when the last one leaves.
+        let subscribed = || backend.redis_cli(&["PUBSUB", "CHANNELS", "herald:{*"]);
+        assert!(subscribed().contains("herald:{news}:p"), "{}", subscribed());
+        drop(ws);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while subscribed().contains("herald:{news}:p") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still subscribed after the last subscriber left"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_engine_chosen_by_flags_or_environment() {
+    engine_chosen_by_flags_or_environment(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_engine_chosen_by_flags_or_environment() {
+    engine_chosen_by_flags_or_environment(Kind::Nats).await;
 }

@@ -137,9 +137,33 @@ impl Backend {
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A frozen process dies of SIGKILL too; continuing it first keeps its exit prompt.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the server's process (SIGSTOP) without closing its sockets: to its clients the
+    /// engine goes silent, as behind a dead network path, instead of refusing connections.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT); it then handles what queued up meanwhile.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
     }
 
     /// Starts it again on the same port (Redis comes back empty; NATS keeps its store).

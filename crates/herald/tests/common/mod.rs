@@ -66,10 +66,23 @@ impl TestServer {
 
     /// Starts a server with `config` (TOML) listening on `listen`.
     pub async fn start_on(config: &str, listen: &str) -> Self {
+        Self::start_with(config, listen, &[], &[]).await
+    }
+
+    /// Starts a server with `config` (TOML) listening on `listen`, with extra `serve` flags and
+    /// environment variables.
+    pub async fn start_with(
+        config: &str,
+        listen: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let file = TempFile::with(config);
         let mut child = Command::new(herald_bin())
             .args(["serve", "--listen", listen, "--config"])
             .arg(&file.0)
+            .args(flags)
+            .envs(env.iter().copied())
             .env(
                 "HERALD_LOG",
                 std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
