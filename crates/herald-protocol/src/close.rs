@@ -1,5 +1,6 @@
 //! WebSocket close codes. 4000–4499 mean "reconnect (and resume)"; 4500–4999 mean "do not
-//! reconnect without changing something first".
+//! reconnect without changing something first". Herald also sends one standard code (RFC 6455
+//! §7.4.1): 1007 for a text frame that is not UTF-8, which is not a reason to reconnect either.
 
 use serde::Serialize;
 
@@ -23,6 +24,8 @@ pub enum CloseCode {
     ProtocolError,
     /// A frame was larger than the configured maximum.
     MessageTooBig,
+    /// A text frame was not valid UTF-8 (the standard code 1007, invalid frame payload data).
+    InvalidPayload,
     /// An operator disconnected the connection and does not want it back.
     DisconnectTerminal,
 }
@@ -39,13 +42,14 @@ impl CloseCode {
             Self::TokenExpired => 4006,
             Self::ProtocolError => 4500,
             Self::MessageTooBig => 4501,
+            Self::InvalidPayload => 1007,
             Self::DisconnectTerminal => 4503,
         }
     }
 
     /// Whether a client should reconnect after this close (codes 4000–4499).
     pub fn should_reconnect(self) -> bool {
-        self.code() < 4500
+        (4000..4500).contains(&self.code())
     }
 
     /// A short, stable reason sent in the close frame.
@@ -59,6 +63,7 @@ impl CloseCode {
             Self::TokenExpired => "token expired",
             Self::ProtocolError => "protocol error",
             Self::MessageTooBig => "message too big",
+            Self::InvalidPayload => "text frame is not valid utf-8",
             Self::DisconnectTerminal => "disconnected",
         }
     }
@@ -74,5 +79,6 @@ mod tests {
         assert!(CloseCode::ServerShutdown.should_reconnect());
         assert!(!CloseCode::ProtocolError.should_reconnect());
         assert!(!CloseCode::DisconnectTerminal.should_reconnect());
+        assert!(!CloseCode::InvalidPayload.should_reconnect());
     }
 }

@@ -33,7 +33,8 @@ pub struct ServerConfig {
     /// Largest HTTP request body.
     #[serde(serialize_with = "exact_size")]
     pub max_body: ByteSize,
-    /// A client must send its request headers within this time.
+    /// A client must send its request headers within this time; a connection that does not
+    /// is closed without an answer.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// A write to a client that makes no progress for this long ends the connection.
@@ -43,7 +44,9 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Browser origins allowed by CORS and for WebSocket upgrades (`*` for any; empty for
-    /// same-origin only).
+    /// same-origin only). Herald's own origin (the request's `Host`) is always allowed for
+    /// WebSocket upgrades; a token in the `herald_token` cookie counts only from Herald's own
+    /// origin or one listed by name (`*` does not count).
     pub cors_allowed_origins: Vec<String>,
 }
 

@@ -1,9 +1,11 @@
 //! Open-connection counting per remote address (`server.max_connections_per_ip`; loopback is
 //! not counted: behind a reverse proxy on the same machine every client would share one) and
-//! per user (`connection.max_per_user`), and the WebSocket origin check.
+//! per user (`connection.max_per_user`), and where a request's browser `Origin` stands with
+//! `server.cors_allowed_origins` (the WebSocket origin check, and whether a token carried by
+//! cookie may count).
 
 use crate::{ApiError, App};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use herald_core::Identity;
 use herald_protocol::ErrorCode;
 use std::collections::HashMap;
@@ -121,15 +123,77 @@ impl<K: Hash + Eq + Clone> Drop for CountGuard<K> {
     }
 }
 
-/// Whether a browser page from `origin` may open a WebSocket: any origin when `allowed` holds
-/// `*`, else an exact match; requests without `Origin` (not from a browser) pass.
-pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&[u8]>) -> bool {
-    match origin {
-        None => true,
-        Some(o) => allowed
-            .iter()
-            .any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(o)),
+/// How a request's `Origin` header stands with `server.cors_allowed_origins`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginStanding {
+    /// No `Origin` header: not sent by a browser page on another origin.
+    Absent,
+    /// Named in the list, or this node's own origin (the request's scheme and `Host`).
+    Trusted,
+    /// Admitted only by a `*` in the list.
+    Wildcard,
+    /// Not admitted.
+    Refused,
+}
+
+impl OriginStanding {
+    /// Whether a browser page from this origin may open a WebSocket.
+    pub(crate) fn may_connect(self) -> bool {
+        self != Self::Refused
     }
+
+    /// Whether a token the browser attached by itself (the `herald_token` cookie) may count:
+    /// only without an `Origin` or from a trusted one, so a page on another site cannot
+    /// connect as its visitor. A `*` does not count.
+    pub(crate) fn may_use_cookie(self) -> bool {
+        matches!(self, Self::Absent | Self::Trusted)
+    }
+}
+
+/// Where a request's `Origin` stands: compared without case with each listed origin, and with
+/// the node's own origin (`http://` or `https://` followed by the request's `Host`).
+pub(crate) fn origin_standing(allowed: &[String], headers: &HeaderMap) -> OriginStanding {
+    let Some(origin) = headers.get(header::ORIGIN).map(HeaderValue::as_bytes) else {
+        return OriginStanding::Absent;
+    };
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if allowed
+        .iter()
+        .any(|a| a != "*" && a.as_bytes().eq_ignore_ascii_case(origin))
+        || host.is_some_and(|h| same_origin(origin, h))
+    {
+        OriginStanding::Trusted
+    } else if allowed.iter().any(|a| a == "*") {
+        OriginStanding::Wildcard
+    } else {
+        OriginStanding::Refused
+    }
+}
+
+/// Whether `origin` names the host the request was sent to: `http://` or `https://` followed
+/// by `host`, without case, a default port (80, 443) written or left out on either side.
+fn same_origin(origin: &[u8], host: &[u8]) -> bool {
+    let (rest, default_port): (&[u8], &[u8]) = if let Some(r) = strip_scheme(origin, b"http://") {
+        (r, b":80")
+    } else if let Some(r) = strip_scheme(origin, b"https://") {
+        (r, b":443")
+    } else {
+        return false;
+    };
+    let without_default = |b: &[u8]| {
+        b.strip_suffix(default_port)
+            .filter(|h| !h.is_empty())
+            .unwrap_or(b)
+            .to_ascii_lowercase()
+    };
+    !rest.is_empty() && !rest.contains(&b'/') && without_default(rest) == without_default(host)
+}
+
+/// `b` without its leading `scheme` (compared without case), if it starts with it.
+fn strip_scheme<'a>(b: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let head = b.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| &b[scheme.len()..])
 }
 
 #[cfg(test)]
@@ -160,13 +224,74 @@ mod tests {
         assert!(l.acquire_ip(None).unwrap().is_none());
     }
 
+    fn standing(allowed: &[&str], origin: Option<&str>, host: &str) -> OriginStanding {
+        let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        origin_standing(&allowed, &h)
+    }
+
     #[test]
     fn origins() {
-        let any = vec!["*".to_owned()];
-        let list = vec!["https://app.example".to_owned()];
-        assert!(origin_allowed(&any, Some(b"https://x")));
-        assert!(origin_allowed(&list, Some(b"https://app.example")));
-        assert!(!origin_allowed(&list, Some(b"https://evil.example")));
-        assert!(origin_allowed(&list, None));
+        use OriginStanding::*;
+        let host = "herald.example:7077";
+        let list = ["https://app.example"];
+        assert_eq!(standing(&["*"], Some("https://x"), host), Wildcard);
+        assert_eq!(standing(&list, Some("https://app.example"), host), Trusted);
+        assert_eq!(standing(&list, Some("HTTPS://App.Example"), host), Trusted);
+        assert_eq!(standing(&list, Some("https://evil.example"), host), Refused);
+        assert_eq!(standing(&list, None, host), Absent);
+        // A listed origin is trusted even when `*` admits everyone else.
+        assert_eq!(
+            standing(
+                &["*", "https://app.example"],
+                Some("https://app.example"),
+                host
+            ),
+            Trusted
+        );
+        assert!(!Wildcard.may_use_cookie() && Wildcard.may_connect());
+        assert!(!Refused.may_connect() && !Refused.may_use_cookie());
+        assert!(Absent.may_use_cookie() && Trusted.may_use_cookie());
+    }
+
+    #[test]
+    fn the_nodes_own_origin_is_always_trusted() {
+        use OriginStanding::*;
+        for allowed in [&[][..], &["*"][..], &["https://app.example"][..]] {
+            for (origin, host) in [
+                ("http://herald.example:7077", "herald.example:7077"),
+                ("https://Herald.Example", "herald.example"),
+                ("https://herald.example", "herald.example:443"),
+                ("http://herald.example:80", "herald.example"),
+                ("http://127.0.0.1:7077", "127.0.0.1:7077"),
+                ("http://[::1]:7077", "[::1]:7077"),
+            ] {
+                assert_eq!(
+                    standing(allowed, Some(origin), host),
+                    Trusted,
+                    "{origin} {host}"
+                );
+            }
+        }
+        let empty: &[&str] = &[];
+        for (origin, host) in [
+            ("http://herald.example:7078", "herald.example:7077"),
+            ("https://herald.example:80", "herald.example"),
+            ("http://herald.example.evil", "herald.example"),
+            ("ws://herald.example", "herald.example"),
+            ("http://herald.example/x", "herald.example"),
+            ("null", "herald.example"),
+            ("http://", ""),
+        ] {
+            assert_eq!(
+                standing(empty, Some(origin), host),
+                Refused,
+                "{origin} {host}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::error::status_for;
 use crate::timer::ConnTimer;
-use crate::{tokens, ApiError, App};
+use crate::{ApiError, App};
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -108,10 +108,7 @@ async fn open(
         }
         None => None,
     };
-    let identity = match tokens::presented(headers, query_token) {
-        Some(t) => Some(app.verify_token(&t)?),
-        None => None,
-    };
+    let identity = app.request_identity(headers, query_token)?;
     // Temporary refusals are a short stream that tells the client to retry: a browser never
     // retries an EventSource after a non-200 answer.
     if app.shutdown.is_cancelled() {

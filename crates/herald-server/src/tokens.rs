@@ -1,9 +1,11 @@
-//! Connection tokens at the HTTP edge: where SSE and WebSocket requests carry them, verifying
-//! them into an [`Identity`], counting connections per user, and `POST /auth/telegram`, which
-//! turns Telegram Mini App `initData` into a token.
+//! Connection tokens at the HTTP edge: where SSE and WebSocket requests carry them (a token in
+//! the cookie only from a trusted origin), verifying them into an [`Identity`], counting
+//! connections per user, and `POST /auth/telegram`, which turns Telegram Mini App `initData`
+//! into a token.
 
 use crate::api::JsonBody;
 use crate::auth::{authorization, peer_ip};
+use crate::limits::origin_standing;
 use crate::{ApiError, App};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -20,11 +22,26 @@ use tokio::time::Instant;
 /// The cookie a browser may carry its connection token in.
 pub(crate) const TOKEN_COOKIE: &str = "herald_token";
 
-/// The token a request presents: `Authorization: Bearer <token>`, then the `herald_token`
-/// cookie, then the `token` query parameter (for `EventSource`, which cannot set headers).
-pub(crate) fn presented(headers: &HeaderMap, query_token: Option<String>) -> Option<String> {
+/// Where a request carried its connection token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carrier {
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// The `herald_token` cookie, which a browser attaches by itself.
+    Cookie,
+    /// The `token` query parameter.
+    Query,
+}
+
+/// The token a request presents and where: `Authorization: Bearer <token>`, then the
+/// `herald_token` cookie, then the `token` query parameter (for `EventSource`, which cannot set
+/// headers).
+pub(crate) fn presented(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Option<(String, Carrier)> {
     if let Some(t) = authorization(headers, "bearer") {
-        return Some(t.to_owned());
+        return Some((t.to_owned(), Carrier::Header));
     }
     let cookie = headers
         .get_all(header::COOKIE)
@@ -35,10 +52,42 @@ pub(crate) fn presented(headers: &HeaderMap, query_token: Option<String>) -> Opt
             let (name, value) = c.trim().split_once('=')?;
             (name == TOKEN_COOKIE).then(|| value.trim_matches('"'))
         });
-    cookie.map(str::to_owned).or(query_token)
+    match cookie {
+        Some(c) => Some((c.to_owned(), Carrier::Cookie)),
+        None => query_token.map(|q| (q.to_owned(), Carrier::Query)),
+    }
 }
 
 impl App {
+    /// The identity an SSE or WebSocket request's token names (None without a token). A token
+    /// in the cookie counts only from a request without `Origin` or from a trusted origin
+    /// ([`crate::limits::OriginStanding::may_use_cookie`]), since a browser attaches the cookie
+    /// to requests other sites' pages make too. From any other page the cookie is passed over
+    /// for a token in the query, and without one the request is refused with 403.
+    pub(crate) fn request_identity(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<String>,
+    ) -> Result<Option<Identity>, ApiError> {
+        let Some((mut token, carrier)) = presented(headers, query_token.as_deref()) else {
+            return Ok(None);
+        };
+        if carrier == Carrier::Cookie
+            && !origin_standing(&self.server.cors_allowed_origins, headers).may_use_cookie()
+        {
+            let Some(query) = query_token else {
+                self.node.stats.refused.origin.fetch_add(1, Relaxed);
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "a token in the herald_token cookie counts only from Herald's own origin or one listed by name in server.cors_allowed_origins (a `*` does not count); send the token another way (the `token` query parameter, an Authorization header, or a WebSocket `auth` request)",
+                ));
+            };
+            token = query;
+        }
+        self.verify_token(&token).map(Some)
+    }
+
     /// Verifies a connection token; a refusal is a 401 naming the reason.
     pub(crate) fn verify_token(&self, token: &str) -> Result<Identity, ApiError> {
         let refused = |message: String| {
@@ -178,18 +227,27 @@ mod tests {
     #[test]
     fn the_header_wins_then_the_cookie_then_the_query() {
         let mut h = HeaderMap::new();
-        let q = || Some("from-query".to_owned());
-        assert_eq!(presented(&h, q()).as_deref(), Some("from-query"));
+        let q = || Some("from-query");
+        assert_eq!(
+            presented(&h, q()),
+            Some(("from-query".to_owned(), Carrier::Query))
+        );
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; herald_token=from-cookie; b=2"),
         );
-        assert_eq!(presented(&h, q()).as_deref(), Some("from-cookie"));
+        assert_eq!(
+            presented(&h, q()),
+            Some(("from-cookie".to_owned(), Carrier::Cookie))
+        );
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer from-header"),
         );
-        assert_eq!(presented(&h, q()).as_deref(), Some("from-header"));
+        assert_eq!(
+            presented(&h, q()),
+            Some(("from-header".to_owned(), Carrier::Header))
+        );
         assert_eq!(presented(&HeaderMap::new(), None), None);
     }
 }

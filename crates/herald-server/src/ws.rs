@@ -11,9 +11,9 @@
 
 use crate::api::history_json;
 use crate::gate::ReadGate;
-use crate::limits::{origin_allowed, IpGuard, UserGuard};
+use crate::limits::{origin_standing, IpGuard, UserGuard};
 use crate::timer::ConnTimer;
-use crate::{tokens, ApiError, App};
+use crate::{ApiError, App};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -122,8 +122,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
         )
         .into_response();
     }
-    let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
-    if !origin_allowed(&app.server.cors_allowed_origins, origin) {
+    if !origin_standing(&app.server.cors_allowed_origins, req.headers()).may_connect() {
         app.node.stats.refused.origin.fetch_add(1, Relaxed);
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -137,12 +136,9 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
-    let identity = match tokens::presented(req.headers(), query_token) {
-        Some(t) => match app.verify_token(&t) {
-            Ok(i) => Some(i),
-            Err(e) => return e.into_response(),
-        },
-        None => None,
+    let identity = match app.request_identity(req.headers(), query_token) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
     };
     let ip_guard = match app.count_ip(crate::auth::peer_ip(req.extensions())) {
         Ok(g) => g,
@@ -299,6 +295,10 @@ fn connection(
                             break None;
                         }
                         None => break None,
+                        Some(Err(tokio_tungstenite::tungstenite::Error::Utf8(e))) => {
+                            tracing::debug!(error = %e, "WebSocket text frame is not UTF-8.");
+                            break Some(CloseCode::InvalidPayload);
+                        }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "WebSocket read failed.");
                             // tungstenite reports oversize frames as a capacity error.

@@ -149,6 +149,11 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
                 "No connection-token keys (auth.token): clients cannot authenticate, so only public namespaces can be subscribed to."
             );
         }
+        if config.auth.api_keys.is_empty() {
+            tracing::warn!(
+                "No API keys (auth.api_keys): the HTTP API answers loopback callers only. Behind a reverse proxy on this machine every caller is loopback, so do not proxy /api/ to the outside; configure auth.api_keys before you do."
+            );
+        }
     }
     // One line on stdout so scripts (and tests) can find the port when listening on :0.
     {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{sse_url, urlencode, within, Sse, TempFile, TestServer, Ws, WAIT};
+use common::{require_backends, sse_url, urlencode, within, Sse, TempFile, TestServer, Ws, WAIT};
 use futures_util::SinkExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -683,16 +683,21 @@ async fn check_config_reports_token_problems_and_redacts_secrets() {
 }
 
 /// Reads from `tcp` until the server closes it; returns what it sent.
-async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+async fn read_bytes_to_close(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match within(WAIT, tcp.read(&mut buf)).await {
-            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(0) | Err(_) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// Reads from `tcp` until the server closes it; returns what it sent, as text.
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+    String::from_utf8_lossy(&read_bytes_to_close(tcp).await).into_owned()
 }
 
 #[tokio::test]
@@ -758,8 +763,8 @@ async fn hostile_transport_input_gets_a_timely_answer_and_bystanders_keep_receiv
         assert!(status == 400 || status == 431, "{id:.40}: {status}");
     }
 
-    // WebSocket: invalid UTF-8 in a text frame and a binary frame close the connection; a
-    // position beyond 64 bits gets bad_position and the connection stays.
+    // WebSocket: a binary frame closes the connection with 4500 and invalid UTF-8 in a text
+    // frame with 1007; a position beyond 64 bits gets bad_position and the connection stays.
     let mut ws = Ws::connect(&server).await;
     let r = ws
         .request(json!({"op": "subscribe", "channel": "widget:alerts",
@@ -780,12 +785,29 @@ async fn hostile_transport_input_gets_a_timely_answer_and_bystanders_keep_receiv
     )
     .await
     .unwrap();
-    // A masked text frame whose payload is not UTF-8 (mask key 0: payload as is).
+    // A masked text frame whose payload is not UTF-8 (mask key 0: payload as is) is answered
+    // with a close frame: 1007 (invalid frame payload data) and a reason.
     raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28])
         .await
         .unwrap();
-    let answer = read_to_close(&mut raw).await;
-    assert!(answer.starts_with("HTTP/1.1 101"), "{answer:?}");
+    let answer = read_bytes_to_close(&mut raw).await;
+    assert!(answer.starts_with(b"HTTP/1.1 101"), "{answer:?}");
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head")
+        + 4;
+    let frame = &answer[head_end..];
+    // An unmasked close frame (0x88) with a payload under 126 bytes: the code, then the reason.
+    assert!(
+        frame.len() >= 4 && frame[0] == 0x88,
+        "no close frame: {frame:?}"
+    );
+    let len = usize::from(frame[1]);
+    assert_eq!(frame.len(), 2 + len, "{frame:?}");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1007);
+    let reason = std::str::from_utf8(&frame[4..]).unwrap();
+    assert!(reason.contains("utf-8"), "{reason:?}");
 
     by.still_receive(&server).await;
     let (status, _) = server.get("/health/ready").await;
@@ -815,6 +837,221 @@ async fn a_subscribe_flood_is_refused_past_its_rate() {
     by.still_receive(&server).await;
 }
 
+/// A WebSocket upgrade with extra request headers: the connection, or the refusal's status and
+/// JSON body.
+async fn ws_with_headers(
+    server: &TestServer,
+    headers: &[(&str, &str)],
+) -> Result<Ws, (u16, Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server.ws_url().into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match within(WAIT, tokio_tungstenite::connect_async(req)).await {
+        Ok((inner, _)) => Ok(Ws::from_stream(inner)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            Err((
+                resp.status().as_u16(),
+                serde_json::from_slice(body).unwrap_or(Value::Null),
+            ))
+        }
+        Err(e) => panic!("WebSocket upgrade failed: {e}"),
+    }
+}
+
+/// An SSE request for `channels` with extra request headers: status and JSON body (Null for a
+/// stream).
+async fn sse_with_headers(
+    server: &TestServer,
+    channels: &[&str],
+    query_token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut url = sse_url(server, channels);
+    if let Some(t) = query_token {
+        url.push_str(&format!("&token={}", urlencode(t)));
+    }
+    let mut req = server.http.get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = within(WAIT, req.send()).await.unwrap();
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return (status, Value::Null);
+    }
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_token_in_the_cookie_counts_only_from_a_trusted_origin() {
+    // The default `cors_allowed_origins = ["*"]`: any page may connect, but not as its visitor.
+    let server = TestServer::start(&config()).await;
+    let mut by = Bystanders::join(&server).await;
+    // Each case its own user, so `max_per_user` plays no part.
+    let token = |user: &str| hs256(&claims(user, json!({"channels": ["room:1"]})));
+    let cookie = |user: &str| format!("theme=dark; herald_token={}", token(user));
+    let own = format!("http://{}", server.addr());
+    let evil = "https://evil.example";
+
+    // A page on another site, with the visitor's cookie: refused on both transports.
+    let (status, body) = ws_with_headers(&server, &[("origin", evil), ("cookie", &cookie("v1"))])
+        .await
+        .err()
+        .expect("a cross-site upgrade carrying the cookie was accepted");
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cookie"),
+        "{body}"
+    );
+    let (status, body) = sse_with_headers(
+        &server,
+        &["room:1"],
+        None,
+        &[("origin", evil), ("cookie", &cookie("v2"))],
+    )
+    .await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+    // The same page may still connect anonymously (the `*`), and with a token it holds itself
+    // (query, header, first frame): the cookie is passed over for the query token.
+    let mut anon = ws_with_headers(&server, &[("origin", evil)]).await.unwrap();
+    let r = anon
+        .request(json!({"op": "subscribe", "channel": "room:1"}))
+        .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    let r = anon
+        .request(json!({"op": "auth", "token": token("v3")}))
+        .await;
+    assert_eq!(r["result"]["user"], "v3", "{r}");
+    let (status, body) = sse_with_headers(
+        &server,
+        &["room:1"],
+        Some(&token("v4")),
+        &[("origin", evil), ("cookie", &cookie("v5"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bearer = format!("Bearer {}", token("v6"));
+    let (status, body) = sse_with_headers(
+        &server,
+        &["room:1"],
+        None,
+        &[("origin", evil), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Herald's own origin, and requests without `Origin`: the cookie counts (room:1 needs the
+    // token's grant).
+    let mut own_ws = ws_with_headers(&server, &[("origin", &own), ("cookie", &cookie("v7"))])
+        .await
+        .unwrap();
+    let r = own_ws
+        .request(json!({"op": "subscribe", "channel": "room:1"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let mut plain_ws = ws_with_headers(&server, &[("cookie", &cookie("v8"))])
+        .await
+        .unwrap();
+    let r = plain_ws
+        .request(json!({"op": "subscribe", "channel": "room:1"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    for headers in [
+        vec![("origin", own.as_str()), ("cookie", &cookie("v9"))],
+        vec![("cookie", &cookie("v10"))],
+    ] {
+        let (status, body) = sse_with_headers(&server, &["room:1"], None, &headers).await;
+        assert_eq!(status, 200, "{headers:?}: {body}");
+    }
+    assert_eq!(server.stats().await["refused"]["origin"], 2);
+    by.still_receive(&server).await;
+
+    // An origin listed by name may use the cookie; others are refused.
+    let listed = TestServer::start(&format!(
+        "{}\n[server]\ncors_allowed_origins = [\"https://app.example\"]\n",
+        config()
+    ))
+    .await;
+    let app = "https://app.example";
+    let mut app_ws = ws_with_headers(&listed, &[("origin", app), ("cookie", &cookie("w1"))])
+        .await
+        .unwrap();
+    let r = app_ws
+        .request(json!({"op": "subscribe", "channel": "room:1"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, body) = sse_with_headers(
+        &listed,
+        &["room:1"],
+        None,
+        &[("origin", app), ("cookie", &cookie("w2"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sse_with_headers(
+        &listed,
+        &["room:1"],
+        None,
+        &[("origin", evil), ("cookie", &cookie("w3"))],
+    )
+    .await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+}
+
+#[tokio::test]
+async fn a_connection_past_its_channel_limit_is_refused() {
+    let server = TestServer::start(&config().replace(
+        "[connection]\nmax_per_user = 2\n",
+        "[connection]\nmax_per_user = 2\nmax_channels = 2\n",
+    ))
+    .await;
+    let mut by = Bystanders::join(&server).await;
+    // SSE: three channels, as repeated parameters or as one comma list, before any stream.
+    for channels in [
+        &["widget:a", "widget:b", "widget:c"][..],
+        &["widget:a,widget:b,widget:c"][..],
+    ] {
+        let (status, body) = sse_status(&server, channels, None).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (422, &json!("too_many_channels")),
+            "{channels:?}: {body}"
+        );
+    }
+    let mut two = Sse::connect(&server, &["widget:a", "widget:b"], None).await;
+    two.wait_raw(b"id: ").await;
+    // WebSocket: the third subscribe gets an error reply, and the connection keeps its two.
+    let mut ws = Ws::connect(&server).await;
+    for channel in ["widget:a", "widget:b"] {
+        let r = ws
+            .request(json!({"op": "subscribe", "channel": channel}))
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "widget:c"}))
+        .await;
+    assert_eq!(r["error"]["code"], "too_many_channels", "{r}");
+    server.publish("widget:b", None, json!("b")).await;
+    let p = ws.next_push().await;
+    assert_eq!(
+        (&p["channel"], &p["data"]),
+        (&json!("widget:b"), &json!("b"))
+    );
+    assert_eq!(two.next_json().await.1["data"], "b");
+    assert_eq!(server.stats().await["refused"]["too_many_channels"], 3);
+    by.still_receive(&server).await;
+}
+
 /// An address of this machine that is not loopback (no packet is sent to find it).
 fn non_loopback_address() -> Option<std::net::IpAddr> {
     let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
@@ -826,7 +1063,11 @@ fn non_loopback_address() -> Option<std::net::IpAddr> {
 #[tokio::test]
 async fn a_connection_flood_from_one_address_is_refused_past_its_limit() {
     let Some(ip) = non_loopback_address() else {
-        eprintln!("skipped: this machine has no non-loopback address to connect from");
+        assert!(
+            !require_backends(),
+            "HERALD_TEST_REQUIRE_BACKENDS=1 but this machine has no non-loopback address to connect from"
+        );
+        println!("skipped: this machine has no non-loopback address to connect from");
         return;
     };
     // Listening on that address makes the node see a non-loopback peer, which is what the

@@ -157,3 +157,49 @@ async fn a_public_address_without_authentication_is_refused_unless_allowed() {
     assert!(warning.contains("INSECURE"), "{warning}");
     let _ = child.start_kill();
 }
+
+/// What `herald serve` with `config` logs at start-up (up to the moment it listens), at the
+/// warning level.
+async fn startup_log(config: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let file = TempFile::with(config);
+    let mut child = tokio::process::Command::new(herald_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file.0)
+        .env("HERALD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = common::within(common::WAIT, stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("Listening on "), "{line}");
+    // Start-up warnings are written before that line; once the process is gone, its stderr
+    // ends, so reading to the end neither blocks nor misses any.
+    child.start_kill().unwrap();
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    common::within(common::WAIT, stderr.read_to_string(&mut log))
+        .await
+        .unwrap();
+    log
+}
+
+#[tokio::test]
+async fn tokens_without_api_keys_are_told_at_start_up_that_the_api_answers_loopback_only() {
+    const WARNING: &str = "No API keys (auth.api_keys): the HTTP API answers loopback callers only";
+    let tokens = "[auth.token]\nhmac_secrets = [\"startup-warning-secret-0123456789abcdef\"]\n";
+    let log = startup_log(tokens).await;
+    assert!(log.contains(WARNING), "{log}");
+    assert!(log.contains("reverse proxy"), "{log}");
+    // Telegram login alone (it needs the HMAC secret to sign) warns the same way.
+    let telegram = format!("{tokens}[auth.telegram]\nbot_token = \"123456:startup-warning-bot\"\n");
+    assert!(startup_log(&telegram).await.contains(WARNING));
+    // With keys there is nothing to warn about.
+    let log = startup_log(&format!("{tokens}{KEYS}")).await;
+    assert!(!log.contains(WARNING), "{log}");
+}

@@ -1,9 +1,10 @@
-//! Limits: publish rate per connection, WebSocket origins, connections per address.
+//! Limits: publish rate per connection, browser origins (WebSocket upgrades and CORS),
+//! connections per address.
 
 mod common;
 
-use common::{within, Sse, TestServer, Ws, WAIT};
-use serde_json::json;
+use common::{sse_url, within, Sse, TestServer, Ws, WAIT};
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
@@ -34,29 +35,169 @@ async fn the_31st_chat_message_in_a_minute_is_refused_and_the_others_delivered()
     assert_eq!(server.stats().await["refused"]["publish_rate"], 1);
 }
 
+/// A WebSocket upgrade to `server` with `Origin: origin` (none when None).
+async fn ws_from(
+    server: &TestServer,
+    origin: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = server.ws_url().into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    let (inner, _) = within(WAIT, tokio_tungstenite::connect_async(req)).await?;
+    Ok(Ws::from_stream(inner))
+}
+
+/// The status and JSON error code of a refused upgrade; fails the test if it was accepted.
+fn refusal(r: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> (u16, Value) {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            (resp.status().as_u16(), body["error"]["code"].clone())
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, the upgrade was accepted"),
+    }
+}
+
 #[tokio::test]
 async fn a_websocket_from_an_origin_not_on_the_list_is_refused() {
     let server =
         TestServer::start("[server]\ncors_allowed_origins = [\"https://app.example\"]\n").await;
-    let connect = |origin: Option<&'static str>| {
-        let mut req = server.ws_url().into_client_request().unwrap();
-        if let Some(o) = origin {
-            req.headers_mut().insert("origin", o.parse().unwrap());
-        }
-        within(WAIT, tokio_tungstenite::connect_async(req))
-    };
-    match connect(Some("https://evil.example")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), 403);
-        }
-        other => panic!("expected 403, got {other:?}"),
-    }
-    assert!(connect(Some("https://app.example")).await.is_ok());
+    let mut sse = Sse::connect(&server, &["news"], None).await;
+    sse.wait_raw(b"id: ").await;
+    let mut ws = ws_from(&server, Some("https://app.example")).await.unwrap();
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "news"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+
+    assert_eq!(
+        refusal(ws_from(&server, Some("https://evil.example")).await),
+        (403, json!("forbidden"))
+    );
     assert!(
-        connect(None).await.is_ok(),
+        ws_from(&server, None).await.is_ok(),
         "non-browser clients send no Origin"
     );
+    // Herald's own origin is always allowed.
+    let own = format!("http://{}", server.addr());
+    assert!(ws_from(&server, Some(&own)).await.is_ok());
     assert_eq!(server.stats().await["refused"]["origin"], 1);
+    // The subscribers on the same node kept receiving.
+    server.publish("news", None, json!("after")).await;
+    assert_eq!(sse.next_json().await.1["data"], "after");
+    assert_eq!(ws.next_push().await["data"], "after");
+}
+
+#[tokio::test]
+async fn with_no_origins_listed_only_herald_s_own_origin_may_open_a_websocket() {
+    let server = TestServer::start("[server]\ncors_allowed_origins = []\n").await;
+    let own = format!("http://{}", server.addr());
+    let mut ws = ws_from(&server, Some(&own)).await.unwrap();
+    let r = ws.request(json!({"op": "ping"})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    for other in [
+        "https://evil.example",
+        // Another port on the same host is another origin.
+        "http://127.0.0.1:1",
+    ] {
+        assert_eq!(
+            refusal(ws_from(&server, Some(other)).await),
+            (403, json!("forbidden")),
+            "{other}"
+        );
+    }
+    assert!(ws_from(&server, None).await.is_ok());
+    assert_eq!(server.stats().await["refused"]["origin"], 2);
+}
+
+/// The `access-control-allow-origin` a response carried, if any.
+fn allowed_origin(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn cors_admits_listed_origins_on_sse_and_the_api_and_no_others() {
+    let server =
+        TestServer::start("[server]\ncors_allowed_origins = [\"https://app.example\"]\n").await;
+    let app = "https://app.example";
+    let evil = "https://evil.example";
+    for (origin, expected) in [(app, Some(app.to_owned())), (evil, None)] {
+        // An SSE stream (the first request on its connection) and one on a connection that
+        // already carried a request.
+        let resp = within(
+            WAIT,
+            server
+                .http
+                .get(sse_url(&server, &["news"]))
+                .header("origin", origin)
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(allowed_origin(&resp), expected, "SSE from {origin}");
+        let mut sse = Sse::from_response(resp);
+        sse.wait_raw(b"id: ").await;
+        // The API, answered and refused alike.
+        for (method, path) in [("GET", "/api/stats"), ("GET", "/api/nowhere")] {
+            let resp = server
+                .http
+                .request(method.parse().unwrap(), format!("{}{path}", server.url))
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(allowed_origin(&resp), expected, "{path} from {origin}");
+        }
+        let resp = server
+            .http
+            .post(format!("{}/api/publish", server.url))
+            .header("origin", origin)
+            .json(&json!({"channel": "news", "data": origin}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(allowed_origin(&resp), expected, "publish from {origin}");
+        assert_eq!(sse.next_json().await.1["data"], origin);
+        // Preflights for the API and for SSE with `Last-Event-ID`.
+        for (path, method, headers) in [
+            ("/api/publish", "POST", "content-type, authorization"),
+            ("/sse?channel=news", "GET", "last-event-id"),
+        ] {
+            let resp = server
+                .http
+                .request(reqwest::Method::OPTIONS, format!("{}{path}", server.url))
+                .header("origin", origin)
+                .header("access-control-request-method", method)
+                .header("access-control-request-headers", headers)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                resp.status().is_success(),
+                "preflight {path}: {}",
+                resp.status()
+            );
+            assert_eq!(
+                allowed_origin(&resp),
+                expected,
+                "preflight {path} from {origin}"
+            );
+            if expected.is_some() {
+                let methods = resp.headers()["access-control-allow-methods"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(methods.contains(method), "{methods}");
+            }
+        }
+    }
 }
 
 #[tokio::test]

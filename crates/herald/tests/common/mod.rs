@@ -324,6 +324,11 @@ impl Ws {
         let (inner, _) = within(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("WS connect");
+        Self::from_stream(inner)
+    }
+
+    /// Wraps a connection opened some other way (a request with extra headers, say).
+    pub fn from_stream(inner: WsStream) -> Self {
         Self {
             inner,
             next_id: 1,
