@@ -1,7 +1,10 @@
 //! Who may call the HTTP API: with keys configured, a request must carry
 //! `Authorization: Bearer <key>` with one of them (compared in constant time); with none, only
-//! loopback callers are served.
+//! loopback callers are served, and of those no browser page from another origin: the
+//! loopback address is ambient authority, like a cookie, that any site a local browser visits
+//! would otherwise borrow.
 
+use crate::limits::OriginStanding;
 use crate::{ApiError, ApiKey, App, AuthConfig};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,7 +21,8 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    match authorize(&app.auth, peer, req.headers()) {
+    let origin = crate::limits::origin_standing(&app.server.cors_allowed_origins, req.headers());
+    match authorize(&app.auth, peer, origin, req.headers()) {
         Ok(None) => next.run(req).await,
         Ok(Some(key)) => {
             tracing::trace!(key = key.name, "API request authorized.");
@@ -46,6 +50,9 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
             }
         }
         Err(e) => {
+            if e.code == ErrorCode::Forbidden && peer.is_some_and(|p| p.ip().is_loopback()) {
+                app.node.stats.refused.origin.fetch_add(1, Relaxed);
+            }
             let unauthorized = e.status == StatusCode::UNAUTHORIZED;
             let mut resp = e.into_response();
             if unauthorized {
@@ -78,16 +85,25 @@ pub(crate) fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::I
 pub(crate) fn authorize<'a>(
     auth: &'a AuthConfig,
     peer: Option<SocketAddr>,
+    origin: OriginStanding,
     headers: &HeaderMap,
 ) -> Result<Option<&'a ApiKey>, ApiError> {
     if auth.api_keys.is_empty() {
-        return if peer.is_some_and(|p| p.ip().is_loopback()) {
-            Ok(None)
-        } else {
+        return if !peer.is_some_and(|p| p.ip().is_loopback()) {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 "the HTTP API answers loopback callers only until API keys are configured (auth.api_keys)",
+            ))
+        } else if origin.may_use_cookie() {
+            Ok(None)
+        } else {
+            // A page on another site, in a browser on this machine: without keys it could
+            // publish as the machine itself.
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "without API keys the HTTP API does not answer browser pages from other origins; list the origin by name in server.cors_allowed_origins or configure auth.api_keys",
             ))
         };
     }
@@ -131,13 +147,20 @@ mod tests {
         let auth = AuthConfig::default();
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
-        assert!(authorize(&auth, Some(local), &headers(None)).is_ok());
-        let e = authorize(&auth, Some(remote), &headers(None)).unwrap_err();
+        let absent = OriginStanding::Absent;
+        assert!(authorize(&auth, Some(local), absent, &headers(None)).is_ok());
+        assert!(authorize(&auth, Some(local), OriginStanding::Trusted, &headers(None)).is_ok());
+        let e = authorize(&auth, Some(remote), absent, &headers(None)).unwrap_err();
         assert_eq!(
             (e.status, e.code),
             (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
         );
-        assert!(authorize(&auth, None, &headers(None)).is_err());
+        assert!(authorize(&auth, None, absent, &headers(None)).is_err());
+        // A page from another site, in a browser on this machine, is not the machine.
+        for other in [OriginStanding::Wildcard, OriginStanding::Refused] {
+            let e = authorize(&auth, Some(local), other, &headers(None)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Forbidden);
+        }
     }
 
     #[test]
@@ -159,7 +182,7 @@ mod tests {
         };
         let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
         let ok = |h| {
-            authorize(&auth, Some(remote), &headers(h))
+            authorize(&auth, Some(remote), OriginStanding::Wildcard, &headers(h))
                 .map(|k| k.map(|k| k.name.as_str()))
                 .map_err(|e| e.code)
         };

@@ -162,8 +162,16 @@ async fn cors_admits_listed_origins_on_sse_and_the_api_and_no_others() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200);
         assert_eq!(allowed_origin(&resp), expected, "publish from {origin}");
+        if expected.is_some() {
+            assert_eq!(resp.status(), 200);
+        } else {
+            // Without API keys, a page from an origin not listed is refused even on loopback.
+            assert_eq!(resp.status(), 403);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "forbidden", "{body}");
+            server.publish("news", None, json!(origin)).await;
+        }
         assert_eq!(sse.next_json().await.1["data"], origin);
         // Preflights for the API and for SSE with `Last-Event-ID`.
         for (path, method, headers) in [
@@ -209,4 +217,47 @@ async fn loopback_is_not_counted_per_address() {
         held.push(Sse::connect(&server, &["a"], None).await);
     }
     assert_eq!(server.stats().await["refused"]["per_ip"], 0);
+}
+
+/// Without API keys the HTTP API trusts the loopback address; a page on another site, open in
+/// a browser on the same machine, must not borrow that trust, even with `*` in the list.
+#[tokio::test]
+async fn a_page_from_another_origin_cannot_use_the_keyless_api_on_loopback() {
+    let server = TestServer::start("").await;
+    let post = |origin: Option<String>| {
+        let mut req = server
+            .http
+            .post(format!("{}/api/publish", server.url))
+            .json(&json!({"channel": "news", "data": 1}));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = post(Some("https://evil.example".into())).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert_eq!(server.stats().await["refused"]["origin"], 1);
+    // Herald's own origin (a page it serves) and callers that are not browser pages are served.
+    assert_eq!(post(Some(server.url.clone())).await.0, 200);
+    assert_eq!(post(None).await.0, 200);
+
+    // With API keys, the key is what counts, from any origin.
+    let keyed =
+        TestServer::start("[[auth.api_keys]]\nname = \"ci\"\nkey = \"0123456789abcdef0123\"\n")
+            .await;
+    let resp = keyed
+        .http
+        .post(format!("{}/api/publish", keyed.url))
+        .header("origin", "https://evil.example")
+        .header("authorization", "Bearer 0123456789abcdef0123")
+        .json(&json!({"channel": "news", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
