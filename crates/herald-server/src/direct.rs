@@ -6,6 +6,7 @@
 
 use axum::body::Body;
 use axum::Router;
+use herald_core::Stats;
 use http_body_util::BodyExt;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +36,7 @@ pub(crate) fn try_serve<'a>(
     header_timeout: Duration,
     write_timeout: Duration,
     shutdown: &'a CancellationToken,
+    stats: &'a Stats,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
         // On the heap and only while peeking: an array here would sit in every SSE connection's
@@ -65,7 +67,7 @@ pub(crate) fn try_serve<'a>(
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
         }
-        serve(tcp, end, Box::new(request), router, write_timeout).await;
+        serve(tcp, end, Box::new(request), router, write_timeout, stats).await;
         Outcome::Served
     }
 }
@@ -102,6 +104,7 @@ fn serve<'a>(
     request: Box<axum::http::Request<Body>>,
     router: &'a Router,
     write_timeout: Duration,
+    stats: &'a Stats,
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
     async move {
         // Consume the head that was only peeked at.
@@ -155,11 +158,10 @@ fn serve<'a>(
         }
         head.extend_from_slice(b"\r\n");
         let (mut rd, mut wr) = tcp.into_split();
-        if !matches!(
-            tokio::time::timeout(write_timeout, wr.write_all(&head)).await,
-            Ok(Ok(()))
-        ) {
-            return;
+        match tokio::time::timeout(write_timeout, wr.write_all(&head)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return write_timed_out(stats),
         }
         drop(head);
         // An SSE client sends nothing more; reading only tells when it went away.
@@ -190,12 +192,23 @@ fn serve<'a>(
                 Err(_) => return,
             };
             if !rest.is_empty() {
-                let written = tokio::time::timeout(write_timeout, wr.write_all(rest)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    return;
+                match tokio::time::timeout(write_timeout, wr.write_all(rest)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return write_timed_out(stats),
                 }
             }
         }
         let _ = wr.shutdown().await;
     }
+}
+
+/// Counts a stream dropped because its socket took nothing for `server.write_timeout`: the
+/// client stopped reading, so not even a `herald.disconnect` event could reach it; it sees the
+/// stream end and resumes from its last id.
+fn write_timed_out(stats: &Stats) {
+    stats
+        .write_timeouts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!("SSE write timed out; dropping the connection.");
 }

@@ -47,15 +47,22 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         let watcher = graceful.watcher();
         let header_timeout = app.server.header_read_timeout;
         let shutdown = app.shutdown.clone();
+        let stats = app.node.stats.clone();
         app.tracker.spawn(async move {
             // Awaited where it is made: binding it first would store the future twice.
-            let tcp =
-                match direct::try_serve(tcp, &router, header_timeout, write_timeout, &shutdown)
-                    .await
-                {
-                    direct::Outcome::Served => return,
-                    direct::Outcome::Hyper(tcp) => tcp,
-                };
+            let tcp = match direct::try_serve(
+                tcp,
+                &router,
+                header_timeout,
+                write_timeout,
+                &shutdown,
+                &stats,
+            )
+            .await
+            {
+                direct::Outcome::Served => return,
+                direct::Outcome::Hyper(tcp) => tcp,
+            };
             // Boxed: hyper's connection future is several KB, and held inline it would make
             // every connection's task that large, including the SSE streams served above.
             Box::pin(serve_with_hyper(
@@ -65,6 +72,7 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
                 watcher,
                 write_timeout,
                 peer,
+                &stats,
             ))
             .await;
         });
@@ -97,6 +105,7 @@ async fn serve_with_hyper(
     watcher: hyper_util::server::graceful::Watcher,
     write_timeout: Duration,
     peer: std::net::SocketAddr,
+    stats: &herald_core::Stats,
 ) {
     let mut io = TimeoutStream::new(tcp);
     io.set_write_timeout(Some(write_timeout));
@@ -112,6 +121,27 @@ async fn serve_with_hyper(
     // hyper's body channel wakes the connection's own task while it is polled; answered by
     // polling again at once, a publish is not sent to the back of a busy run queue (repoll.rs).
     if let Err(e) = crate::repoll::Repoll::new(Box::pin(watcher.watch(conn))).await {
+        if timed_out(&*e) {
+            // The peer stopped reading a response (a long SSE stream, most likely).
+            stats
+                .write_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
     }
+}
+
+/// Whether an error, or one it was caused by, is an I/O timeout (the write timeout).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -251,7 +251,8 @@ fn connection(
                             session.accept(item, &mut emits).await;
                         }
                         crate::scratch::trim(&mut buf);
-                        if send_emits(&mut ws, &mut emits, None, &mut tungstenite_wrote).await.is_err() {
+                        if let Err(e) = send_emits(&mut ws, &mut emits, None, &mut tungstenite_wrote).await {
+                            count_write_failure(&app, &e);
                             break None;
                         }
                         crate::scratch::trim(&mut emits);
@@ -275,7 +276,8 @@ fn connection(
                                 &mut emits,
                             ))
                             .await;
-                            if send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await.is_err() {
+                            if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await {
+                                count_write_failure(&app, &e);
                                 break None;
                             }
                             if session.expires_at() != expires_at {
@@ -322,7 +324,10 @@ fn connection(
                     }
                     if now.duration_since(last_ping) >= ping_every {
                         tungstenite_wrote = true;
-                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                        if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
+                            if let tokio_tungstenite::tungstenite::Error::Io(e) = &e {
+                                count_write_failure(&app, e);
+                            }
                             break None;
                         }
                         last_ping = now;
@@ -420,6 +425,16 @@ async fn send_emits(
     }
     emits.clear();
     io.flush().await
+}
+
+/// Counts a write that failed because the socket took nothing for `server.write_timeout` (the
+/// listener's timeout on the upgraded stream): the connection ends without a close frame, as
+/// none could be written, so the client sees it drop and resumes.
+fn count_write_failure(app: &App, e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        app.node.stats.write_timeouts.fetch_add(1, Relaxed);
+        tracing::debug!("WebSocket write timed out; dropping the connection.");
+    }
 }
 
 fn error_reply(id: Option<u64>, e: &SessionError) -> String {

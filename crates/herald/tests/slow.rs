@@ -173,3 +173,61 @@ async fn an_evicted_client_recovers_everything_by_resuming() {
         assert_eq!(p["offset"].as_u64(), Some(want));
     }
 }
+
+/// A client that stops reading while its lag is still inside the ring's bound is not evicted;
+/// once its socket has taken nothing for `server.write_timeout`, the node drops it (no close
+/// frame can get through a full socket) and counts it in `write_timeouts`, so the operator
+/// sees what the client sees as a dropped connection.
+#[tokio::test]
+async fn a_socket_that_takes_nothing_is_dropped_by_the_write_timeout_and_counted() {
+    let server = TestServer::start(
+        r#"
+[connection]
+outbox_messages = 100000
+outbox_bytes = "512MiB"
+
+[server]
+write_timeout = "1s"
+
+[channels.defaults]
+history_size = 100
+"#,
+    )
+    .await;
+    let mut fast = Ws::connect(&server).await;
+    fast.request(json!({"op": "subscribe", "channel": "flood"}))
+        .await;
+    let mut stuck_ws = Ws::connect(&server).await;
+    stuck_ws
+        .request(json!({"op": "subscribe", "channel": "flood"}))
+        .await;
+    let mut stuck_sse = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stuck_sse
+        .write_all(
+            format!(
+                "GET /sse?channel=flood HTTP/1.1\r\nHost: {}\r\n\r\n",
+                server.addr()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    server
+        .wait_stats("three subscriptions", |s| s["subscriptions"] == 3)
+        .await;
+
+    // 20 batches x 100 messages x 8 KiB = about 16 MB: far more than the stuck sockets'
+    // buffers hold, far less than the ring's bound.
+    publish_in_step(&server, &mut fast, "flood", 20).await;
+    let stats = server
+        .wait_stats("both stuck clients dropped by the write timeout", |s| {
+            s["write_timeouts"].as_u64() >= Some(2)
+        })
+        .await;
+    assert_eq!(stats["slow_consumer_evictions"], 0, "{stats}");
+    assert_eq!(stats["subscriptions"], 1, "{stats}");
+    drop((stuck_ws, stuck_sse));
+    // The fast reader is unaffected.
+    server.publish("flood", None, json!("after")).await;
+    assert_eq!(fast.next_push().await["data"], "after");
+}
