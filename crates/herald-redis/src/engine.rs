@@ -455,13 +455,33 @@ impl RedisEngine {
                 continue;
             }
             tracing::info!("Reconnected to Redis; re-subscribing and recovering.");
-            if let Err(e) = self.subscriber.resubscribe_all().await {
+            if let Err(e) = self.resubscribe().await {
                 tracing::warn!(error = %e, "Re-subscribing after a reconnect failed; forcing another reconnect.");
                 let _ = self.subscriber.force_reconnection().await;
                 continue;
             }
             self.recover_wanted.notify_one();
         }
+    }
+
+    /// Subscribes again to every channel the subscriber client tracks. (fred's own
+    /// `resubscribe_all` also sends a `PSUBSCRIBE` with no patterns, which a Redis Cluster node
+    /// refuses, failing every re-subscription after a failover.)
+    async fn resubscribe(&self) -> Result<(), RedisError> {
+        let channels: Vec<String> = self
+            .subscriber
+            .tracked_channels()
+            .into_iter()
+            .map(|c| c.to_string())
+            .collect();
+        if !channels.is_empty() {
+            self.subscriber.subscribe(channels).await?;
+        }
+        // One at a time: channels of different slots may live on different shards.
+        for channel in self.subscriber.tracked_shard_channels() {
+            self.subscriber.ssubscribe(channel.to_string()).await?;
+        }
+        Ok(())
     }
 
     /// Runs a recovery whenever one is wanted (a lagging receiver, a reconnect), retrying until

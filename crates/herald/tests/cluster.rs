@@ -703,3 +703,116 @@ async fn redis_engine_chosen_by_flags_or_environment() {
 async fn nats_engine_chosen_by_flags_or_environment() {
     engine_chosen_by_flags_or_environment(Kind::Nats).await;
 }
+
+/// A Redis Cluster primary dies and its replica takes over: the nodes find the new owner of
+/// the channel's slot, re-establish their sharded subscriptions there, and subscribers get
+/// every publication accepted before and after, or an explicit reset — none silently lost.
+#[tokio::test]
+async fn redis_cluster_failover_keeps_subscribers_receiving() {
+    let Some(mut cluster) = common::backends::RedisCluster::start_with_replicas(1) else {
+        return;
+    };
+    let config = format!(
+        "[sse]\nretry = \"200ms\"\n[engine]\nkind = \"redis\"\nurl = \"{}\"\n[channels.defaults]\nhistory_size = 1000\n",
+        cluster.url()
+    );
+    // A channel whose slot is served by a primary other than the node in the URL.
+    let (channel, owner) = (0..100)
+        .map(|i| format!("failover-{i}"))
+        .map(|c| {
+            let owner = cluster.primary_of(&format!("{{{c}}}"));
+            (c, owner)
+        })
+        .find(|(_, owner)| *owner != 0)
+        .expect("a channel on another shard");
+    let a = TestServer::start(&config).await;
+    let b = TestServer::start(&config).await;
+    let mut sse = Sse::connect(&a, &[&channel], None).await;
+    sse.wait_raw(b"id: ").await;
+    let mut ws = ws_subscribe(&b, &channel, None).await;
+
+    let mut accepted = Vec::new();
+    let mut seq = 0u64;
+    for _ in 0..10 {
+        seq += 1;
+        b.publish(&channel, None, json!(seq)).await;
+        accepted.push(seq);
+    }
+    cluster.nodes[owner].kill();
+    // Publish until the replica took over, the nodes found it and they accept again.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let mut after = 0;
+    while after < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing never resumed after the failover"
+        );
+        seq += 1;
+        let (status, body) = b
+            .post(
+                "/api/publish",
+                &json!({"channel": channel, "data": seq}).to_string(),
+            )
+            .await;
+        if status == 200 {
+            accepted.push(seq);
+            after += 1;
+        } else {
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_ne!(
+        cluster.primary_of(&format!("{{{channel}}}")),
+        owner,
+        "the replica was promoted"
+    );
+    let last = *accepted.last().unwrap();
+    let mut sse_seen = Vec::new();
+    within(WAIT * 3, async {
+        loop {
+            let (event, v) = sse.next_json().await;
+            match event.as_str() {
+                "herald.reset" => sse_seen.push(Seen::Reset),
+                "message" => {
+                    let x = v["data"].as_u64().unwrap();
+                    sse_seen.push(Seen::Seq(x));
+                    if x == last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let mut ws_seen = Vec::new();
+    within(WAIT * 3, async {
+        loop {
+            let push = ws.next_push().await;
+            match push["push"].as_str() {
+                Some("reset") => ws_seen.push(Seen::Reset),
+                Some("publication") => {
+                    let x = push["data"].as_u64().unwrap();
+                    ws_seen.push(Seen::Seq(x));
+                    if x == last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        silent_losses(&accepted, &sse_seen),
+        Vec::<u64>::new(),
+        "SSE saw {sse_seen:?}"
+    );
+    assert_eq!(
+        silent_losses(&accepted, &ws_seen),
+        Vec::<u64>::new(),
+        "WS saw {ws_seen:?}"
+    );
+}

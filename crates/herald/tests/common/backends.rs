@@ -200,8 +200,14 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Option<Self> {
+        Self::start_with_replicas(0)
+    }
+
+    /// Three primaries with `replicas` replicas each; a primary that stops answering for a
+    /// second is failed over to its replica.
+    pub fn start_with_replicas(replicas: usize) -> Option<Self> {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             nodes.push(Backend::start_with(
                 Kind::Redis,
                 &[
@@ -209,6 +215,8 @@ impl RedisCluster {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
                 ],
             )?);
         }
@@ -220,21 +228,35 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         assert!(out.status.success(), "cluster create failed: {out:?}");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         for b in &nodes {
             loop {
-                if b.redis_cli(&["cluster", "info"])
-                    .contains("cluster_state:ok")
-                {
+                let info = b.redis_cli(&["cluster", "info"]);
+                let known = format!("cluster_known_nodes:{}", nodes.len());
+                if info.contains("cluster_state:ok") && info.contains(&known) {
                     break;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
                     "cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // A replica can take over only once it has synchronised with its primary.
+        for b in &nodes {
+            loop {
+                let info = b.redis_cli(&["INFO", "replication"]);
+                if !info.contains("role:slave") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline + Duration::from_secs(20),
+                    "a replica never synchronised: {info}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -245,5 +267,30 @@ impl RedisCluster {
     /// The URL Herald connects to.
     pub fn url(&self) -> String {
         format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// The node serving `key`'s slot as primary, by index into `nodes`.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let slot = self.nodes[0].redis_cli(&["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("a slot number");
+        let shards = self.nodes[0].redis_cli(&["CLUSTER", "SLOTS"]);
+        // redis-cli prints CLUSTER SLOTS flat: start, end, then host, port, id per node, the
+        // primary first.
+        let lines: Vec<&str> = shards.lines().map(str::trim).collect();
+        let mut i = 0;
+        while i + 3 < lines.len() {
+            if let (Ok(start), Ok(end)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>()) {
+                if lines[i + 2] == "127.0.0.1" && (start..=end).contains(&slot) {
+                    let port: u16 = lines[i + 3].parse().expect("a port");
+                    return self
+                        .nodes
+                        .iter()
+                        .position(|b| b.port == port)
+                        .expect("a node of this cluster");
+                }
+            }
+            i += 1;
+        }
+        panic!("no primary for slot {slot} in {shards}");
     }
 }
