@@ -294,6 +294,53 @@ fn silent_losses(accepted: &[u64], seen: &[Seen]) -> Vec<u64> {
     lost
 }
 
+/// What an SSE subscriber receives up to and including publication `last` (the data of each
+/// publication is its sequence number), resets included.
+async fn sse_seen_until(sse: &mut Sse, last: u64) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    within(WAIT * 3, async {
+        loop {
+            let (event, v) = sse.next_json().await;
+            match event.as_str() {
+                "herald.reset" => seen.push(Seen::Reset),
+                "message" => {
+                    let x = v["data"].as_u64().unwrap();
+                    seen.push(Seen::Seq(x));
+                    if x == last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// As [`sse_seen_until`], for a WebSocket subscriber.
+async fn ws_seen_until(ws: &mut Ws, last: u64) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    within(WAIT * 3, async {
+        loop {
+            let push = ws.next_push().await;
+            match push["push"].as_str() {
+                Some("reset") => seen.push(Seen::Reset),
+                Some("publication") => {
+                    let x = push["data"].as_u64().unwrap();
+                    seen.push(Seen::Seq(x));
+                    if x == last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    seen
+}
+
 /// How the engine fails in an outage test.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outage {
@@ -371,42 +418,8 @@ async fn engine_outage_is_loud_and_lossless(kind: Kind, outage: Outage) {
     }
     let last = *accepted.last().unwrap();
 
-    let mut sse_seen = Vec::new();
-    within(WAIT * 3, async {
-        loop {
-            let (event, v) = sse.next_json().await;
-            match event.as_str() {
-                "herald.reset" => sse_seen.push(Seen::Reset),
-                "message" => {
-                    let x = v["data"].as_u64().unwrap();
-                    sse_seen.push(Seen::Seq(x));
-                    if x == last {
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-    })
-    .await;
-    let mut ws_seen = Vec::new();
-    within(WAIT * 3, async {
-        loop {
-            let push = ws.next_push().await;
-            match push["push"].as_str() {
-                Some("reset") => ws_seen.push(Seen::Reset),
-                Some("publication") => {
-                    let x = push["data"].as_u64().unwrap();
-                    ws_seen.push(Seen::Seq(x));
-                    if x == last {
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-    })
-    .await;
+    let sse_seen = sse_seen_until(&mut sse, last).await;
+    let ws_seen = ws_seen_until(&mut ws, last).await;
     assert_eq!(
         silent_losses(&accepted, &sse_seen),
         Vec::<u64>::new(),
@@ -769,42 +782,8 @@ async fn redis_cluster_failover_keeps_subscribers_receiving() {
         "the replica was promoted"
     );
     let last = *accepted.last().unwrap();
-    let mut sse_seen = Vec::new();
-    within(WAIT * 3, async {
-        loop {
-            let (event, v) = sse.next_json().await;
-            match event.as_str() {
-                "herald.reset" => sse_seen.push(Seen::Reset),
-                "message" => {
-                    let x = v["data"].as_u64().unwrap();
-                    sse_seen.push(Seen::Seq(x));
-                    if x == last {
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-    })
-    .await;
-    let mut ws_seen = Vec::new();
-    within(WAIT * 3, async {
-        loop {
-            let push = ws.next_push().await;
-            match push["push"].as_str() {
-                Some("reset") => ws_seen.push(Seen::Reset),
-                Some("publication") => {
-                    let x = push["data"].as_u64().unwrap();
-                    ws_seen.push(Seen::Seq(x));
-                    if x == last {
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-    })
-    .await;
+    let sse_seen = sse_seen_until(&mut sse, last).await;
+    let ws_seen = ws_seen_until(&mut ws, last).await;
     assert_eq!(
         silent_losses(&accepted, &sse_seen),
         Vec::<u64>::new(),

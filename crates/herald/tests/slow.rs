@@ -57,32 +57,36 @@ async fn publish_in_step(server: &TestServer, fast: &mut Ws, channel: &str, batc
     next - 1
 }
 
-#[tokio::test]
-async fn a_client_that_never_reads_is_evicted_and_others_keep_receiving_with_bounded_memory() {
-    let server = TestServer::start(CONFIG).await;
-    let mut fast = Ws::connect(&server).await;
+/// A reader of channel `flood`, and a WebSocket and a raw-TCP SSE subscriber of it that never
+/// read again.
+async fn fast_and_two_that_never_read(server: &TestServer) -> (Ws, Ws, tokio::net::TcpStream) {
+    let mut fast = Ws::connect(server).await;
     fast.request(json!({"op": "subscribe", "channel": "flood"}))
         .await;
-
-    // A WebSocket client and an SSE client that subscribe and then never read again.
-    let mut slow_ws = Ws::connect(&server).await;
-    slow_ws
-        .request(json!({"op": "subscribe", "channel": "flood"}))
+    let mut ws = Ws::connect(server).await;
+    ws.request(json!({"op": "subscribe", "channel": "flood"}))
         .await;
-    let mut slow_sse = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    slow_sse
-        .write_all(
-            format!(
-                "GET /sse?channel=flood HTTP/1.1\r\nHost: {}\r\n\r\n",
-                server.addr()
-            )
-            .as_bytes(),
+    let mut sse = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    sse.write_all(
+        format!(
+            "GET /sse?channel=flood HTTP/1.1\r\nHost: {}\r\n\r\n",
+            server.addr()
         )
-        .await
-        .unwrap();
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     server
         .wait_stats("three subscriptions", |s| s["subscriptions"] == 3)
         .await;
+    (fast, ws, sse)
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_evicted_and_others_keep_receiving_with_bounded_memory() {
+    let server = TestServer::start(CONFIG).await;
+    // A WebSocket client and an SSE client that subscribe and then never read again.
+    let (mut fast, mut slow_ws, slow_sse) = fast_and_two_that_never_read(&server).await;
     let before = rss(&server.stats().await);
 
     // 100 batches x 100 messages x 8 KiB = about 80 MB through the node.
@@ -194,27 +198,7 @@ history_size = 100
 "#,
     )
     .await;
-    let mut fast = Ws::connect(&server).await;
-    fast.request(json!({"op": "subscribe", "channel": "flood"}))
-        .await;
-    let mut stuck_ws = Ws::connect(&server).await;
-    stuck_ws
-        .request(json!({"op": "subscribe", "channel": "flood"}))
-        .await;
-    let mut stuck_sse = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    stuck_sse
-        .write_all(
-            format!(
-                "GET /sse?channel=flood HTTP/1.1\r\nHost: {}\r\n\r\n",
-                server.addr()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    server
-        .wait_stats("three subscriptions", |s| s["subscriptions"] == 3)
-        .await;
+    let (mut fast, stuck_ws, stuck_sse) = fast_and_two_that_never_read(&server).await;
 
     // 20 batches x 100 messages x 8 KiB = about 16 MB: far more than the stuck sockets'
     // buffers hold, far less than the ring's bound.
