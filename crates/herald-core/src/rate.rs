@@ -41,6 +41,14 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token is there to take at `now`, without taking it.
+    pub fn has_one(&self, capacity: u32, period_secs: f32, now: Instant) -> bool {
+        let refill = self.last.map_or(0.0, |last| {
+            now.duration_since(last).as_secs_f32() * capacity as f32 / period_secs
+        });
+        capacity == 0 || self.tokens + refill >= 1.0
+    }
+
     /// Whether the bucket would be full again at `now` (so forgetting it changes nothing).
     fn refilled(&self, capacity: u32, period_secs: f32, now: Instant) -> bool {
         match self.last {

@@ -116,7 +116,7 @@ pub enum SessionError {
         per_minute: u32,
     },
     /// Too many subscribe requests from this connection.
-    #[error("this connection may subscribe at most {0} times a minute")]
+    #[error("this connection may subscribe (or have a token checked) at most {0} times a minute")]
     SubscribeRateLimited(u32),
     /// The connection lacks the permission.
     #[error(transparent)]
@@ -250,6 +250,31 @@ impl Session {
     /// Who the connection is, once a token was verified.
     pub fn identity(&self) -> Option<&Arc<Identity>> {
         self.identity.as_ref()
+    }
+
+    /// Charges one token check (an `auth` request, or a subscription token that failed to
+    /// verify) to the connection's subscribe budget, so a client cannot make the node verify
+    /// signatures without bound; refuses once the budget is spent.
+    pub fn charge_token_check(&mut self) -> Result<(), SessionError> {
+        self.may_check_token()?;
+        let rate = self.limits.subscribe_per_minute;
+        self.subscribe_tokens
+            .take(rate, 60.0, tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Refuses a token check while the subscribe budget is spent (without charging).
+    pub fn may_check_token(&self) -> Result<(), SessionError> {
+        let rate = self.limits.subscribe_per_minute;
+        if self
+            .subscribe_tokens
+            .has_one(rate, 60.0, tokio::time::Instant::now())
+        {
+            Ok(())
+        } else {
+            self.node.stats.refused.subscribe_rate.fetch_add(1, Relaxed);
+            Err(SessionError::SubscribeRateLimited(rate))
+        }
     }
 
     /// Adopts a verified token's identity: the first one authenticates the connection; later

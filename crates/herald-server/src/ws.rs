@@ -470,6 +470,9 @@ async fn handle(
     let id = req.id;
     match req.request {
         WsRequest::Auth { token } => {
+            if let Err(e) = session.charge_token_check() {
+                return error_reply(Some(id), &e);
+            }
             let identity = match app.verify_token(&token) {
                 Ok(i) => i,
                 Err(e) => return api_error_reply(id, &e),
@@ -497,8 +500,17 @@ async fn handle(
             since,
             token,
         } => {
+            if token.is_some() {
+                if let Err(e) = session.may_check_token() {
+                    return error_reply(Some(id), &e);
+                }
+            }
             let grant = match token.map(|t| app.verify_token(&t)) {
-                Some(Err(e)) => return api_error_reply(id, &e),
+                Some(Err(e)) => {
+                    // A token that verifies is charged as the subscribe itself.
+                    let _ = session.charge_token_check();
+                    return api_error_reply(id, &e);
+                }
                 Some(Ok(g)) => Some(g),
                 None => None,
             };

@@ -837,6 +837,42 @@ async fn a_subscribe_flood_is_refused_past_its_rate() {
     by.still_receive(&server).await;
 }
 
+/// Token checks cost the node a signature verification each, so a connection's `auth`
+/// requests and its subscription tokens that fail share its subscribe budget: a client
+/// cannot make the node verify without bound.
+#[tokio::test]
+async fn a_flood_of_token_checks_is_refused_past_the_subscribe_rate() {
+    let server = TestServer::start(&format!(
+        "{}\n[connection]\nsubscribe_per_minute = 3\n",
+        config().replace("[connection]\nmax_per_user = 2\n", "")
+    ))
+    .await;
+    let mut by = Bystanders::join(&server).await;
+    let forged = unsigned(&claims("mallory", json!({"channels": ["room:1"]})));
+    let mut ws = Ws::connect(&server).await;
+    for _ in 0..2 {
+        let r = ws.request(json!({"op": "auth", "token": forged})).await;
+        assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    }
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "room:1", "token": forged}))
+        .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    // The budget is spent: further checks are refused before any verification.
+    let r = ws.request(json!({"op": "auth", "token": forged})).await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "room:1", "token": forged}))
+        .await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    assert_eq!(server.stats().await["refused"]["subscribe_rate"], 2);
+    // Another connection has its own budget; bystanders kept receiving.
+    let mut other = Ws::connect(&server).await;
+    let r = other.request(json!({"op": "auth", "token": forged})).await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    by.still_receive(&server).await;
+}
+
 /// A WebSocket upgrade with extra request headers: the connection, or the refusal's status and
 /// JSON body.
 async fn ws_with_headers(
