@@ -21,7 +21,7 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let origin = crate::limits::origin_standing(&app.server.cors_allowed_origins, req.headers());
+    let origin = api_origin(&app.server.cors_allowed_origins, req.headers());
     match authorize(&app.auth, peer, origin, req.headers()) {
         Ok(None) => next.run(req).await,
         Ok(Some(key)) => {
@@ -63,6 +63,21 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
             }
             resp
         }
+    }
+}
+
+/// Where a request's `Origin` stands for the key-less API, which trusts loopback callers: a
+/// page counts as this node's own only when it was reached by a loopback name, since a page
+/// reaching a loopback listener under any other name came through DNS rebinding.
+fn api_origin(allowed: &[String], headers: &HeaderMap) -> OriginStanding {
+    match crate::limits::origin_standing(allowed, headers) {
+        OriginStanding::Trusted
+            if !crate::limits::origin_listed(allowed, headers)
+                && !crate::limits::host_is_loopback(headers) =>
+        {
+            OriginStanding::Refused
+        }
+        other => other,
     }
 }
 

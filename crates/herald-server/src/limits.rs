@@ -170,6 +170,37 @@ pub(crate) fn origin_standing(allowed: &[String], headers: &HeaderMap) -> Origin
     }
 }
 
+/// Whether the request's `Origin` is listed by name in `allowed` (a `*` does not count).
+pub(crate) fn origin_listed(allowed: &[String], headers: &HeaderMap) -> bool {
+    headers.get(header::ORIGIN).is_some_and(|o| {
+        allowed
+            .iter()
+            .any(|a| a != "*" && a.as_bytes().eq_ignore_ascii_case(o.as_bytes()))
+    })
+}
+
+/// Whether the request's `Host` names this machine by a loopback name (`localhost`, a
+/// `127.0.0.0/8` address, `[::1]`), with or without a port. A page whose own origin has any
+/// other host reached a loopback listener through DNS rebinding (its name now resolves to
+/// 127.0.0.1), so its "same origin" proves nothing.
+pub(crate) fn host_is_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether `origin` names the host the request was sent to: `http://` or `https://` followed
 /// by `host`, without case, a default port (80, 443) written or left out on either side.
 fn same_origin(origin: &[u8], host: &[u8]) -> bool {
@@ -199,6 +230,36 @@ fn strip_scheme<'a>(b: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        let host = |h: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static(h));
+            host_is_loopback(&m)
+        };
+        for h in [
+            "localhost",
+            "LOCALHOST:7077",
+            "127.0.0.1",
+            "127.0.0.1:7077",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:7077",
+        ] {
+            assert!(host(h), "{h}");
+        }
+        for h in [
+            "rebind.example:7077",
+            "10.0.0.1:7077",
+            "[2001:db8::1]:7077",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:7077",
+        ] {
+            assert!(!host(h), "{h}");
+        }
+        assert!(!host_is_loopback(&HeaderMap::new()));
+    }
 
     #[test]
     fn counts_per_address_and_forgets_on_drop() {

@@ -245,6 +245,32 @@ async fn a_page_from_another_origin_cannot_use_the_keyless_api_on_loopback() {
     // Herald's own origin (a page it serves) and callers that are not browser pages are served.
     assert_eq!(post(Some(server.url.clone())).await.0, 200);
     assert_eq!(post(None).await.0, 200);
+    // A page that reached the loopback listener by DNS rebinding: its name resolves to
+    // 127.0.0.1, so its origin matches the Host it sends, but that name is not a loopback one.
+    let port = server.addr().rsplit_once(':').unwrap().1.to_owned();
+    let resp = server
+        .http
+        .post(format!("{}/api/publish", server.url))
+        .header("host", format!("rebind.example:{port}"))
+        .header("origin", format!("http://rebind.example:{port}"))
+        .json(&json!({"channel": "news", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    // The same page reached as localhost is Herald's own.
+    let resp = server
+        .http
+        .post(format!("{}/api/publish", server.url))
+        .header("host", format!("localhost:{port}"))
+        .header("origin", format!("http://localhost:{port}"))
+        .json(&json!({"channel": "news", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     // With API keys, the key is what counts, from any origin.
     let keyed =
