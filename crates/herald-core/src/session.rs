@@ -256,11 +256,16 @@ impl Session {
     /// verify) to the connection's subscribe budget, so a client cannot make the node verify
     /// signatures without bound; refuses once the budget is spent.
     pub fn charge_token_check(&mut self) -> Result<(), SessionError> {
-        self.may_check_token()?;
         let rate = self.limits.subscribe_per_minute;
-        self.subscribe_tokens
-            .take(rate, 60.0, tokio::time::Instant::now());
-        Ok(())
+        if self
+            .subscribe_tokens
+            .take(rate, 60.0, tokio::time::Instant::now())
+        {
+            Ok(())
+        } else {
+            self.node.stats.refused.subscribe_rate.fetch_add(1, Relaxed);
+            Err(SessionError::SubscribeRateLimited(rate))
+        }
     }
 
     /// Refuses a token check while the subscribe budget is spent (without charging).

@@ -71,12 +71,7 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
 /// reaching a loopback listener under any other name came through DNS rebinding.
 fn api_origin(allowed: &[String], headers: &HeaderMap) -> OriginStanding {
     match crate::limits::origin_standing(allowed, headers) {
-        OriginStanding::Trusted
-            if !crate::limits::origin_listed(allowed, headers)
-                && !crate::limits::host_is_loopback(headers) =>
-        {
-            OriginStanding::Refused
-        }
+        OriginStanding::Own if !crate::limits::host_is_loopback(headers) => OriginStanding::Refused,
         other => other,
     }
 }
@@ -164,7 +159,8 @@ mod tests {
         let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
         let absent = OriginStanding::Absent;
         assert!(authorize(&auth, Some(local), absent, &headers(None)).is_ok());
-        assert!(authorize(&auth, Some(local), OriginStanding::Trusted, &headers(None)).is_ok());
+        assert!(authorize(&auth, Some(local), OriginStanding::Own, &headers(None)).is_ok());
+        assert!(authorize(&auth, Some(local), OriginStanding::Listed, &headers(None)).is_ok());
         let e = authorize(&auth, Some(remote), absent, &headers(None)).unwrap_err();
         assert_eq!(
             (e.status, e.code),

@@ -128,8 +128,10 @@ impl<K: Hash + Eq + Clone> Drop for CountGuard<K> {
 pub(crate) enum OriginStanding {
     /// No `Origin` header: not sent by a browser page on another origin.
     Absent,
-    /// Named in the list, or this node's own origin (the request's scheme and `Host`).
-    Trusted,
+    /// Named in the list.
+    Listed,
+    /// This node's own origin (`http://` or `https://` followed by the request's `Host`).
+    Own,
     /// Admitted only by a `*` in the list.
     Wildcard,
     /// Not admitted.
@@ -146,7 +148,7 @@ impl OriginStanding {
     /// only without an `Origin` or from a trusted one, so a page on another site cannot
     /// connect as its visitor. A `*` does not count.
     pub(crate) fn may_use_cookie(self) -> bool {
-        matches!(self, Self::Absent | Self::Trusted)
+        matches!(self, Self::Absent | Self::Listed | Self::Own)
     }
 }
 
@@ -160,23 +162,15 @@ pub(crate) fn origin_standing(allowed: &[String], headers: &HeaderMap) -> Origin
     if allowed
         .iter()
         .any(|a| a != "*" && a.as_bytes().eq_ignore_ascii_case(origin))
-        || host.is_some_and(|h| same_origin(origin, h))
     {
-        OriginStanding::Trusted
+        OriginStanding::Listed
+    } else if host.is_some_and(|h| same_origin(origin, h)) {
+        OriginStanding::Own
     } else if allowed.iter().any(|a| a == "*") {
         OriginStanding::Wildcard
     } else {
         OriginStanding::Refused
     }
-}
-
-/// Whether the request's `Origin` is listed by name in `allowed` (a `*` does not count).
-pub(crate) fn origin_listed(allowed: &[String], headers: &HeaderMap) -> bool {
-    headers.get(header::ORIGIN).is_some_and(|o| {
-        allowed
-            .iter()
-            .any(|a| a != "*" && a.as_bytes().eq_ignore_ascii_case(o.as_bytes()))
-    })
 }
 
 /// Whether the request's `Host` names this machine by a loopback name (`localhost`, a
@@ -301,8 +295,8 @@ mod tests {
         let host = "herald.example:7077";
         let list = ["https://app.example"];
         assert_eq!(standing(&["*"], Some("https://x"), host), Wildcard);
-        assert_eq!(standing(&list, Some("https://app.example"), host), Trusted);
-        assert_eq!(standing(&list, Some("HTTPS://App.Example"), host), Trusted);
+        assert_eq!(standing(&list, Some("https://app.example"), host), Listed);
+        assert_eq!(standing(&list, Some("HTTPS://App.Example"), host), Listed);
         assert_eq!(standing(&list, Some("https://evil.example"), host), Refused);
         assert_eq!(standing(&list, None, host), Absent);
         // A listed origin is trusted even when `*` admits everyone else.
@@ -312,11 +306,11 @@ mod tests {
                 Some("https://app.example"),
                 host
             ),
-            Trusted
+            Listed
         );
         assert!(!Wildcard.may_use_cookie() && Wildcard.may_connect());
         assert!(!Refused.may_connect() && !Refused.may_use_cookie());
-        assert!(Absent.may_use_cookie() && Trusted.may_use_cookie());
+        assert!(Absent.may_use_cookie() && Listed.may_use_cookie() && Own.may_use_cookie());
     }
 
     #[test]
@@ -333,7 +327,7 @@ mod tests {
             ] {
                 assert_eq!(
                     standing(allowed, Some(origin), host),
-                    Trusted,
+                    Own,
                     "{origin} {host}"
                 );
             }
