@@ -19,9 +19,6 @@ pub struct Stats {
     pub deliveries: AtomicU64,
     /// Connections evicted because their outbox overflowed.
     pub slow_consumer_evictions: AtomicU64,
-    /// Connections dropped because their socket took no bytes for `server.write_timeout`
-    /// (the peer stopped reading; too stuck to be sent a close code).
-    pub write_timeouts: AtomicU64,
     /// Subscriptions that resumed from a position.
     pub resumes: AtomicU64,
     /// Reset notices sent (a resume or gap that could not be filled).
@@ -41,7 +38,6 @@ impl Default for Stats {
             publications: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             slow_consumer_evictions: AtomicU64::new(0),
-            write_timeouts: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
@@ -65,8 +61,6 @@ pub struct StatsSnapshot {
     pub deliveries: u64,
     /// Slow-consumer evictions.
     pub slow_consumer_evictions: u64,
-    /// Connections dropped by the write timeout.
-    pub write_timeouts: u64,
     /// Resumed subscriptions.
     pub resumes: u64,
     /// Reset notices sent.
@@ -87,7 +81,6 @@ impl Stats {
             publications: self.publications.load(Relaxed),
             deliveries: self.deliveries.load(Relaxed),
             slow_consumer_evictions: self.slow_consumer_evictions.load(Relaxed),
-            write_timeouts: self.write_timeouts.load(Relaxed),
             resumes: self.resumes.load(Relaxed),
             resets: self.resets.load(Relaxed),
             connections_rejected: self.connections_rejected.load(Relaxed),

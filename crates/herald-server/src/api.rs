@@ -382,7 +382,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         "publications": s.publications,
         "deliveries": s.deliveries,
         "slow_consumer_evictions": s.slow_consumer_evictions,
-        "write_timeouts": s.write_timeouts,
+        "write_timeouts": crate::listener::WRITE_TIMEOUTS.load(Relaxed),
         "resumes": s.resumes,
         "resets": s.resets,
         "memory": { "rss_bytes": rss_bytes() },

@@ -6,7 +6,6 @@
 
 use axum::body::Body;
 use axum::Router;
-use herald_core::Stats;
 use http_body_util::BodyExt;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +35,6 @@ pub(crate) fn try_serve<'a>(
     header_timeout: Duration,
     write_timeout: Duration,
     shutdown: &'a CancellationToken,
-    stats: &'a Stats,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
         // On the heap and only while peeking: an array here would sit in every SSE connection's
@@ -67,7 +65,7 @@ pub(crate) fn try_serve<'a>(
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
         }
-        serve(tcp, end, Box::new(request), router, write_timeout, stats).await;
+        serve(tcp, end, Box::new(request), router, write_timeout).await;
         Outcome::Served
     }
 }
@@ -104,7 +102,6 @@ fn serve<'a>(
     request: Box<axum::http::Request<Body>>,
     router: &'a Router,
     write_timeout: Duration,
-    stats: &'a Stats,
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
     async move {
         // Consume the head that was only peeked at.
@@ -161,7 +158,7 @@ fn serve<'a>(
         match tokio::time::timeout(write_timeout, wr.write_all(&head)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
-            Err(_) => return write_timed_out(stats),
+            Err(_) => return crate::listener::write_timed_out(),
         }
         drop(head);
         // An SSE client sends nothing more; reading only tells when it went away.
@@ -195,20 +192,10 @@ fn serve<'a>(
                 match tokio::time::timeout(write_timeout, wr.write_all(rest)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
-                    Err(_) => return write_timed_out(stats),
+                    Err(_) => return crate::listener::write_timed_out(),
                 }
             }
         }
         let _ = wr.shutdown().await;
     }
-}
-
-/// Counts a stream dropped because its socket took nothing for `server.write_timeout`: the
-/// client stopped reading, so not even a `herald.disconnect` event could reach it; it sees the
-/// stream end and resumes from its last id.
-fn write_timed_out(stats: &Stats) {
-    stats
-        .write_timeouts
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::debug!("SSE write timed out; dropping the connection.");
 }

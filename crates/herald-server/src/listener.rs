@@ -47,22 +47,15 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
         let watcher = graceful.watcher();
         let header_timeout = app.server.header_read_timeout;
         let shutdown = app.shutdown.clone();
-        let stats = app.node.stats.clone();
         app.tracker.spawn(async move {
             // Awaited where it is made: binding it first would store the future twice.
-            let tcp = match direct::try_serve(
-                tcp,
-                &router,
-                header_timeout,
-                write_timeout,
-                &shutdown,
-                &stats,
-            )
-            .await
-            {
-                direct::Outcome::Served => return,
-                direct::Outcome::Hyper(tcp) => tcp,
-            };
+            let tcp =
+                match direct::try_serve(tcp, &router, header_timeout, write_timeout, &shutdown)
+                    .await
+                {
+                    direct::Outcome::Served => return,
+                    direct::Outcome::Hyper(tcp) => tcp,
+                };
             // Boxed: hyper's connection future is several KB, and held inline it would make
             // every connection's task that large, including the SSE streams served above.
             Box::pin(serve_with_hyper(
@@ -72,7 +65,6 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
                 watcher,
                 write_timeout,
                 peer,
-                &stats,
             ))
             .await;
         });
@@ -105,7 +97,6 @@ async fn serve_with_hyper(
     watcher: hyper_util::server::graceful::Watcher,
     write_timeout: Duration,
     peer: std::net::SocketAddr,
-    stats: &herald_core::Stats,
 ) {
     let mut io = TimeoutStream::new(tcp);
     io.set_write_timeout(Some(write_timeout));
@@ -123,12 +114,24 @@ async fn serve_with_hyper(
     if let Err(e) = crate::repoll::Repoll::new(Box::pin(watcher.watch(conn))).await {
         if timed_out(&*e) {
             // The peer stopped reading a response (a long SSE stream, most likely).
-            stats
-                .write_timeouts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            write_timed_out();
         }
         tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
     }
+}
+
+/// Connections dropped because their socket took no bytes for `server.write_timeout` (the peer
+/// stopped reading, so not even a close frame or `herald.disconnect` event could reach it; it
+/// sees the connection end and resumes). Process-wide rather than in the node's `Stats`, so a
+/// connection's task does not hold a handle to the stats for its whole life just to bump this
+/// on the way out (one node runs per process).
+pub(crate) static WRITE_TIMEOUTS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a connection dropped by the write timeout ([`WRITE_TIMEOUTS`]).
+pub(crate) fn write_timed_out() {
+    WRITE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!("Write timed out; dropping the connection.");
 }
 
 /// Whether an error, or one it was caused by, is an I/O timeout (the write timeout).

@@ -252,7 +252,7 @@ fn connection(
                         }
                         crate::scratch::trim(&mut buf);
                         if let Err(e) = send_emits(&mut ws, &mut emits, None, &mut tungstenite_wrote).await {
-                            count_write_failure(&app, &e);
+                            count_write_failure(&e);
                             break None;
                         }
                         crate::scratch::trim(&mut emits);
@@ -277,7 +277,7 @@ fn connection(
                             ))
                             .await;
                             if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await {
-                                count_write_failure(&app, &e);
+                                count_write_failure(&e);
                                 break None;
                             }
                             if session.expires_at() != expires_at {
@@ -326,7 +326,7 @@ fn connection(
                         tungstenite_wrote = true;
                         if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
                             if let tokio_tungstenite::tungstenite::Error::Io(e) = &e {
-                                count_write_failure(&app, e);
+                                count_write_failure(e);
                             }
                             break None;
                         }
@@ -430,10 +430,9 @@ async fn send_emits(
 /// Counts a write that failed because the socket took nothing for `server.write_timeout` (the
 /// listener's timeout on the upgraded stream): the connection ends without a close frame, as
 /// none could be written, so the client sees it drop and resumes.
-fn count_write_failure(app: &App, e: &std::io::Error) {
+fn count_write_failure(e: &std::io::Error) {
     if e.kind() == std::io::ErrorKind::TimedOut {
-        app.node.stats.write_timeouts.fetch_add(1, Relaxed);
-        tracing::debug!("WebSocket write timed out; dropping the connection.");
+        crate::listener::write_timed_out();
     }
 }
 
