@@ -243,6 +243,21 @@ impl Hub {
         }
     }
 
+    /// The ids of every registered connection (a drain tells them one by one).
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        for shard in self.conns.iter() {
+            ids.extend(
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .keys()
+                    .copied(),
+            );
+        }
+        ids
+    }
+
     /// Closes every connection on this node with `code` (shutdown). Returns how many.
     pub fn close_all(&self, code: CloseCode) -> usize {
         let mut n = 0;

@@ -5,7 +5,9 @@
 //! Nothing here opens a socket or speaks HTTP; herald-server drives sessions over SSE and
 //! WebSocket, and the binary chooses the engine backends.
 
+mod authn;
 mod channel;
+mod counts;
 mod engine;
 mod hub;
 mod identity;
@@ -21,7 +23,9 @@ mod session;
 mod stats;
 mod topic;
 
+pub use authn::{Authenticator, TokenRefused};
 pub use channel::{ChannelError, ChannelName, EventName, MAX_CHANNEL_BYTES, MAX_EVENT_BYTES};
+pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
     LatencySummary, PresenceStore, ResetReason, Retention,
@@ -35,7 +39,10 @@ pub use publication::{PresenceEvent, PresenceKind, Publication};
 pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
 pub use rate::{KeyedBuckets, Take, TokenBucket};
 pub use remote::{EngineHealth, LinkState, RemoteSubscriber, RemoteSubscriptions, READY_FOR};
-pub use session::{publish_error_code, Emit, Session, SessionError, SessionLimits, Transport};
+pub use session::{
+    history_result, publish_error_code, Emit, Handled, Pending, RequestContext, Session,
+    SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,
+};
 pub use stats::{Refusals, RefusalsSnapshot, Stats, StatsSnapshot};
 
 /// A new random epoch: 8 base36 characters.

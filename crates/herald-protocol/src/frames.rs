@@ -7,6 +7,10 @@ use serde_json::value::RawValue;
 
 /// SSE event type announcing that some channels could not be resumed.
 pub const SSE_EVENT_RESET: &str = "herald.reset";
+/// SSE event type of a stream's first event: the connection's hello.
+pub const SSE_EVENT_CONNECTED: &str = "herald.connected";
+/// SSE event type sent just before Herald ends a stream on purpose.
+pub const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";
 /// SSE event type announcing a presence join.
 pub const SSE_EVENT_JOIN: &str = "herald.join";
 /// SSE event type announcing a presence leave.

@@ -8,6 +8,7 @@ mod close;
 mod errors;
 mod frames;
 mod position;
+mod replies;
 mod sse;
 mod wsframe;
 
@@ -15,11 +16,12 @@ pub use close::CloseCode;
 pub use errors::ErrorCode;
 pub use frames::{
     ClientRequest, ErrorBody, Member, Request, RequestError, ResetChannel, ServerPush,
-    RESERVED_EVENT_PREFIX, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
+    RESERVED_EVENT_PREFIX, SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
 };
 pub use position::{
     format_sse_id, parse_sse_id, write_sse_id, Epoch, EpochError, SseIdError, StreamPosition,
     MAX_EPOCH_BYTES, MAX_SSE_ID_BYTES,
 };
+pub use replies::{Connected, Disconnect, HistoryResult, Reply, ReplyResult};
 pub use sse::{SseDecoder, SseEvent};
 pub use wsframe::{ws_text_frame, ws_text_frame_with, WS_HEADER_ROOM};

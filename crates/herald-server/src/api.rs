@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use herald_core::{ChannelName, ConnId, HistoryPage, HistoryQuery, Publication};
+use herald_core::{ChannelName, ConnId, HistoryQuery, Publication};
 use herald_protocol::{parse_sse_id, CloseCode, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -245,33 +245,6 @@ fn limit_param(q: &[(String, String)]) -> Result<usize, ApiError> {
     }
 }
 
-/// A history page on the wire: publications as push objects, copied as raw JSON (never
-/// re-parsed).
-#[derive(Debug, Serialize)]
-pub(crate) struct HistoryReply<'a> {
-    channel: &'a str,
-    position: &'a herald_protocol::StreamPosition,
-    reset: Option<&'static str>,
-    publications: Vec<&'a RawValue>,
-}
-
-/// The wire form of a history page.
-pub(crate) fn history_json<'a>(
-    channel: &'a ChannelName,
-    page: &'a HistoryPage,
-) -> HistoryReply<'a> {
-    HistoryReply {
-        channel: channel.as_str(),
-        position: &page.top,
-        reset: page.reset.map(|r| r.as_str()),
-        publications: page
-            .publications
-            .iter()
-            .filter_map(|p| serde_json::from_slice::<&RawValue>(p.json()).ok())
-            .collect(),
-    }
-}
-
 /// `GET /api/history?channel=&since=&limit=`.
 pub(crate) async fn history(
     State(app): State<App>,
@@ -302,7 +275,7 @@ pub(crate) async fn history(
         .await
         .map_err(unavailable)?;
     // Serialized straight from the stored raw JSON, so payloads come back byte for byte.
-    Ok(Json(history_json(&channel, &page)).into_response())
+    Ok(Json(herald_core::history_result(&channel, &page)).into_response())
 }
 
 pub(crate) fn unavailable(e: herald_core::EngineError) -> ApiError {

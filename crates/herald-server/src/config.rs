@@ -40,9 +40,17 @@ pub struct ServerConfig {
     /// A write to a client that makes no progress for this long ends the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
-    /// How long shutdown waits for connections to finish before exiting anyway.
+    /// How long shutdown waits for connections to finish before exiting anyway, counted from
+    /// the signal (so it includes `drain_window`).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long the node drains before it shuts down: readiness is false and new
+    /// connections are refused at once, the HTTP API keeps accepting publications, and the
+    /// open connections are told to reconnect at an even pace over the window (each with a
+    /// jittered delay). Must be shorter than `shutdown_grace`; 0 tells every connection at
+    /// once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
     /// Browser origins allowed by CORS and for WebSocket upgrades (`*` for any; empty for
     /// same-origin only). Herald's own origin (the request's `Host`) is always allowed for
     /// WebSocket upgrades; a token in the `herald_token` cookie counts only from Herald's own
@@ -60,6 +68,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            drain_window: Duration::from_secs(5),
             cors_allowed_origins: vec!["*".to_owned()],
         }
     }
@@ -207,6 +216,13 @@ impl ServerConfig {
         let mut out = Vec::new();
         if self.max_connections == 0 {
             out.push("server.max_connections must be at least 1".to_owned());
+        }
+        if !self.drain_window.is_zero() && self.drain_window >= self.shutdown_grace {
+            out.push(format!(
+                "server.drain_window ({}) must be shorter than server.shutdown_grace ({}), which counts from the signal",
+                humantime::format_duration(self.drain_window),
+                humantime::format_duration(self.shutdown_grace)
+            ));
         }
         for o in &self.cors_allowed_origins {
             if o != "*" && o.parse::<axum::http::HeaderValue>().is_err() {

@@ -10,11 +10,11 @@ pub(crate) async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready while the node accepts work: 503 once shutdown has begun, and while the engine is
+/// Ready while the node accepts work: 503 from the moment shutdown (or its drain) begins, and while the engine is
 /// unreachable (a shared engine is ready again once a canary made the round trip).
 pub(crate) async fn ready(State(app): State<App>) -> (StatusCode, Json<Value>) {
     let engine = app.node.broker.status();
-    if app.shutdown.is_cancelled() {
+    if app.closing() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "shutting_down", "engine": engine.state})),

@@ -4,6 +4,7 @@
 //! Only this crate knows HTTP, WebSocket or SSE. Engine logic lives in herald-core; the binary
 //! builds the [`App`] and calls [`serve`].
 
+mod admission;
 mod api;
 mod auth;
 mod config;
@@ -11,6 +12,7 @@ mod direct;
 mod error;
 mod gate;
 mod health;
+mod lifecycle;
 mod limits;
 mod listener;
 mod repoll;
@@ -48,13 +50,18 @@ pub struct App {
     pub limits: SessionLimits,
     /// Who may use the HTTP API.
     pub auth: Arc<AuthConfig>,
-    /// Cancelled when the node shuts down.
+    /// Cancelled when the node shuts down (after the drain window).
     pub shutdown: CancellationToken,
+    /// Cancelled when the drain before shutdown begins (SIGTERM); a child of `shutdown`, so
+    /// also cancelled by it.
+    pub draining: CancellationToken,
+    /// This node's id in hellos (random per process).
+    node_id: Arc<str>,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
     connections: Arc<Semaphore>,
     per_ip: Arc<limits::IpLimiter>,
-    per_user: Arc<limits::UserLimiter>,
+    per_user: Arc<herald_core::UserLimiter>,
     /// Verifies connection tokens; None when no token keys are configured.
     tokens: Option<Arc<TokenVerifier>>,
     /// Signs tokens for Telegram logins; None without an HMAC secret.
@@ -90,7 +97,7 @@ impl App {
     ) -> Result<Self, Vec<String>> {
         let connections = Arc::new(Semaphore::new(settings.server.max_connections));
         let per_ip = limits::IpLimiter::new(settings.server.max_connections_per_ip);
-        let per_user = limits::UserLimiter::new(settings.limits.max_per_user);
+        let per_user = herald_core::UserLimiter::new(settings.limits.max_per_user);
         let tokens = if settings.auth.token.configured() {
             Some(Arc::new(TokenVerifier::new(&settings.auth.token)?))
         } else {
@@ -110,6 +117,8 @@ impl App {
             ws: Arc::new(settings.ws),
             limits: settings.limits,
             auth: Arc::new(settings.auth),
+            draining: shutdown.child_token(),
+            node_id: herald_core::new_epoch().to_string().into(),
             shutdown,
             tracker,
             connections,

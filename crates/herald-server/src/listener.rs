@@ -28,6 +28,8 @@ pub async fn serve(listener: TcpListener, router: Router, app: &App) -> io::Resu
     // hold its own copy for its whole life.
     let http = std::sync::Arc::new(http);
     let write_timeout = app.server.write_timeout;
+    // The drain (SIGTERM) paces the goodbyes, then cancels `app.shutdown`, which ends this loop.
+    app.tracker.spawn(crate::lifecycle::drain(app.clone()));
     loop {
         let (tcp, peer) = tokio::select! {
             () = app.shutdown.cancelled() => break,

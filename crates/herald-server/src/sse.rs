@@ -5,6 +5,7 @@
 //! The response body is the connection's single task: hyper polls it, and each poll waits on
 //! the outbox, the keep-alive deadline and shutdown.
 
+use crate::admission::{Held, Knock};
 use crate::error::status_for;
 use crate::timer::ConnTimer;
 use crate::{ApiError, App};
@@ -15,14 +16,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
 use herald_protocol::{
-    parse_sse_id, write_sse_id, CloseCode, ErrorCode, ServerPush, StreamPosition, SSE_EVENT_RESET,
+    parse_sse_id, write_sse_id, CloseCode, Disconnect, ErrorCode, ServerPush, StreamPosition,
+    SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_RESET,
 };
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -30,8 +31,6 @@ use tokio_util::task::TaskTracker;
 /// a stream holds of its own while its socket is full.
 const MAX_CHUNK_BYTES: usize = crate::scratch::MAX_WRITE_BYTES;
 
-/// SSE event type sent just before Herald ends a stream on purpose.
-const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";
 
 pub(crate) async fn handler(
     State(app): State<App>,
@@ -108,26 +107,24 @@ async fn open(
         }
         None => None,
     };
-    let identity = app.request_identity(headers, query_token)?;
-    // Temporary refusals are a short stream that tells the client to retry: a browser never
-    // retries an EventSource after a non-200 answer.
-    if app.shutdown.is_cancelled() {
-        return Ok(try_later(&app, CloseCode::ServerShutdown));
-    }
-    let ip_guard = app.count_ip(peer)?;
-    let user_guard = match &identity {
-        Some(i) => app.count_user(i)?,
-        None => None,
+    let admitted = match app.admit(Knock {
+        transport: Transport::Sse,
+        client: peer,
+        headers,
+        query_token,
+    }) {
+        Ok(a) => a,
+        // Temporary refusals are a short stream that tells the client to retry: a browser
+        // never retries an EventSource after a non-200 answer.
+        Err(refusal) => match refusal.retry_later() {
+            Some(code) => return Ok(try_later(&app, code)),
+            None => return Err(refusal.into_api_error()),
+        },
     };
-    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
-        app.node.stats.connections_rejected.fetch_add(1, Relaxed);
-        return Ok(try_later(&app, CloseCode::TryLater));
-    };
-
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Sse, app.limits);
-    crate::ws::close_if_shutting_down(&app, &session);
-    let expires = identity.as_ref().and_then(|i| app.expiry(i));
-    if let Some(identity) = identity {
+    app.close_if_closing(&session);
+    let expires = admitted.expires;
+    if let Some(identity) = admitted.identity {
         // No subscriptions yet, so nothing can be revoked.
         session.authenticate(identity).await?;
     }
@@ -153,6 +150,7 @@ async fn open(
     });
 
     let ids: Vec<StreamPosition> = session.positions().cloned().collect();
+    let session_id = session.conn_id();
     let mut st = SseStream {
         ids,
         session: Some(session),
@@ -166,19 +164,26 @@ async fn open(
         keepalive_every: app.sse.keepalive,
         expires,
         tracker: app.tracker.clone(),
+        rejoin_after: app.jittered_retry(),
         first: None,
         done: false,
-        _held: (permit, ip_guard, user_guard),
+        _held: admitted.held,
     };
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
-    let mut first = BytesMut::from(format!("retry: {}\n", app.sse.retry.as_millis()).as_bytes());
+    let mut first = BytesMut::from(format!("retry: {}\n", app.retry_ms()).as_bytes());
     // Positions before replay: what the client already had, or the live start.
     if let Some(p) = positions {
         st.ids = p;
     }
     push_id(&mut first, &st.ids);
     first.extend_from_slice(b"\n");
+    // The hello: an event of its own type, so a page that does not listen for it never sees it.
+    first.extend_from_slice(b"event: ");
+    first.extend_from_slice(SSE_EVENT_CONNECTED.as_bytes());
+    first.extend_from_slice(b"\ndata: ");
+    first.extend_from_slice(app.hello(session_id, app.sse.keepalive).to_json().as_bytes());
+    first.extend_from_slice(b"\n\n");
     st.emits = emits;
     let replay = st.encode();
     first.extend_from_slice(&replay);
@@ -250,13 +255,12 @@ struct SseStream {
     /// When the connection's token expires (plus leeway); the keep-alive timer wakes for it.
     expires: Option<Instant>,
     tracker: TaskTracker,
+    /// How long this client is asked to wait before it comes back when the node shuts down
+    /// (jittered per connection, so a restart's clients do not return all at once).
+    rejoin_after: Duration,
     first: Option<Bytes>,
     done: bool,
-    _held: (
-        OwnedSemaphorePermit,
-        Option<crate::limits::IpGuard>,
-        Option<crate::limits::UserGuard>,
-    ),
+    _held: Held,
 }
 
 /// The next keep-alive, or the token's expiry if that comes first.
@@ -305,7 +309,8 @@ impl SseStream {
                         "SSE stream ended by the server."
                     );
                     self.done = true;
-                    return Some(disconnect_event(code));
+                    let delay = (code == CloseCode::ServerShutdown).then(|| self.rejoin_after);
+                    return Some(disconnect_event(code, delay));
                 }
                 None => {
                     let now = Instant::now();
@@ -315,7 +320,7 @@ impl SseStream {
                             s.node().stats.refused.token_expired.fetch_add(1, Relaxed);
                         }
                         self.done = true;
-                        return Some(disconnect_event(CloseCode::TokenExpired));
+                        return Some(disconnect_event(CloseCode::TokenExpired, None));
                     }
                     self.keepalive
                         .as_mut()
@@ -407,8 +412,8 @@ impl SseStream {
 
 /// A complete stream that only says "retry later": `retry:`, `herald.disconnect`, end.
 fn try_later(app: &App, code: CloseCode) -> Response {
-    let mut body = format!("retry: {}\n\n", app.sse.retry.as_millis()).into_bytes();
-    body.extend_from_slice(&disconnect_event(code));
+    let mut body = format!("retry: {}\n\n", app.retry_ms()).into_bytes();
+    body.extend_from_slice(&disconnect_event(code, None));
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
     h.insert(
@@ -419,13 +424,21 @@ fn try_later(app: &App, code: CloseCode) -> Response {
     resp
 }
 
-fn disconnect_event(code: CloseCode) -> Bytes {
-    let json = serde_json::json!({
-        "code": code.code(),
-        "reason": code.reason(),
-        "reconnect": code.should_reconnect(),
-    });
-    Bytes::from(format!("event: {SSE_EVENT_DISCONNECT}\ndata: {json}\n\n"))
+/// `herald.disconnect`; with a delay (a node draining for a restart), preceded by a `retry:`
+/// of that delay, so a browser's `EventSource` waits that long before it comes back.
+fn disconnect_event(code: CloseCode, delay: Option<Duration>) -> Bytes {
+    let delay_ms = delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let json = Disconnect {
+        code: code.code(),
+        reason: code.reason().to_owned(),
+        reconnect: code.should_reconnect(),
+        delay_ms,
+    }
+    .to_json();
+    let retry = delay_ms.map_or(String::new(), |ms| format!("retry: {ms}\n\n"));
+    Bytes::from(format!(
+        "{retry}event: {SSE_EVENT_DISCONNECT}\ndata: {json}\n\n"
+    ))
 }
 
 impl Drop for SseStream {

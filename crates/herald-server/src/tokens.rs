@@ -11,7 +11,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use herald_auth::{unix_now, verify_init_data, MintRequest, TelegramError};
-use herald_core::{Identity, Take};
+use herald_core::{Authenticator, Identity, Take};
 use herald_protocol::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -88,6 +88,16 @@ impl App {
         self.verify_token(&token).map(Some)
     }
 
+    /// The node's token verifier, as sessions see it; None without token keys.
+    pub(crate) fn authenticator(&self) -> Option<&dyn Authenticator> {
+        self.tokens.as_deref().map(|t| t as &dyn Authenticator)
+    }
+
+    /// Open connections per user (`connection.max_per_user`).
+    pub(crate) fn users(&self) -> &std::sync::Arc<herald_core::UserLimiter> {
+        &self.per_user
+    }
+
     /// Verifies a connection token; a refusal is a 401 naming the reason.
     pub(crate) fn verify_token(&self, token: &str) -> Result<Identity, ApiError> {
         let refused = |message: String| {
@@ -99,9 +109,7 @@ impl App {
                 "this node accepts no connection tokens (auth.token is not configured)".to_owned(),
             ));
         };
-        verifier
-            .verify(token, unix_now())
-            .map_err(|e| refused(format!("token refused ({}): {e}", e.reason())))
+        verifier.authenticate(token).map_err(|e| refused(e.0))
     }
 
     /// When a connection authenticated as `identity` must end: the first second its token no

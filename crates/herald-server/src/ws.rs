@@ -9,26 +9,22 @@
 //! written in pieces of at most 64 KiB, so a connection keeps no write buffer of its own
 //! (`scratch.rs`).
 
-use crate::api::history_json;
+use crate::admission::{Held, Knock};
 use crate::gate::ReadGate;
-use crate::limits::{origin_standing, IpGuard, UserGuard};
 use crate::timer::ConnTimer;
 use crate::{ApiError, App};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::{ChannelName, Emit, Outbox, Outgoing, Session, SessionError, Transport};
-use herald_protocol::{
-    ws_text_frame, ClientRequest, CloseCode, ErrorCode, Request as WsRequest, ServerPush,
-};
+use herald_core::{Emit, Handled, Outbox, Outgoing, RequestContext, Session, Transport};
+use herald_protocol::{ws_text_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, Reply, ServerPush};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCloseCode;
@@ -40,8 +36,9 @@ use tracing::Instrument;
 /// tungstenite's read buffer per connection (its default is 128 KiB).
 const READ_BUFFER_BYTES: usize = 256;
 
-/// Most publications one `history` request returns.
-const MAX_HISTORY_LIMIT: u32 = 10_000;
+/// Most requests one connection may have waiting on the engine at once; past it, its socket
+/// is not read until one is answered (backpressure, not an error).
+const MAX_IN_FLIGHT: usize = 16;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -114,49 +111,19 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
             "this connection cannot be upgraded",
         );
     };
-    if app.shutdown.is_cancelled() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "shutting down",
-        )
-        .into_response();
-    }
-    if !origin_standing(&app.server.cors_allowed_origins, req.headers()).may_connect() {
-        app.node.stats.refused.origin.fetch_add(1, Relaxed);
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "this origin may not open WebSocket connections (server.cors_allowed_origins)",
-        )
-        .into_response();
-    }
     let query_token = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
-    let identity = match app.request_identity(req.headers(), query_token) {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
-    let ip_guard = match app.count_ip(crate::auth::peer_ip(req.extensions())) {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
-    let user_guard = match identity.as_ref().map(|i| app.count_user(i)) {
-        Some(Err(e)) => return e.into_response(),
-        Some(Ok(g)) => g,
-        None => None,
-    };
-    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
-        app.node.stats.connections_rejected.fetch_add(1, Relaxed);
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServerFull,
-            "this node is at its connection limit",
-        )
-        .into_response();
+    let admitted = match app.admit(Knock {
+        transport: Transport::Ws,
+        client: crate::auth::peer_ip(req.extensions()),
+        headers: req.headers(),
+        query_token,
+    }) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_api_error().into_response(),
     };
     let max = usize::try_from(app.ws.max_message.as_u64()).unwrap_or(usize::MAX);
     // tungstenite zero-fills its whole read buffer before every read attempt; client frames
@@ -168,8 +135,8 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     // The session exists from here, so the connection's span carries its id from the start;
     // if the upgrade fails, dropping the session undoes its registration.
     let (mut session, outbox) = Session::new(app.node.clone(), Transport::Ws, app.limits);
-    close_if_shutting_down(&app, &session);
-    if let Some(identity) = identity {
+    app.close_if_closing(&session);
+    if let Some(identity) = admitted.identity {
         // The first identity of a session is always adopted, and it has no subscriptions yet.
         if let Err(e) = session.authenticate(identity).await {
             tracing::warn!(error = %e, "Adopting the first identity failed.");
@@ -177,15 +144,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     let tracker = app.tracker.clone();
-    let fut = connection(
-        app,
-        on_upgrade,
-        (permit, ip_guard),
-        user_guard,
-        config,
-        session,
-        outbox,
-    )
+    let fut = connection(app, on_upgrade, admitted.held, config, session, outbox)
     .instrument(span);
     tracker.spawn(fut);
     Response::builder()
@@ -205,8 +164,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
 fn connection(
     app: App,
     on_upgrade: OnUpgrade,
-    _held: (OwnedSemaphorePermit, Option<IpGuard>),
-    mut user_guard: Option<UserGuard>,
+    mut held: Held,
     config: WebSocketConfig,
     mut session: Session,
     mut outbox: Outbox,
@@ -223,7 +181,14 @@ fn connection(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         tracing::debug!("WebSocket connected.");
+        let hello = app.hello(session.conn_id(), app.ws.ping_interval).to_push_json();
+        if let Err(e) = ws.get_mut().write_all(&ws_text_frame(hello.as_bytes())).await {
+            count_write_failure(&e);
+            return;
+        }
         let mut buf: Vec<Outgoing> = Vec::new();
+        // Requests waiting on the engine (publish, history, presence); created at the first.
+        let mut in_flight: Option<InFlight> = None;
         let mut emits: Vec<Emit> = Vec::new();
         // Whether tungstenite may hold bytes of its own that must go out before raw frames.
         let mut tungstenite_wrote = false;
@@ -259,7 +224,14 @@ fn connection(
                     }
                     Err(code) => break Some(code),
                 },
-                msg = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| ws.poll_next_unpin(cx))) => {
+                Some((id, reply)) = next_reply(&mut in_flight) => {
+                    if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply.to_json(id)), &mut tungstenite_wrote).await {
+                        count_write_failure(&e);
+                        break None;
+                    }
+                }
+                msg = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| ws.poll_next_unpin(cx))),
+                    if in_flight.as_ref().is_none_or(|f| f.len() < MAX_IN_FLIGHT) => {
                     last_seen = Instant::now();
                     // Reading may have queued a pong in tungstenite.
                     tungstenite_wrote = true;
@@ -268,15 +240,27 @@ fn connection(
                             // Boxed: a request's future (subscribe with replay, auth with
                             // revocation) is larger than everything else an idle connection
                             // holds, and requests are rare next to deliveries.
-                            let reply = Box::pin(handle(
-                                &app,
-                                &mut session,
-                                &mut user_guard,
-                                t.as_str(),
-                                &mut emits,
-                            ))
-                            .await;
-                            if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await {
+                            let reply = match ClientRequest::parse(t.as_str()) {
+                                Err(e) => Some(ServerPush::error(e.id, e.code, &e.message)),
+                                Ok(req) => {
+                                    let ctx = RequestContext {
+                                        tokens: app.authenticator(),
+                                        users: app.users(),
+                                        user_slot: &mut held.user,
+                                    };
+                                    let id = req.id;
+                                    match Box::pin(session.request(req.request, ctx, &mut emits)).await {
+                                        Handled::Done(reply) => Some(reply.to_json(id)),
+                                        Handled::Wait(pending) => {
+                                            in_flight
+                                                .get_or_insert_with(FuturesUnordered::new)
+                                                .push(Box::pin(async move { (id, pending.await) }));
+                                            None
+                                        }
+                                    }
+                                }
+                            };
+                            if let Err(e) = send_emits(&mut ws, &mut emits, reply, &mut tungstenite_wrote).await {
                                 count_write_failure(&e);
                                 break None;
                             }
@@ -339,6 +323,18 @@ fn connection(
             }
         };
         if let Some(code) = close {
+            if code == CloseCode::ServerShutdown {
+                // Each client gets its own delay, so a restart's clients do not all come back
+                // in the same instant.
+                let notice = Disconnect {
+                    code: code.code(),
+                    reason: code.reason().to_owned(),
+                    reconnect: true,
+                    delay_ms: Some(u64::try_from(app.jittered_retry().as_millis()).unwrap_or(u64::MAX)),
+                }
+                .to_push_json();
+                let _ = send_emits(&mut ws, &mut emits, Some(notice), &mut tungstenite_wrote).await;
+            }
             tracing::debug!(
                 code = code.code(),
                 reason = code.reason(),
@@ -436,138 +432,12 @@ fn count_write_failure(e: &std::io::Error) {
     }
 }
 
-fn error_reply(id: Option<u64>, e: &SessionError) -> String {
-    ServerPush::error(id, e.code(), &e.to_string())
-}
+type InFlight = FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Reply)> + Send>>>;
 
-/// Shutdown closes every registered connection's outbox once; a session registered while it
-/// began may have been missed, so it checks for itself.
-pub(crate) fn close_if_shutting_down(app: &App, session: &Session) {
-    if app.shutdown.is_cancelled() {
-        app.node
-            .hub
-            .close_conn(session.conn_id(), CloseCode::ServerShutdown);
-    }
-}
-
-fn api_error_reply(id: u64, e: &ApiError) -> String {
-    ServerPush::error(Some(id), e.code, &e.message)
-}
-
-/// Handles one text frame; returns the reply and leaves pushes (replay) in `emits`.
-async fn handle(
-    app: &App,
-    session: &mut Session,
-    user_guard: &mut Option<UserGuard>,
-    text: &str,
-    emits: &mut Vec<Emit>,
-) -> String {
-    let req = match ClientRequest::parse(text) {
-        Ok(r) => r,
-        Err(e) => return ServerPush::error(e.id, e.code, &e.message),
-    };
-    let id = req.id;
-    match req.request {
-        WsRequest::Auth { token } => {
-            if let Err(e) = session.charge_token_check() {
-                return error_reply(Some(id), &e);
-            }
-            let identity = match app.verify_token(&token) {
-                Ok(i) => i,
-                Err(e) => return api_error_reply(id, &e),
-            };
-            if session.identity().is_none() {
-                match app.count_user(&identity) {
-                    Ok(g) => *user_guard = g,
-                    Err(e) => return api_error_reply(id, &e),
-                }
-            }
-            let (user, expires_at) = (identity.user.clone(), identity.expires_at);
-            match session.authenticate(identity).await {
-                Ok(revoked) => ServerPush::reply(
-                    id,
-                    &json!({"user": &*user, "expires_at": expires_at, "revoked": revoked}),
-                ),
-                Err(e) => {
-                    app.node.stats.refused.bad_token.fetch_add(1, Relaxed);
-                    error_reply(Some(id), &e)
-                }
-            }
-        }
-        WsRequest::Subscribe {
-            channel,
-            since,
-            token,
-        } => {
-            if token.is_some() {
-                if let Err(e) = session.may_check_token() {
-                    return error_reply(Some(id), &e);
-                }
-            }
-            let grant = match token.map(|t| app.verify_token(&t)) {
-                Some(Err(e)) => {
-                    // A token that verifies is charged as the subscribe itself.
-                    let _ = session.charge_token_check();
-                    return api_error_reply(id, &e);
-                }
-                Some(Ok(g)) => Some(g),
-                None => None,
-            };
-            match session
-                .subscribe(&channel, since.clone(), grant.as_ref(), emits)
-                .await
-            {
-                Ok(position) => {
-                    let recovered =
-                        since.is_some() && !emits.iter().any(|e| matches!(e, Emit::Reset { .. }));
-                    ServerPush::reply(
-                        id,
-                        &json!({"channel": channel, "position": position, "recovered": recovered}),
-                    )
-                }
-                Err(e) => error_reply(Some(id), &e),
-            }
-        }
-        WsRequest::Unsubscribe { channel } => match session.unsubscribe(&channel).await {
-            Ok(()) => ServerPush::reply(id, &json!({})),
-            Err(e) => error_reply(Some(id), &e),
-        },
-        WsRequest::Publish {
-            channel,
-            event,
-            data,
-        } => match session.publish(&channel, event.as_deref(), data).await {
-            Ok(p) => ServerPush::reply(
-                id,
-                &json!({"channel": p.channel.as_str(), "offset": p.position.offset, "epoch": p.position.epoch, "time": p.time_ms}),
-            ),
-            Err(e) => error_reply(Some(id), &e),
-        },
-        WsRequest::History {
-            channel,
-            since,
-            limit,
-        } => {
-            let limit = limit.unwrap_or(100);
-            if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
-                return ServerPush::error(
-                    Some(id),
-                    ErrorCode::BadRequest,
-                    &format!("`limit` must be from 1 to {MAX_HISTORY_LIMIT}"),
-                );
-            }
-            match session.history(&channel, since, limit as usize).await {
-                Ok(page) => match ChannelName::parse(&channel) {
-                    Ok(name) => ServerPush::reply(id, &history_json(&name, &page)),
-                    Err(e) => error_reply(Some(id), &SessionError::BadChannel(e)),
-                },
-                Err(e) => error_reply(Some(id), &e),
-            }
-        }
-        WsRequest::Presence { channel } => match session.presence(&channel).await {
-            Ok(members) => ServerPush::reply(id, &json!({"channel": channel, "members": members})),
-            Err(e) => error_reply(Some(id), &e),
-        },
-        WsRequest::Ping => ServerPush::reply(id, &json!({})),
+/// The next answered request in flight, if any; pending forever when none is.
+async fn next_reply(in_flight: &mut Option<InFlight>) -> Option<(u64, Reply)> {
+    match in_flight.as_mut() {
+        Some(f) if !f.is_empty() => f.next().await,
+        _ => std::future::pending().await,
     }
 }

@@ -126,6 +126,9 @@ pub(crate) async fn tail(
 fn print_events(events: &mut Vec<SseEvent>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for e in events.drain(..) {
+        if e.event == herald_protocol::SSE_EVENT_CONNECTED {
+            continue;
+        }
         if e.event == "herald.disconnect" {
             eprintln!("herald tail: the server is closing the stream: {}", e.data);
             continue;

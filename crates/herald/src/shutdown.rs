@@ -1,4 +1,5 @@
-//! Turns SIGINT and SIGTERM into cancellation of the root token. The handlers are installed
+//! Turns SIGINT and SIGTERM into cancellation of a token: the server's drain token, which
+//! begins the drain before shutdown. The handlers are installed
 //! before the server announces its address, so a signal sent right after that line still
 //! shuts down gracefully.
 
@@ -31,7 +32,7 @@ pub(crate) fn install() -> std::io::Result<Signals> {
 
 impl Signals {
     /// Waits for a signal, then cancels `root`. Returns early if `root` is cancelled for
-    /// another reason.
+    /// another reason (the drain token is a child of the node's root token).
     pub(crate) async fn cancel_on_signal(mut self, root: CancellationToken) -> anyhow::Result<()> {
         #[cfg(unix)]
         tokio::select! {

@@ -161,7 +161,6 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let _ = writeln!(out, "Listening on http://{addr}");
         let _ = out.flush();
     }
-    tasks::spawn(&tracker, "signals", signals.cancel_on_signal(root.clone()));
     let grace = config.server.shutdown_grace;
     let app = App::new(
         node.clone(),
@@ -177,18 +176,30 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     )
     .map_err(|errors| anyhow::anyhow!("auth.token: {}", errors.join("; ")))?;
     let router = herald_server::router(app.clone());
-    // Stop publishing as soon as shutdown begins, so nothing is accepted and then lost.
+    // A signal begins the drain (`server.drain_window`); the server cancels `root` after it.
+    tasks::spawn(
+        &tracker,
+        "signals",
+        signals.cancel_on_signal(app.draining.clone()),
+    );
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let draining = app.draining.clone();
+    tasks::spawn(&tracker, "drain-began", async move {
+        draining.cancelled().await;
+        let _ = began_tx.send(tokio::time::Instant::now());
+        Ok(())
+    });
+    // Stop publishing as soon as shutdown proper begins (after the drain window), so nothing
+    // is accepted and then lost.
     let publisher = node.publisher.clone();
     let closing = root.clone();
-    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
     tasks::spawn(&tracker, "publisher-close", async move {
         closing.cancelled().await;
-        let _ = began_tx.send(tokio::time::Instant::now());
         publisher.close();
         Ok(())
     });
     let drained = herald_server::serve(listener, router, &app).await?;
-    // The grace period counts from the moment shutdown began.
+    // The grace period counts from the signal (the drain window is part of it).
     let began = began_rx
         .await
         .unwrap_or_else(|_| tokio::time::Instant::now());

@@ -15,7 +15,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// How long a clean shutdown may take: well inside the grace period.
 const PROMPT: Duration = Duration::from_secs(3);
 
-const CONFIG: &str = "[server]\nshutdown_grace = \"5s\"\n";
+const CONFIG: &str = "[server]\ndrain_window = \"0s\"\nshutdown_grace = \"5s\"\n";
 
 /// Waits for the server process to exit (bounded by `PROMPT`) and checks it exited cleanly.
 async fn assert_clean_exit(server: &mut TestServer, since: Instant) {
@@ -168,7 +168,7 @@ async fn clients_that_never_read_do_not_hold_up_shutdown() {
 #[tokio::test]
 async fn grace_period_counts_from_the_signal_not_from_startup() {
     let mut server = TestServer::start(
-        "[server]\nshutdown_grace = \"3s\"\nwrite_timeout = \"1500ms\"\n[connection]\noutbox_bytes = \"512KiB\"\n",
+        "[server]\ndrain_window = \"0s\"\nshutdown_grace = \"3s\"\nwrite_timeout = \"1500ms\"\n[connection]\noutbox_bytes = \"512KiB\"\n",
     )
     .await;
     // Not synchronisation: the condition under test is an uptime longer than the grace period.
@@ -195,7 +195,7 @@ async fn grace_period_counts_from_the_signal_not_from_startup() {
 #[tokio::test]
 async fn a_connection_that_never_sends_a_request_does_not_hold_up_shutdown() {
     let mut server =
-        TestServer::start("[server]\nshutdown_grace = \"5s\"\nheader_read_timeout = \"30s\"\n")
+        TestServer::start("[server]\ndrain_window = \"0s\"\nshutdown_grace = \"5s\"\nheader_read_timeout = \"30s\"\n")
             .await;
     let _silent = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     server

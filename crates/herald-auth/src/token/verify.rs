@@ -49,6 +49,16 @@ impl fmt::Debug for TokenVerifier {
     }
 }
 
+/// Sessions check the tokens of WebSocket requests through herald-core's trait, at the time
+/// of the call.
+impl herald_core::Authenticator for TokenVerifier {
+    fn authenticate(&self, token: &str) -> Result<Identity, herald_core::TokenRefused> {
+        self.verify(token, crate::unix_now()).map_err(|e| {
+            herald_core::TokenRefused(format!("token refused ({}): {e}", e.reason()))
+        })
+    }
+}
+
 impl TokenVerifier {
     /// Loads key files. Errors name the file and what is wrong (unreadable, not a supported
     /// public key PEM, bad JWKS JSON, JWK without kid, unsupported key type), and include

@@ -138,7 +138,10 @@ pub(crate) async fn subscribe(
                 bail!("closed before the subscribe reply");
             }
             next_ws_frames(&mut buf, &mut frames)?;
-            if let Some((_, payload)) = frames.iter().find(|(op, _)| *op == 0x1) {
+            // Skip the hello (`{"push":"connected",...}`): the reply is the first frame with an id.
+            if let Some((_, payload)) = frames.iter().find(|(op, payload)| {
+                *op == 0x1 && memchr::memmem::find(payload, b"\"push\":\"connected\"").is_none()
+            }) {
                 if memchr::memmem::find(payload, b"\"error\"").is_some() {
                     bail!("subscribe refused: {}", String::from_utf8_lossy(payload));
                 }

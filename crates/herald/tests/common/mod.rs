@@ -209,6 +209,8 @@ pub struct Sse {
     events: VecDeque<SseEvent>,
     pub headers: reqwest::header::HeaderMap,
     pub raw: Vec<u8>,
+    /// The stream's hello (the `herald.connected` event's data), once read.
+    pub hello: Option<Value>,
 }
 
 /// Builds `/sse?channel=..&channel=..`.
@@ -250,6 +252,7 @@ impl Sse {
             body: Box::pin(resp.bytes_stream()),
             events: VecDeque::new(),
             raw: Vec::new(),
+            hello: None,
         }
     }
 
@@ -263,7 +266,18 @@ impl Sse {
             self.raw.extend_from_slice(&chunk);
             let mut out = Vec::new();
             self.decoder.feed(&chunk, &mut out);
-            self.events.extend(out);
+            self.keep(out);
+        }
+    }
+
+    /// Queues decoded events, setting the stream's hello (`herald.connected`) aside.
+    fn keep(&mut self, events: Vec<SseEvent>) {
+        for e in events {
+            if e.event == "herald.connected" && self.hello.is_none() {
+                self.hello = Some(serde_json::from_str(&e.data).expect("hello is JSON"));
+            } else {
+                self.events.push_back(e);
+            }
         }
     }
 
@@ -290,7 +304,7 @@ impl Sse {
             self.raw.extend_from_slice(&chunk);
             let mut out = Vec::new();
             self.decoder.feed(&chunk, &mut out);
-            self.events.extend(out);
+            self.keep(out);
         }
     }
 
@@ -312,6 +326,8 @@ pub struct Ws {
     pub inner: WsStream,
     next_id: u64,
     pushes: VecDeque<Value>,
+    /// The connection's hello (`{"push":"connected",...}`), once read.
+    pub hello: Option<Value>,
 }
 
 impl Ws {
@@ -333,6 +349,7 @@ impl Ws {
             inner,
             next_id: 1,
             pushes: VecDeque::new(),
+            hello: None,
         }
     }
 
@@ -348,7 +365,14 @@ impl Ws {
     pub async fn next_json(&mut self) -> Value {
         loop {
             match within(WAIT, self.inner.next()).await {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON frame"),
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("JSON frame");
+                    if v["push"] == "connected" && self.hello.is_none() {
+                        self.hello = Some(v);
+                        continue;
+                    }
+                    return v;
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
             }

@@ -1,0 +1,209 @@
+//! Policy: what this connection may do (permissions through `ChannelsConfig::permits`, the
+//! per-connection and per-user rates) and the requests that are only policy plus one engine
+//! call (publish, history, presence).
+
+use super::state::Session;
+use super::types::SessionError;
+use crate::{
+    Action, ChannelName, Denied, Grants, HistoryPage, HistoryQuery, Identity, Prepared,
+    Publication, Take,
+};
+use herald_protocol::{Member, StreamPosition};
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use tokio::time::Instant;
+use std::sync::Arc;
+
+impl Session {
+    /// Takes one from the connection's subscribe budget (a subscribe, an `auth` request, or a
+    /// subscription token that failed to verify, so a client cannot make the node verify
+    /// signatures without bound); a refusal is counted in `refused.subscribe_rate`.
+    pub fn charge_token_check(&mut self) -> Result<(), SessionError> {
+        self.charge_subscribe()
+    }
+
+    /// Takes one from the subscribe budget (`connection.subscribe_per_minute`).
+    pub(super) fn charge_subscribe(&mut self) -> Result<(), SessionError> {
+        let rate = self.limits.subscribe_per_minute;
+        let taken = self.subscribe_tokens.take(rate, 60.0, Instant::now());
+        self.refuse_unless(taken, &self.node.stats.refused.subscribe_rate, || {
+            SessionError::SubscribeRateLimited(rate)
+        })
+    }
+
+    /// Refuses a token check while the subscribe budget is spent (without charging).
+    pub fn may_check_token(&self) -> Result<(), SessionError> {
+        let rate = self.limits.subscribe_per_minute;
+        let left = self.subscribe_tokens.has_one(rate, 60.0, Instant::now());
+        self.refuse_unless(left, &self.node.stats.refused.subscribe_rate, || {
+            SessionError::SubscribeRateLimited(rate)
+        })
+    }
+
+    /// Takes one from the connection's publish budget (`connection.publish_per_minute`).
+    fn charge_publish(&mut self) -> Result<(), SessionError> {
+        let rate = self.limits.publish_per_minute;
+        let taken = self.publish_tokens.take(rate, 60.0, Instant::now());
+        self.refuse_unless(taken, &self.node.stats.refused.publish_rate, || {
+            SessionError::RateLimited(rate)
+        })
+    }
+
+    /// The one shape of every budget check: `Ok` when `allowed`, else the refusal, counted.
+    fn refuse_unless(
+        &self,
+        allowed: bool,
+        counter: &AtomicU64,
+        refusal: impl FnOnce() -> SessionError,
+    ) -> Result<(), SessionError> {
+        if allowed {
+            return Ok(());
+        }
+        counter.fetch_add(1, Relaxed);
+        Err(refusal())
+    }
+
+    /// Whether the connection may do `action` on `channel` (one call to
+    /// `ChannelsConfig::permits`); a refusal is counted in `refused.permission`.
+    pub(super) fn permit(&self, action: Action, channel: &ChannelName) -> Result<(), SessionError> {
+        let who = self.identity.as_deref();
+        let mut decision = self.node.channels.permits(action, channel, who);
+        // A channel subscribed with a subscription token is readable as that token granted it.
+        if decision.is_err()
+            && matches!(action, Action::History | Action::Presence)
+            && self
+                .subs
+                .iter()
+                .any(|s| s.channel == *channel && s.by_subscription_token)
+        {
+            if let (Some(me), Ok(grant)) = (who, Grants::new([channel.as_str()])) {
+                let merged = Identity {
+                    subscribe: grant,
+                    ..me.clone()
+                };
+                decision = self.node.channels.permits(action, channel, Some(&merged));
+            }
+        }
+        decision.map_err(|d| {
+            self.node.stats.refused.permission.fetch_add(1, Relaxed);
+            match action {
+                Action::Publish => SessionError::PublishDenied(d),
+                _ => SessionError::Denied(d),
+            }
+        })
+    }
+
+    /// The subscribe check with a subscription token's grants in place of the connection's.
+    pub(super) fn permit_granted(&self, channel: &ChannelName, grant: &Identity) -> Result<(), SessionError> {
+        let Some(me) = &self.identity else {
+            self.node.stats.refused.permission.fetch_add(1, Relaxed);
+            return Err(SessionError::Denied(Denied::Unauthenticated {
+                verb: "use a subscription token for",
+                channel: channel.to_string(),
+            }));
+        };
+        if me.user != grant.user {
+            self.node.stats.refused.permission.fetch_add(1, Relaxed);
+            return Err(SessionError::UserChanged {
+                old: me.user.to_string(),
+                new: grant.user.to_string(),
+            });
+        }
+        let merged = Identity {
+            subscribe: grant.subscribe.clone(),
+            ..Identity::clone(me)
+        };
+        self.node
+            .channels
+            .permits(Action::Subscribe, channel, Some(&merged))
+            .map_err(|d| {
+                self.node.stats.refused.permission.fetch_add(1, Relaxed);
+                SessionError::Denied(d)
+            })
+    }
+    /// The checks before a client publish (the namespace must allow it, and the connection
+    /// and its user must be within their rates), and the publication prepared to go.
+    pub fn prepare_publish(
+        &mut self,
+        channel: &str,
+        event: Option<&str>,
+        data: Box<RawValue>,
+    ) -> Result<Prepared, SessionError> {
+        let name = ChannelName::parse(channel)?;
+        self.permit(Action::Publish, &name)?;
+        self.charge_publish()?;
+        let per_user = self.node.channels.options(&name).publish_per_minute;
+        if per_user > 0 {
+            let key = match &self.identity {
+                Some(i) => format!("{}\n{}", name.namespace(), i.user),
+                None => format!("{}\n#{}", name.namespace(), self.conn_id),
+            };
+            let refused = &self.node.stats.refused;
+            let take = self.node.user_rates.take_n(&key, per_user);
+            if take == Take::Overflow {
+                refused.rate_map_full.fetch_add(1, Relaxed);
+            }
+            self.refuse_unless(
+                take != Take::Limited,
+                &refused.namespace_publish_rate,
+                || SessionError::NamespaceRateLimited {
+                    namespace: name.namespace().to_owned(),
+                    per_minute: per_user,
+                },
+            )?;
+        }
+        Ok(self.node.publisher.prepare(channel, event, data)?)
+    }
+
+    /// Publishes from the client: [`Session::prepare_publish`], then the publish itself.
+    pub async fn publish(
+        &mut self,
+        channel: &str,
+        event: Option<&str>,
+        data: Box<RawValue>,
+    ) -> Result<Arc<Publication>, SessionError> {
+        let prepared = self.prepare_publish(channel, event, data)?;
+        Ok(self.node.publisher.publish(prepared).await?)
+    }
+
+    /// The check before a history read: the channel, if the connection may read it.
+    pub(super) fn may_read_history(&self, channel: &str) -> Result<ChannelName, SessionError> {
+        let channel = ChannelName::parse(channel)?;
+        self.permit(Action::History, &channel)?;
+        Ok(channel)
+    }
+
+    /// Reads history for the client.
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: usize,
+    ) -> Result<HistoryPage, SessionError> {
+        let channel = self.may_read_history(channel)?;
+        Ok(self
+            .node
+            .history
+            .read(&channel, HistoryQuery { since, limit })
+            .await?)
+    }
+
+    /// The checks before a presence read: the channel, if the connection may list it and
+    /// its namespace keeps presence.
+    pub(super) fn may_read_presence(&self, channel: &str) -> Result<ChannelName, SessionError> {
+        let channel = ChannelName::parse(channel)?;
+        self.permit(Action::Presence, &channel)?;
+        if !self.node.channels.options(&channel).presence {
+            return Err(SessionError::PresenceDisabled(
+                channel.namespace().to_owned(),
+            ));
+        }
+        Ok(channel)
+    }
+
+    /// Lists presence members of `channel`.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, SessionError> {
+        let channel = self.may_read_presence(channel)?;
+        Ok(self.node.presence.members(&channel).await?)
+    }
+}

@@ -1,0 +1,125 @@
+//! The session's state: its subscriptions, identity, rate budgets and its place in the hub.
+//! What the other files of this module build on; it depends on none of them.
+
+use super::types::{SessionLimits, Transport};
+use crate::{outbox, ChannelName, ConnId, Identity, Node, Outbox, OutboxTx, TokenBucket};
+use herald_protocol::{Member, StreamPosition};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub(super) struct Sub {
+    pub(super) channel: ChannelName,
+    pub(super) position: StreamPosition,
+    pub(super) presence: bool,
+    /// Granted by a subscription token rather than the connection's own token.
+    pub(super) by_subscription_token: bool,
+    /// The member announced at join (where the namespace has presence), so the leave names
+    /// the same member even if the connection authenticated in between. Boxed: most
+    /// subscriptions have no presence, and every connection holds its subscriptions.
+    pub(super) member: Option<Box<Member>>,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    pub(super) node: Node,
+    pub(super) conn_id: ConnId,
+    pub(super) transport: Transport,
+    pub(super) limits: SessionLimits,
+    pub(super) tx: OutboxTx,
+    pub(super) subs: Vec<Sub>,
+    /// Who the connection's token names; None for an anonymous connection.
+    pub(super) identity: Option<Arc<Identity>>,
+    pub(super) publish_tokens: TokenBucket,
+    pub(super) subscribe_tokens: TokenBucket,
+}
+
+/// Upper bound on publications replayed for one channel in one resume.
+pub(super) const MAX_REPLAY: usize = 100_000;
+
+impl Session {
+    /// A new session and the outbox its connection task drains.
+    pub fn new(node: Node, transport: Transport, limits: SessionLimits) -> (Self, Outbox) {
+        let conn_id = ConnId::random();
+        let (tx, rx) = outbox(conn_id, limits.outbox);
+        let gauge = match transport {
+            Transport::Ws => &node.stats.connections_ws,
+            Transport::Sse => &node.stats.connections_sse,
+        };
+        gauge.fetch_add(1, Relaxed);
+        node.hub.register(conn_id, tx.clone());
+        let session = Self {
+            node,
+            conn_id,
+            transport,
+            limits,
+            tx,
+            subs: Vec::new(),
+            identity: None,
+            publish_tokens: TokenBucket::full(limits.publish_per_minute),
+            subscribe_tokens: TokenBucket::full(limits.subscribe_per_minute),
+        };
+        (session, rx)
+    }
+
+    /// This connection's id.
+    pub fn conn_id(&self) -> ConnId {
+        self.conn_id
+    }
+
+    /// The engine parts.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The current position of every subscription, in subscription order.
+    pub fn positions(&self) -> impl Iterator<Item = &StreamPosition> {
+        self.subs.iter().map(|s| &s.position)
+    }
+
+    /// Subscribed channel names, in subscription order.
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
+        self.subs.iter().map(|s| &s.channel)
+    }
+
+    /// Who the connection is, once a token was verified.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
+    }
+
+    /// When the connection's token expires (Unix seconds).
+    pub fn expires_at(&self) -> Option<u64> {
+        self.identity.as_ref().and_then(|i| i.expires_at)
+    }
+
+    /// The presence member this connection is.
+    pub(super) fn member(&self) -> Member {
+        Member {
+            conn_id: self.conn_id.to_string(),
+            user_id: self.identity.as_ref().map(|i| i.user.to_string()),
+            info: self
+                .identity
+                .as_ref()
+                .and_then(|i| i.info.as_ref())
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            transport: self.transport.as_str().to_owned(),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Normally `close` already emptied `subs`; this covers a connection task that ended
+        // early (panic, cancellation) so the hub holds no dead subscriber.
+        for sub in &self.subs {
+            self.node.hub.unsubscribe(&sub.channel, self.conn_id);
+        }
+        self.node.hub.deregister(self.conn_id);
+        let gauge = match self.transport {
+            Transport::Ws => &self.node.stats.connections_ws,
+            Transport::Sse => &self.node.stats.connections_sse,
+        };
+        gauge.fetch_sub(1, Relaxed);
+    }
+}
