@@ -77,4 +77,3 @@ impl<K: Hash + Eq + Clone> Drop for CountGuard<K> {
         }
     }
 }
-

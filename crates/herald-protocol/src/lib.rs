@@ -16,7 +16,8 @@ pub use close::CloseCode;
 pub use errors::ErrorCode;
 pub use frames::{
     ClientRequest, ErrorBody, Member, Request, RequestError, ResetChannel, ServerPush,
-    RESERVED_EVENT_PREFIX, SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
+    RESERVED_EVENT_PREFIX, SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_JOIN,
+    SSE_EVENT_LEAVE, SSE_EVENT_RESET,
 };
 pub use position::{
     format_sse_id, parse_sse_id, write_sse_id, Epoch, EpochError, SseIdError, StreamPosition,

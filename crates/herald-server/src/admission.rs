@@ -8,9 +8,9 @@
 //! every transport.
 
 use crate::limits::{origin_standing, IpGuard};
-use herald_core::UserGuard;
 use crate::{ApiError, App};
 use axum::http::{HeaderMap, StatusCode};
+use herald_core::UserGuard;
 use herald_core::{Identity, Transport};
 use herald_protocol::{CloseCode, ErrorCode};
 use std::net::IpAddr;

@@ -114,6 +114,9 @@ mod tests {
             seen_low |= d < base;
             seen_high |= d > base;
         }
-        assert!(seen_low && seen_high, "jitter never left one side of the base");
+        assert!(
+            seen_low && seen_high,
+            "jitter never left one side of the base"
+        );
     }
 }

@@ -31,7 +31,6 @@ use tokio_util::task::TaskTracker;
 /// a stream holds of its own while its socket is full.
 const MAX_CHUNK_BYTES: usize = crate::scratch::MAX_WRITE_BYTES;
 
-
 pub(crate) async fn handler(
     State(app): State<App>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
@@ -182,7 +181,11 @@ async fn open(
     first.extend_from_slice(b"event: ");
     first.extend_from_slice(SSE_EVENT_CONNECTED.as_bytes());
     first.extend_from_slice(b"\ndata: ");
-    first.extend_from_slice(app.hello(session_id, app.sse.keepalive).to_json().as_bytes());
+    first.extend_from_slice(
+        app.hello(session_id, app.sse.keepalive)
+            .to_json()
+            .as_bytes(),
+    );
     first.extend_from_slice(b"\n\n");
     st.emits = emits;
     let replay = st.encode();

@@ -20,7 +20,9 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::{Emit, Handled, Outbox, Outgoing, RequestContext, Session, Transport};
-use herald_protocol::{ws_text_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, Reply, ServerPush};
+use herald_protocol::{
+    ws_text_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, Reply, ServerPush,
+};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering::Relaxed;
@@ -144,8 +146,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
     }
     let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
     let tracker = app.tracker.clone();
-    let fut = connection(app, on_upgrade, admitted.held, config, session, outbox)
-    .instrument(span);
+    let fut = connection(app, on_upgrade, admitted.held, config, session, outbox).instrument(span);
     tracker.spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -181,8 +182,14 @@ fn connection(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         tracing::debug!("WebSocket connected.");
-        let hello = app.hello(session.conn_id(), app.ws.ping_interval).to_push_json();
-        if let Err(e) = ws.get_mut().write_all(&ws_text_frame(hello.as_bytes())).await {
+        let hello = app
+            .hello(session.conn_id(), app.ws.ping_interval)
+            .to_push_json();
+        if let Err(e) = ws
+            .get_mut()
+            .write_all(&ws_text_frame(hello.as_bytes()))
+            .await
+        {
             count_write_failure(&e);
             return;
         }
@@ -330,7 +337,9 @@ fn connection(
                     code: code.code(),
                     reason: code.reason().to_owned(),
                     reconnect: true,
-                    delay_ms: Some(u64::try_from(app.jittered_retry().as_millis()).unwrap_or(u64::MAX)),
+                    delay_ms: Some(
+                        u64::try_from(app.jittered_retry().as_millis()).unwrap_or(u64::MAX),
+                    ),
                 }
                 .to_push_json();
                 let _ = send_emits(&mut ws, &mut emits, Some(notice), &mut tungstenite_wrote).await;
@@ -432,7 +441,8 @@ fn count_write_failure(e: &std::io::Error) {
     }
 }
 
-type InFlight = FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Reply)> + Send>>>;
+type InFlight =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Reply)> + Send>>>;
 
 /// The next answered request in flight, if any; pending forever when none is.
 async fn next_reply(in_flight: &mut Option<InFlight>) -> Option<(u64, Reply)> {

@@ -797,7 +797,16 @@ async fn hostile_transport_input_gets_a_timely_answer_and_bystanders_keep_receiv
         .position(|w| w == b"\r\n\r\n")
         .expect("a complete response head")
         + 4;
-    let frame = &answer[head_end..];
+    let mut frame = &answer[head_end..];
+    // The hello (an unmasked text frame) comes first; skip it.
+    if frame.first() == Some(&0x81) {
+        let (len, header) = match frame[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+            n => (usize::from(n), 2),
+        };
+        assert!(frame[header..].starts_with(br#"{"push":"connected""#));
+        frame = &frame[header + len..];
+    }
     // An unmasked close frame (0x88) with a payload under 126 bytes: the code, then the reason.
     assert!(
         frame.len() >= 4 && frame[0] == 0x88,
@@ -1190,4 +1199,190 @@ async fn telegram_login_checks_the_ed25519_signature_with_only_a_bot_id() {
             .contains("bad_signature"),
         "{body}"
     );
+}
+
+/// How one admission attempt ended, the same way for both transports: admitted (the held
+/// connection), or refused with a status and stable code. SSE's "retry later" refusals are a
+/// short 200 stream ending in `herald.disconnect`; they are reported with that close code.
+enum Admission {
+    Sse(Sse),
+    Ws(Ws),
+    Refused(u16, String),
+}
+
+impl Admission {
+    fn refusal(&self) -> Option<(u16, &str)> {
+        match self {
+            Self::Refused(status, code) => Some((*status, code.as_str())),
+            _ => None,
+        }
+    }
+}
+
+/// Opens an SSE stream of `widget:alerts` with `headers` (and `?token=`), reading past its
+/// first block; a stream that says "retry later" is a refusal named by its close code.
+async fn knock_sse(
+    server: &TestServer,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Admission {
+    let mut url = sse_url(server, &["widget:alerts"]);
+    if let Some(t) = token {
+        url.push_str(&format!("&token={}", urlencode(t)));
+    }
+    let mut req = server.http.get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = within(WAIT, req.send()).await.unwrap();
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        return Admission::Refused(status, body["error"]["code"].as_str().unwrap_or("").into());
+    }
+    let mut sse = Sse::from_response(resp);
+    sse.wait_raw(b"\n\n").await;
+    if sse.hello.is_none() {
+        // No hello: a "retry later" stream.
+        let events = sse.until_end().await;
+        let last = events
+            .last()
+            .expect("a refusal stream ends with herald.disconnect");
+        assert_eq!(last.event, "herald.disconnect");
+        let data: Value = serde_json::from_str(&last.data).unwrap();
+        return Admission::Refused(200, format!("close {}", data["code"]));
+    }
+    Admission::Sse(sse)
+}
+
+async fn knock_ws(server: &TestServer, token: Option<&str>, headers: &[(&str, &str)]) -> Admission {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = match token {
+        Some(t) => ws_url_with(server, t),
+        None => server.ws_url(),
+    };
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match within(WAIT, tokio_tungstenite::connect_async(req)).await {
+        Ok((inner, _)) => Admission::Ws(Ws::from_stream(inner)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                .unwrap_or(Value::Null);
+            Admission::Refused(
+                resp.status().as_u16(),
+                body["error"]["code"].as_str().unwrap_or("").into(),
+            )
+        }
+        Err(e) => panic!("WebSocket upgrade failed: {e}"),
+    }
+}
+
+async fn knock(
+    transport: &str,
+    server: &TestServer,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Admission {
+    match transport {
+        "sse" => knock_sse(server, token, headers).await,
+        _ => knock_ws(server, token, headers).await,
+    }
+}
+
+/// One admission path for every transport: each refusal cause, and a request with two, get the
+/// same cause on SSE and WebSocket, mapped to each one's answer.
+#[tokio::test]
+async fn every_admission_refusal_is_the_same_cause_on_sse_and_websocket() {
+    // Room for 3 connections, 1 per user, 1 per forwarded address (the node trusts loopback as
+    // its proxy, so `X-Forwarded-For` names the client), and one listed origin.
+    let server = TestServer::start(&format!(
+        "{}\n[server]\nmax_connections = 3\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\ncors_allowed_origins = [\"https://app.example\"]\n",
+        config().replace("max_per_user = 2", "max_per_user = 1")
+    ))
+    .await;
+    let solo = hs256(&claims("solo", json!({})));
+    let other = hs256(&claims("other", json!({})));
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    for transport in ["sse", "ws"] {
+        let evil = [("origin", "https://evil.example")];
+        let origin = knock(transport, &server, None, &evil).await;
+        match transport {
+            // SSE answers cross-origin reads through CORS; the Origin rule is WebSocket's.
+            "sse" => assert!(origin.refusal().is_none(), "SSE refused by origin"),
+            _ => assert_eq!(origin.refusal(), Some((403, "forbidden"))),
+        }
+        drop(origin);
+        let bad = knock(transport, &server, Some("not.a.token"), &[]).await;
+        assert_eq!(bad.refusal(), Some((401, "unauthorized")), "{transport}");
+
+        // Per address: the second connection from one forwarded address is refused; another
+        // address is not.
+        let first = knock(transport, &server, None, &from("203.0.113.7")).await;
+        assert!(first.refusal().is_none(), "{transport}");
+        let again = knock(transport, &server, None, &from("203.0.113.7")).await;
+        assert_eq!(
+            again.refusal(),
+            Some((429, "rate_limited")),
+            "{transport} per ip"
+        );
+        // Two causes (a bad token from an address at its limit): the token, on both.
+        let both = knock(
+            transport,
+            &server,
+            Some("not.a.token"),
+            &from("203.0.113.7"),
+        )
+        .await;
+        assert_eq!(
+            both.refusal(),
+            Some((401, "unauthorized")),
+            "{transport} two causes"
+        );
+        drop(first);
+
+        // Per user.
+        let mine = knock(transport, &server, Some(&solo), &from("203.0.113.8")).await;
+        assert!(mine.refusal().is_none(), "{transport}");
+        let twice = knock(transport, &server, Some(&solo), &from("203.0.113.9")).await;
+        assert_eq!(
+            twice.refusal(),
+            Some((429, "rate_limited")),
+            "{transport} per user"
+        );
+
+        // The node's cap: two more fill it (3 in all); the next is told to retry later.
+        let fill_a = knock(transport, &server, None, &from("203.0.113.10")).await;
+        let fill_b = knock(transport, &server, Some(&other), &from("203.0.113.11")).await;
+        assert!(fill_a.refusal().is_none() && fill_b.refusal().is_none());
+        let full = knock(transport, &server, None, &from("203.0.113.12")).await;
+        match transport {
+            "sse" => assert_eq!(full.refusal(), Some((200, "close 4005"))),
+            _ => assert_eq!(full.refusal(), Some((503, "server_full"))),
+        }
+        // Two causes again (a user at its limit on a full node): the user, on both.
+        let user_and_full = knock(transport, &server, Some(&solo), &from("203.0.113.13")).await;
+        assert_eq!(
+            user_and_full.refusal(),
+            Some((429, "rate_limited")),
+            "{transport}"
+        );
+        drop((mine, fill_a, fill_b));
+        // Every slot is given back once the connections close.
+        server
+            .wait_stats("connections closed", |s| {
+                s["connections"]["sse"] == 0 && s["connections"]["ws"] == 0
+            })
+            .await;
+    }
+    let stats = server.stats().await;
+    let refused = &stats["refused"];
+    assert_eq!(refused["origin"], 1);
+    assert_eq!(refused["per_ip"], 2);
+    assert_eq!(refused["per_user"], 4);
+    assert_eq!(stats["connections"]["rejected"], 2);
 }

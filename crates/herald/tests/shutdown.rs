@@ -194,9 +194,10 @@ async fn grace_period_counts_from_the_signal_not_from_startup() {
 
 #[tokio::test]
 async fn a_connection_that_never_sends_a_request_does_not_hold_up_shutdown() {
-    let mut server =
-        TestServer::start("[server]\ndrain_window = \"0s\"\nshutdown_grace = \"5s\"\nheader_read_timeout = \"30s\"\n")
-            .await;
+    let mut server = TestServer::start(
+        "[server]\ndrain_window = \"0s\"\nshutdown_grace = \"5s\"\nheader_read_timeout = \"30s\"\n",
+    )
+    .await;
     let _silent = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     server
         .wait_stats("the server answering", |s| s["uptime_seconds"].is_u64())
@@ -206,4 +207,200 @@ async fn a_connection_that_never_sends_a_request_does_not_hold_up_shutdown() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// What one client saw of a drain.
+struct Told {
+    /// When it was told to go (its `herald.disconnect` event or `disconnect` push).
+    at: Instant,
+    /// Whether the publication made mid-window reached it first.
+    got_mid: bool,
+    /// The delay it was asked to wait before coming back.
+    delay_ms: u64,
+}
+
+/// A deploy that does not stampede: on SIGTERM readiness turns false and new connections are
+/// refused at once, the API keeps publishing through `server.drain_window`, and the open
+/// connections are told to go at an even pace over the window, each with its own delay.
+#[tokio::test]
+async fn sigterm_drains_connections_at_an_even_pace_over_the_window() {
+    const WINDOW: Duration = Duration::from_secs(4);
+    const EACH: usize = 100;
+    let mut server = TestServer::start(
+        "[server]\ndrain_window = \"4s\"\nshutdown_grace = \"10s\"\n[sse]\nretry = \"2s\"\n",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..EACH {
+        let mut sse = Sse::connect(&server, &["deploy"], None).await;
+        sse.wait_raw(b"herald.connected").await;
+        tasks.push(tokio::spawn(async move {
+            let mut got_mid = false;
+            loop {
+                let e = sse.next().await.expect("stream ended before it was told");
+                if e.event == "herald.disconnect" {
+                    let at = Instant::now();
+                    let data: Value = serde_json::from_str(&e.data).unwrap();
+                    assert_eq!(data["code"], 4000);
+                    let delay_ms = data["delay_ms"].as_u64().expect("a delay");
+                    // The browser's EventSource waits as long: a `retry:` of that delay comes first.
+                    let raw = String::from_utf8_lossy(&sse.raw).into_owned();
+                    assert!(
+                        raw.contains(&format!("retry: {delay_ms}\n\nevent: herald.disconnect")),
+                        "{raw}"
+                    );
+                    return Told {
+                        at,
+                        got_mid,
+                        delay_ms,
+                    };
+                }
+                got_mid |= e.data.contains("mid-window");
+            }
+        }));
+    }
+    for _ in 0..EACH {
+        let mut ws = subscribed_ws(&server, "deploy").await;
+        tasks.push(tokio::spawn(async move {
+            let mut got_mid = false;
+            loop {
+                let push = ws.next_push().await;
+                if push["push"] == "disconnect" {
+                    let at = Instant::now();
+                    assert_eq!(
+                        (push["code"].as_u64(), push["reconnect"].as_bool()),
+                        (Some(4000), Some(true))
+                    );
+                    let delay_ms = push["delay_ms"].as_u64().expect("a delay");
+                    assert_eq!(ws.close_code().await, Some(4000));
+                    return Told {
+                        at,
+                        got_mid,
+                        delay_ms,
+                    };
+                }
+                got_mid |= push["data"] == "mid-window";
+            }
+        }));
+    }
+    server
+        .wait_stats("every client connected", |s| {
+            s["connections"]["ws"] == EACH && s["connections"]["sse"] == EACH
+        })
+        .await;
+    let (status, _) = server.get("/health/ready").await;
+    assert_eq!(status, 200);
+
+    let signalled = Instant::now();
+    server.terminate();
+    // At once: not ready, and new connections get the shutdown answers.
+    let (status, body) = server.get("/health/ready").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    let resp = server
+        .http
+        .get(common::sse_url(&server, &["deploy"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("event: herald.disconnect") && body.contains("4000"),
+        "{body}"
+    );
+    match tokio_tungstenite::connect_async(server.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a WebSocket opened while draining: {other:?}"),
+    }
+    // Mid-window the API still publishes.
+    tokio::time::sleep_until(signalled + WINDOW / 2).await;
+    let published = server.publish("deploy", None, json!("mid-window")).await;
+    assert!(published["offset"].is_u64(), "{published}");
+    let acked = Instant::now();
+
+    let mut told = Vec::new();
+    for t in tasks {
+        told.push(within(WINDOW + Duration::from_secs(5), t).await.unwrap());
+    }
+    // Every connection not yet told when the publication was acknowledged received it
+    // (a margin for the client's own reading).
+    let late: Vec<&Told> = told
+        .iter()
+        .filter(|t| t.at > acked + Duration::from_millis(100))
+        .collect();
+    assert!(
+        late.len() > EACH / 2,
+        "only {} told after mid-window",
+        late.len()
+    );
+    assert!(
+        late.iter().all(|t| t.got_mid),
+        "a connection told after the publication missed it"
+    );
+    // The told times cover at least the middle 80% of the window.
+    let first = told.iter().map(|t| t.at).min().unwrap() - signalled;
+    let last = told.iter().map(|t| t.at).max().unwrap() - signalled;
+    assert!(first <= WINDOW / 10, "first told after {first:?}");
+    assert!(last >= WINDOW * 9 / 10, "last told after {last:?}");
+    // Each comes back after its own delay: within half to one and a half `sse.retry`, not all
+    // the same.
+    assert!(told.iter().all(|t| (1000..3000).contains(&t.delay_ms)));
+    let distinct: std::collections::HashSet<u64> = told.iter().map(|t| t.delay_ms).collect();
+    assert!(
+        distinct.len() > told.len() / 4,
+        "delays barely vary: {distinct:?}"
+    );
+    // Then the node exits cleanly, inside the grace period.
+    let status = within(Duration::from_secs(8), server.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "herald exited with {status}");
+}
+
+/// A connection's first push is its hello: connection id, node, server time and ping interval;
+/// on SSE, a `herald.connected` event before anything else.
+#[tokio::test]
+async fn every_connection_starts_with_a_hello() {
+    let server =
+        TestServer::start("[ws]\nping_interval = \"7s\"\n[sse]\nkeepalive = \"9s\"\n").await;
+    let mut ws = Ws::connect(&server).await;
+    // The first frame, read raw: the hello, before any reply.
+    let first = ws.next_json_raw().await;
+    assert_eq!(first["push"], "connected", "{first}");
+    assert_eq!(first["ping_interval_ms"], 7000);
+    let mut sse = Sse::connect(&server, &["hello"], None).await;
+    sse.wait_raw(b"herald.connected").await;
+    let raw = String::from_utf8_lossy(&sse.raw).into_owned();
+    // The hello is the stream's first event (after the `retry:` and starting-position block).
+    let first_event = raw.split("\n\n").find(|b| b.contains("data:")).unwrap();
+    assert!(
+        first_event.starts_with("event: herald.connected\ndata: "),
+        "{raw}"
+    );
+    let hello = sse.hello.clone().unwrap();
+    assert_eq!(hello["ping_interval_ms"], 9000);
+    // Both name the same node and their own connection; the time is the server's now.
+    assert_eq!(hello["node"], first["node"]);
+    assert_ne!(hello["conn_id"], first["conn_id"]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for h in [&hello, &first] {
+        assert!(h["conn_id"].as_str().is_some_and(|s| !s.is_empty()));
+        let t = h["time"].as_u64().unwrap();
+        assert!(t.abs_diff(now_ms) < 60_000, "{h}");
+    }
+    // The connection id is the one presence and `/api/disconnect` know.
+    let (status, _) = server
+        .post(
+            "/api/disconnect",
+            &json!({"conn_id": first["conn_id"]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(ws.close_code().await.is_some());
 }

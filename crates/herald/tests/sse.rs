@@ -30,7 +30,14 @@ async fn sse_subscriber_receives_http_publications_with_headers_and_ids() {
     assert_eq!(data["data"], json!({"title": "hello"}));
     assert_eq!(data["offset"], published["offset"]);
     assert_eq!(data["epoch"], published["epoch"]);
-    assert_eq!(sse.decoder.retry_ms(), Some(1500));
+    // `sse.retry` (1500 ms here), jittered per connection by half of it either way.
+    assert!(
+        sse.decoder
+            .retry_ms()
+            .is_some_and(|ms| (750..2250).contains(&ms)),
+        "{:?}",
+        sse.decoder.retry_ms()
+    );
     assert_eq!(
         event.id,
         format!("{}-1", published["epoch"].as_str().unwrap())

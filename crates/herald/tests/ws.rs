@@ -232,6 +232,7 @@ async fn binary_and_oversized_frames_close_with_terminal_codes() {
 async fn live_peer_answering_pings_stays_connected() {
     let server = TestServer::start(CONFIG).await;
     let mut ws = Ws::connect(&server).await;
+    assert_eq!(ws.next_json_raw().await["push"], "connected");
     // tungstenite answers pings while we read; wait for several ping intervals' worth.
     let mut pings = 0;
     while pings < 5 {
@@ -301,6 +302,7 @@ async fn silent_peer_is_pinged_then_closed_with_heartbeat_timeout() {
 async fn a_client_close_is_answered_with_a_close_frame() {
     let server = TestServer::start(CONFIG).await;
     let mut ws = Ws::connect(&server).await;
+    assert_eq!(ws.next_json_raw().await["push"], "connected");
     ws.inner.close(None).await.unwrap();
     let answer = within(WAIT, futures_util::StreamExt::next(&mut ws.inner)).await;
     assert!(

@@ -53,9 +53,8 @@ impl fmt::Debug for TokenVerifier {
 /// of the call.
 impl herald_core::Authenticator for TokenVerifier {
     fn authenticate(&self, token: &str) -> Result<Identity, herald_core::TokenRefused> {
-        self.verify(token, crate::unix_now()).map_err(|e| {
-            herald_core::TokenRefused(format!("token refused ({}): {e}", e.reason()))
-        })
+        self.verify(token, crate::unix_now())
+            .map_err(|e| herald_core::TokenRefused(format!("token refused ({}): {e}", e.reason())))
     }
 }
 

@@ -11,8 +11,8 @@ use crate::{
 use herald_protocol::{Member, StreamPosition};
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tokio::time::Instant;
 use std::sync::Arc;
+use tokio::time::Instant;
 
 impl Session {
     /// Takes one from the connection's subscribe budget (a subscribe, an `auth` request, or a
@@ -94,7 +94,11 @@ impl Session {
     }
 
     /// The subscribe check with a subscription token's grants in place of the connection's.
-    pub(super) fn permit_granted(&self, channel: &ChannelName, grant: &Identity) -> Result<(), SessionError> {
+    pub(super) fn permit_granted(
+        &self,
+        channel: &ChannelName,
+        grant: &Identity,
+    ) -> Result<(), SessionError> {
         let Some(me) = &self.identity else {
             self.node.stats.refused.permission.fetch_add(1, Relaxed);
             return Err(SessionError::Denied(Denied::Unauthenticated {

@@ -9,7 +9,9 @@
 
 use super::state::Session;
 use super::types::{Emit, SessionError};
-use crate::{Authenticator, ChannelName, HistoryPage, HistoryQuery, Identity, UserGuard, UserLimiter};
+use crate::{
+    Authenticator, ChannelName, HistoryPage, HistoryQuery, Identity, UserGuard, UserLimiter,
+};
 use herald_protocol::{HistoryResult, Reply, ReplyResult, Request};
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -100,7 +102,8 @@ impl Session {
                 since,
                 token,
             } => Handled::Done(answer(
-                self.subscribe_request(channel, since, token, ctx, out).await,
+                self.subscribe_request(channel, since, token, ctx, out)
+                    .await,
             )),
             Request::Unsubscribe { channel } => Handled::Done(answer(
                 self.unsubscribe(&channel)
@@ -155,9 +158,7 @@ impl Session {
                                 history
                                     .read(&name, query)
                                     .await
-                                    .map(|page| {
-                                        ReplyResult::History(history_result(&name, &page))
-                                    })
+                                    .map(|page| ReplyResult::History(history_result(&name, &page)))
                                     .map_err(SessionError::from),
                             )
                         })))
@@ -258,9 +259,7 @@ impl Session {
             }
         };
         let resumed = since.is_some();
-        let position = self
-            .subscribe(&channel, since, grant.as_ref(), out)
-            .await?;
+        let position = self.subscribe(&channel, since, grant.as_ref(), out).await?;
         let recovered = resumed && !out.iter().any(|e| matches!(e, Emit::Reset { .. }));
         Ok(ReplyResult::Subscribed {
             channel,

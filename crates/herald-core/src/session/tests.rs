@@ -1,13 +1,11 @@
 use super::*;
+use crate::memory::{MemoryEngine, MemoryEngineConfig, MemoryPresenceStore};
 use crate::{ChannelName, Node, Outgoing, Publication};
+use crate::{ChannelsConfig, EventName, Hub, NamespaceOptions, Publisher, PublisherLimits, Stats};
+use herald_protocol::StreamPosition;
 use serde_json::value::RawValue;
 use std::sync::atomic::Ordering::Relaxed;
-use herald_protocol::StreamPosition;
 use std::sync::Arc;
-use crate::memory::{MemoryEngine, MemoryEngineConfig, MemoryPresenceStore};
-use crate::{
-    ChannelsConfig, EventName, Hub, NamespaceOptions, Publisher, PublisherLimits, Stats,
-};
 
 fn node(history_size: usize) -> Node {
     let stats = Arc::new(Stats::default());
@@ -65,8 +63,7 @@ fn offsets(emits: &[Emit]) -> Vec<String> {
 #[tokio::test]
 async fn a_gap_is_filled_from_history_and_duplicates_are_dropped() {
     let node = node(100);
-    let (mut s, mut outbox) =
-        Session::new(node.clone(), Transport::Ws, SessionLimits::default());
+    let (mut s, mut outbox) = Session::new(node.clone(), Transport::Ws, SessionLimits::default());
     let mut out = Vec::new();
     s.subscribe("c", None, None, &mut out).await.unwrap();
     publish(&node, 3).await;
@@ -86,8 +83,7 @@ async fn a_gap_is_filled_from_history_and_duplicates_are_dropped() {
 #[tokio::test]
 async fn a_gap_history_cannot_fill_is_announced_as_a_reset() {
     let node = node(1);
-    let (mut s, mut outbox) =
-        Session::new(node.clone(), Transport::Sse, SessionLimits::default());
+    let (mut s, mut outbox) = Session::new(node.clone(), Transport::Sse, SessionLimits::default());
     let mut out = Vec::new();
     s.subscribe("c", None, None, &mut out).await.unwrap();
     publish(&node, 3).await;
@@ -135,4 +131,3 @@ async fn the_channel_limit_is_enforced() {
         Err(SessionError::TooManyChannels(1))
     ));
 }
-

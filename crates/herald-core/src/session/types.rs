@@ -1,6 +1,9 @@
 //! What a session speaks in: its transport, its bounds, what it emits and how it fails.
 
-use crate::{ChannelError, Denied, EngineError, OutboxLimits, PresenceEvent, Publication, PublishError, ResetReason};
+use crate::{
+    ChannelError, Denied, EngineError, OutboxLimits, PresenceEvent, Publication, PublishError,
+    ResetReason,
+};
 use herald_protocol::{ErrorCode, ResetChannel};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

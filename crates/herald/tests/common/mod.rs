@@ -361,7 +361,19 @@ impl Ws {
             .expect("WS send");
     }
 
-    /// The next JSON text frame (pushes and replies alike); panics on close.
+    /// The next JSON text frame as sent, the hello included; panics on close.
+    pub async fn next_json_raw(&mut self) -> Value {
+        loop {
+            match within(WAIT, self.inner.next()).await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON frame"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next JSON text frame (pushes and replies alike, the hello set aside); panics on
+    /// close.
     pub async fn next_json(&mut self) -> Value {
         loop {
             match within(WAIT, self.inner.next()).await {
