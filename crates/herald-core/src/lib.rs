@@ -7,6 +7,7 @@
 
 mod authn;
 mod channel;
+mod conn_id;
 mod counts;
 mod engine;
 mod hub;
@@ -25,12 +26,13 @@ mod topic;
 
 pub use authn::{Authenticator, TokenRefused};
 pub use channel::{ChannelError, ChannelName, EventName, MAX_CHANNEL_BYTES, MAX_EVENT_BYTES};
+pub use conn_id::ConnId;
 pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
     LatencySummary, PresenceStore, ResetReason, Retention,
 };
-pub use hub::{ConnId, Hub};
+pub use hub::Hub;
 pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
 pub use namespace::{Access, Action, ChannelsConfig, Denied, NamespaceOptions};
 pub use node::Node;

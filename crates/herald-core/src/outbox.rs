@@ -1,5 +1,5 @@
 //! The per-connection outbox: what the connection task drains in one go and writes in one
-//! batch. Publications are not queued here one by one: the channel's [`Topic`] marks the outbox
+//! batch. Publications are not queued here one by one: the channel's topic (a [`Ring`]) marks the outbox
 //! *ready* for that channel, and the drain reads every unread publication from the topic's ring.
 //! Other items (presence changes) are queued here, bounded in messages and bytes; a push past
 //! the bound fails with `Full` and the hub evicts the connection with a reconnect close code.
@@ -11,7 +11,6 @@
 //! beside the queue costs a second set of atomics per delivery and a waiter node in every
 //! connection's future.)
 
-use crate::topic::Topic;
 use crate::{ConnId, PresenceEvent, Publication};
 use herald_protocol::CloseCode;
 use serde::{Deserialize, Serialize};
@@ -70,12 +69,20 @@ pub enum PushError {
     Closed,
 }
 
+/// What a ready mark points at: a channel's ring of recent publications (herald-core's
+/// `Topic`), read from this connection's cursor. A trait, so the outbox does not depend on the
+/// topic that depends on it.
+pub(crate) trait Ring: Send + Sync + std::fmt::Debug {
+    /// Appends every publication `conn` has not read to `out`; an error closes the connection.
+    fn read(&self, conn: ConnId, out: &mut Vec<Outgoing>) -> Result<(), CloseCode>;
+}
+
 #[derive(Debug)]
 struct Queue {
     items: Vec<Outgoing>,
     bytes: usize,
     /// Channels with publications this connection has not read.
-    ready: Vec<Arc<Topic>>,
+    ready: Vec<Arc<dyn Ring>>,
     closed: Option<CloseCode>,
     receiver_gone: bool,
     /// The receiving task, while it waits on an empty queue.
@@ -100,7 +107,7 @@ pub struct OutboxTx {
 pub struct Outbox {
     shared: Arc<Shared>,
     /// The ready list taken from the queue, read outside its lock (kept for its room).
-    ready: Vec<Arc<Topic>>,
+    ready: Vec<Arc<dyn Ring>>,
 }
 
 /// A new outbox with `limits` for the connection `conn`.
@@ -183,14 +190,14 @@ impl OutboxTx {
 
     /// Marks `topic` as holding publications this connection has not read. Returns false when
     /// the connection is closed.
-    pub(crate) fn notify(&self, topic: &Arc<Topic>) -> bool {
+    pub(crate) fn notify(&self, topic: Arc<dyn Ring>) -> bool {
         let waker = {
             let mut q = lock(&self.shared);
             if q.closed.is_some() || q.receiver_gone {
                 return false;
             }
             let first = q.items.is_empty() && q.ready.is_empty();
-            q.ready.push(topic.clone());
+            q.ready.push(topic);
             if first {
                 q.waker.take()
             } else {

@@ -17,8 +17,8 @@
 //! closes are sent after it is released); an outbox's reader takes the topic's lock while it
 //! holds nothing else.
 
-use crate::hub::ConnIdMap;
-use crate::outbox::OutboxLimits;
+use crate::conn_id::ConnIdMap;
+use crate::outbox::{OutboxLimits, Ring};
 use crate::{ConnId, OutboxTx, Outgoing, Publication, Stats};
 use herald_protocol::CloseCode;
 use std::collections::VecDeque;
@@ -100,6 +100,12 @@ impl State {
             self.bytes -= p.queued_bytes();
             self.first += 1;
         }
+    }
+}
+
+impl Ring for Topic {
+    fn read(&self, conn: ConnId, out: &mut Vec<Outgoing>) -> Result<(), CloseCode> {
+        self.read_from(conn, out)
     }
 }
 
@@ -236,7 +242,7 @@ impl Topic {
 
     /// Moves every publication `conn` has not read into `out` and waits for the next one.
     /// Fails with `SlowConsumer` if some were dropped before it read them.
-    pub(crate) fn read(&self, conn: ConnId, out: &mut Vec<Outgoing>) -> Result<(), CloseCode> {
+    fn read_from(&self, conn: ConnId, out: &mut Vec<Outgoing>) -> Result<(), CloseCode> {
         let mut s = self.lock();
         let s = &mut *s;
         let end = s.end();

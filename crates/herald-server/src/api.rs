@@ -355,7 +355,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         "publications": s.publications,
         "deliveries": s.deliveries,
         "slow_consumer_evictions": s.slow_consumer_evictions,
-        "write_timeouts": crate::listener::WRITE_TIMEOUTS.load(Relaxed),
+        "write_timeouts": crate::write_timeouts::WRITE_TIMEOUTS.load(Relaxed),
         "resumes": s.resumes,
         "resets": s.resets,
         "memory": { "rss_bytes": rss_bytes() },

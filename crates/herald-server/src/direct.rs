@@ -158,7 +158,7 @@ fn serve<'a>(
         match tokio::time::timeout(write_timeout, wr.write_all(&head)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
-            Err(_) => return crate::listener::write_timed_out(),
+            Err(_) => return crate::write_timeouts::write_timed_out(),
         }
         drop(head);
         // An SSE client sends nothing more; reading only tells when it went away.
@@ -192,7 +192,7 @@ fn serve<'a>(
                 match tokio::time::timeout(write_timeout, wr.write_all(rest)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
-                    Err(_) => return crate::listener::write_timed_out(),
+                    Err(_) => return crate::write_timeouts::write_timed_out(),
                 }
             }
         }

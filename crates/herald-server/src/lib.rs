@@ -20,6 +20,7 @@ mod scratch;
 mod sse;
 mod timer;
 mod tokens;
+mod write_timeouts;
 mod ws;
 
 pub use config::{exact_size, ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};

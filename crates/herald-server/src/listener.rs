@@ -116,24 +116,10 @@ async fn serve_with_hyper(
     if let Err(e) = crate::repoll::Repoll::new(Box::pin(watcher.watch(conn))).await {
         if timed_out(&*e) {
             // The peer stopped reading a response (a long SSE stream, most likely).
-            write_timed_out();
+            crate::write_timeouts::write_timed_out();
         }
         tracing::trace!(peer = %peer, error = %e, "HTTP connection ended with an error.");
     }
-}
-
-/// Connections dropped because their socket took no bytes for `server.write_timeout` (the peer
-/// stopped reading, so not even a close frame or `herald.disconnect` event could reach it; it
-/// sees the connection end and resumes). Process-wide rather than in the node's `Stats`, so a
-/// connection's task does not hold a handle to the stats for its whole life just to bump this
-/// on the way out (one node runs per process).
-pub(crate) static WRITE_TIMEOUTS: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
-
-/// Counts a connection dropped by the write timeout ([`WRITE_TIMEOUTS`]).
-pub(crate) fn write_timed_out() {
-    WRITE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::debug!("Write timed out; dropping the connection.");
 }
 
 /// Whether an error, or one it was caused by, is an I/O timeout (the write timeout).

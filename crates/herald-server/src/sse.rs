@@ -163,7 +163,7 @@ async fn open(
         keepalive_every: app.sse.keepalive,
         expires,
         tracker: app.tracker.clone(),
-        rejoin_after: app.jittered_retry(),
+        retry_ms: u32::try_from(app.sse.retry.as_millis()).unwrap_or(u32::MAX),
         first: None,
         done: false,
         _held: admitted.held,
@@ -258,9 +258,9 @@ struct SseStream {
     /// When the connection's token expires (plus leeway); the keep-alive timer wakes for it.
     expires: Option<Instant>,
     tracker: TaskTracker,
-    /// How long this client is asked to wait before it comes back when the node shuts down
-    /// (jittered per connection, so a restart's clients do not return all at once).
-    rejoin_after: Duration,
+    /// `sse.retry` in milliseconds: jittered per connection when the node shuts down, so a
+    /// restart's clients do not return all at once.
+    retry_ms: u32,
     first: Option<Bytes>,
     done: bool,
     _held: Held,
@@ -312,7 +312,9 @@ impl SseStream {
                         "SSE stream ended by the server."
                     );
                     self.done = true;
-                    let delay = (code == CloseCode::ServerShutdown).then(|| self.rejoin_after);
+                    let delay = (code == CloseCode::ServerShutdown).then(|| {
+                        crate::lifecycle::jitter(Duration::from_millis(self.retry_ms.into()))
+                    });
                     return Some(disconnect_event(code, delay));
                 }
                 None => {

@@ -437,7 +437,7 @@ async fn send_emits(
 /// none could be written, so the client sees it drop and resumes.
 fn count_write_failure(e: &std::io::Error) {
     if e.kind() == std::io::ErrorKind::TimedOut {
-        crate::listener::write_timed_out();
+        crate::write_timeouts::write_timed_out();
     }
 }
 

@@ -1205,8 +1205,10 @@ async fn telegram_login_checks_the_ed25519_signature_with_only_a_bot_id() {
 /// connection), or refused with a status and stable code. SSE's "retry later" refusals are a
 /// short 200 stream ending in `herald.disconnect`; they are reported with that close code.
 enum Admission {
-    Sse(Sse),
-    Ws(Ws),
+    /// Admitted; the connection is held open until dropped.
+    Sse(#[allow(dead_code)] Sse),
+    /// Admitted; the connection is held open until dropped.
+    Ws(#[allow(dead_code)] Ws),
     Refused(u16, String),
 }
 
