@@ -7,13 +7,13 @@
 //! node's connection cap. A request with several refusal causes gets the first in this order on
 //! every transport.
 
+use crate::client_addr::ClientAddr;
 use crate::limits::{origin_standing, IpGuard};
 use crate::{ApiError, App};
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::UserGuard;
 use herald_core::{Identity, Transport};
 use herald_protocol::{CloseCode, ErrorCode};
-use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -23,8 +23,8 @@ use tokio::time::Instant;
 pub(crate) struct Knock<'a> {
     /// Which transport asks.
     pub transport: Transport,
-    /// The client's address (the forwarded one behind a trusted proxy).
-    pub client: Option<IpAddr>,
+    /// Where the request comes from (the forwarded address behind a trusted proxy).
+    pub client: ClientAddr,
     /// The request's headers (token, cookie, `Origin`, `Host`).
     pub headers: &'a HeaderMap,
     /// A token from the query string (`?token=`).

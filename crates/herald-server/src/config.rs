@@ -56,6 +56,14 @@ pub struct ServerConfig {
     /// WebSocket upgrades; a token in the `herald_token` cookie counts only from Herald's own
     /// origin or one listed by name (`*` does not count).
     pub cors_allowed_origins: Vec<String>,
+    /// Reverse proxies in front of Herald (addresses or CIDR blocks, e.g. `["127.0.0.1",
+    /// "10.0.0.0/8"]`). For a request from one of them the client is the right-most address
+    /// of `X-Forwarded-For` that is not a trusted proxy; from any other peer the header is
+    /// ignored. Empty: no proxy is trusted.
+    pub trusted_proxies: Vec<String>,
+    /// Which header a trusted proxy names the client in: `x-forwarded-for`, or `x-real-ip`
+    /// (one address, set by the proxy).
+    pub client_ip_header: String,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +78,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_window: Duration::from_secs(5),
             cors_allowed_origins: vec!["*".to_owned()],
+            trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".to_owned(),
         }
     }
 }
@@ -216,6 +226,18 @@ impl ServerConfig {
         let mut out = Vec::new();
         if self.max_connections == 0 {
             out.push("server.max_connections must be at least 1".to_owned());
+        }
+        if let Err(problems) = crate::client_addr::TrustedProxies::parse(&self.trusted_proxies) {
+            out.extend(problems);
+        }
+        if !["x-forwarded-for", "x-real-ip"]
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&self.client_ip_header))
+        {
+            out.push(format!(
+                "server.client_ip_header must be \"x-forwarded-for\" or \"x-real-ip\", not {:?}",
+                self.client_ip_header
+            ));
         }
         if !self.drain_window.is_zero() && self.drain_window >= self.shutdown_grace {
             out.push(format!(

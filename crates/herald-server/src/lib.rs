@@ -7,6 +7,7 @@
 mod admission;
 mod api;
 mod auth;
+mod client_addr;
 mod config;
 mod direct;
 mod error;
@@ -56,6 +57,8 @@ pub struct App {
     /// Cancelled when the drain before shutdown begins (SIGTERM); a child of `shutdown`, so
     /// also cancelled by it.
     pub draining: CancellationToken,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Arc<client_addr::TrustedProxies>,
     /// This node's id in hellos (random per process).
     node_id: Arc<str>,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -97,6 +100,9 @@ impl App {
         tracker: TaskTracker,
     ) -> Result<Self, Vec<String>> {
         let connections = Arc::new(Semaphore::new(settings.server.max_connections));
+        let trusted_proxies = Arc::new(client_addr::TrustedProxies::parse(
+            &settings.server.trusted_proxies,
+        )?);
         let per_ip = limits::IpLimiter::new(settings.server.max_connections_per_ip);
         let per_user = herald_core::UserLimiter::new(settings.limits.max_per_user);
         let tokens = if settings.auth.token.configured() {
@@ -119,6 +125,7 @@ impl App {
             limits: settings.limits,
             auth: Arc::new(settings.auth),
             draining: shutdown.child_token(),
+            trusted_proxies,
             node_id: herald_core::new_epoch().to_string().into(),
             shutdown,
             tracker,

@@ -4,6 +4,7 @@
 //! `server.cors_allowed_origins` (the WebSocket origin check, and whether a token carried by
 //! cookie may count).
 
+use crate::client_addr::ClientAddr;
 use crate::{ApiError, App};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use herald_core::{CountGuard, CountLimiter, Identity, UserGuard};
@@ -17,12 +18,13 @@ pub(crate) type IpLimiter = CountLimiter<IpAddr>;
 /// A connection counted against its address.
 pub(crate) type IpGuard = CountGuard<IpAddr>;
 
-/// Counts a connection from `ip` against `limiter`, except from loopback.
+/// Counts a connection from `client` against `limiter`, except a caller on this machine (a
+/// loopback peer that is not a trusted proxy).
 pub(crate) fn acquire_ip(
     limiter: &Arc<IpLimiter>,
-    ip: Option<IpAddr>,
+    client: ClientAddr,
 ) -> Result<Option<IpGuard>, herald_core::AtLimit> {
-    limiter.acquire(ip.filter(|ip| !ip.is_loopback()))
+    limiter.acquire(client.ip.filter(|_| !client.direct_loopback))
 }
 
 impl App {
@@ -175,24 +177,43 @@ mod tests {
 
     #[test]
     fn counts_per_address_and_forgets_on_drop() {
+        let at = |ip: IpAddr| ClientAddr {
+            ip: Some(ip),
+            direct_loopback: false,
+        };
         let l = IpLimiter::new(2);
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        let a = acquire_ip(&l, Some(ip)).unwrap();
-        let b = acquire_ip(&l, Some(ip)).unwrap();
+        let a = acquire_ip(&l, at(ip)).unwrap();
+        let b = acquire_ip(&l, at(ip)).unwrap();
         assert!(a.is_some() && b.is_some());
-        assert!(acquire_ip(&l, Some(ip)).is_err());
-        assert!(acquire_ip(&l, Some("203.0.113.8".parse().unwrap()))
+        assert!(acquire_ip(&l, at(ip)).is_err());
+        assert!(acquire_ip(&l, at("203.0.113.8".parse().unwrap()))
             .unwrap()
             .is_some());
         drop(a);
-        assert!(acquire_ip(&l, Some(ip)).unwrap().is_some());
-        // Loopback and unknown addresses are not counted.
+        assert!(acquire_ip(&l, at(ip)).unwrap().is_some());
+        // A caller on this machine, and an unknown address, are not counted; a forwarded
+        // loopback address is (it is only what the client claimed).
         for _ in 0..5 {
-            assert!(acquire_ip(&l, Some("127.0.0.1".parse().unwrap()))
-                .unwrap()
-                .is_none());
+            assert!(acquire_ip(
+                &l,
+                ClientAddr {
+                    ip: Some("127.0.0.1".parse().unwrap()),
+                    direct_loopback: true
+                }
+            )
+            .unwrap()
+            .is_none());
         }
-        assert!(acquire_ip(&l, None).unwrap().is_none());
+        assert!(acquire_ip(
+            &l,
+            ClientAddr {
+                ip: None,
+                direct_loopback: false
+            }
+        )
+        .unwrap()
+        .is_none());
     }
 
     fn standing(allowed: &[&str], origin: Option<&str>, host: &str) -> OriginStanding {

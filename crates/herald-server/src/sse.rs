@@ -106,9 +106,10 @@ async fn open(
         }
         None => None,
     };
+    let client = app.client_addr(peer, headers);
     let admitted = match app.admit(Knock {
         transport: Transport::Sse,
-        client: peer,
+        client,
         headers,
         query_token,
     }) {
@@ -127,7 +128,12 @@ async fn open(
         // No subscriptions yet, so nothing can be revoked.
         session.authenticate(identity).await?;
     }
-    let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "sse");
+    let span = tracing::debug_span!(
+        "conn",
+        conn_id = %session.conn_id(),
+        transport = "sse",
+        client = ?client.ip
+    );
     let mut emits = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
         let since = positions.as_ref().map(|p| p[i].clone());

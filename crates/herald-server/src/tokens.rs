@@ -147,8 +147,8 @@ pub(crate) async fn telegram_login(
             "Telegram login is not configured on this node (auth.telegram)",
         ));
     };
-    let peer = peer_ip(req.extensions()).filter(|ip| !ip.is_loopback());
-    if let Some(ip) = peer {
+    let client = app.client_addr(peer_ip(req.extensions()), req.headers());
+    if let Some(ip) = client.ip.filter(|_| !client.direct_loopback) {
         match app.login_rates.take(&ip.to_string()) {
             Take::Allowed => {}
             Take::Overflow => {

@@ -118,9 +118,10 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
+    let client = app.client_addr(crate::auth::peer_ip(req.extensions()), req.headers());
     let admitted = match app.admit(Knock {
         transport: Transport::Ws,
-        client: crate::auth::peer_ip(req.extensions()),
+        client,
         headers: req.headers(),
         query_token,
     }) {
@@ -144,7 +145,12 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
             tracing::warn!(error = %e, "Adopting the first identity failed.");
         }
     }
-    let span = tracing::debug_span!("conn", conn_id = %session.conn_id(), transport = "ws");
+    let span = tracing::debug_span!(
+        "conn",
+        conn_id = %session.conn_id(),
+        transport = "ws",
+        client = ?client.ip
+    );
     let tracker = app.tracker.clone();
     let fut = connection(app, on_upgrade, admitted.held, config, session, outbox).instrument(span);
     tracker.spawn(fut);
@@ -165,12 +171,15 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
 fn connection(
     app: App,
     on_upgrade: OnUpgrade,
-    mut held: Held,
+    held: Held,
     config: WebSocketConfig,
     mut session: Session,
     mut outbox: Outbox,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        // Moved whole into the task: its slot and address count must live as long as the
+        // connection, not only the field a request borrows.
+        let mut held = held;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -8,7 +8,8 @@ use common::{require_backends, sse_url, urlencode, within, Sse, TempFile, TestSe
 use futures_util::SinkExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 const SECRET: &str = "attack-suite-hmac-secret-0123456789abcdef";
 const BOT_TOKEN: &str = "123456789:made-up-bot-token-for-herald-tests";
@@ -1301,12 +1302,24 @@ async fn knock(
 #[tokio::test]
 async fn every_admission_refusal_is_the_same_cause_on_sse_and_websocket() {
     // Room for 3 connections, 1 per user, 1 per forwarded address (the node trusts loopback as
-    // its proxy, so `X-Forwarded-For` names the client), and one listed origin.
+    // its proxy, so `X-Forwarded-For` names the client, and the test's own API calls need a
+    // key), and one listed origin.
+    const KEY: &str = "admission-suite-api-key-0123456789";
     let server = TestServer::start(&format!(
-        "{}\n[server]\nmax_connections = 3\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\ncors_allowed_origins = [\"https://app.example\"]\n",
+        "{}\n[server]\nmax_connections = 3\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\ncors_allowed_origins = [\"https://app.example\"]\n[[auth.api_keys]]\nname = \"suite\"\nkey = \"{KEY}\"\n",
         config().replace("max_per_user = 2", "max_per_user = 1")
     ))
     .await;
+    let stats = || async {
+        let resp = server
+            .http
+            .get(format!("{}/api/stats", server.url))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        resp.json::<Value>().await.unwrap()
+    };
     let solo = hs256(&claims("solo", json!({})));
     let other = hs256(&claims("other", json!({})));
     let from = |ip: &'static str| [("x-forwarded-for", ip)];
@@ -1375,13 +1388,17 @@ async fn every_admission_refusal_is_the_same_cause_on_sse_and_websocket() {
         );
         drop((mine, fill_a, fill_b));
         // Every slot is given back once the connections close.
-        server
-            .wait_stats("connections closed", |s| {
-                s["connections"]["sse"] == 0 && s["connections"]["ws"] == 0
-            })
-            .await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = stats().await;
+            if s["connections"]["sse"] == 0 && s["connections"]["ws"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "connections not closed: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    let stats = server.stats().await;
+    let stats = stats().await;
     let refused = &stats["refused"];
     assert_eq!(refused["origin"], 1);
     assert_eq!(refused["per_ip"], 2);
