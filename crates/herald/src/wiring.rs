@@ -6,7 +6,9 @@ use crate::config::{Config, EngineConfig};
 use crate::{shutdown, tasks};
 use anyhow::Context;
 use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
-use herald_core::{ChannelsConfig, Hub, KeyedBuckets, Node, Publisher, PublisherLimits, Stats};
+use herald_core::{
+    ChannelsConfig, Hub, KeyedBuckets, Node, NodeParts, Publisher, PublisherLimits, Stats,
+};
 use herald_nats::NatsEngine;
 use herald_redis::RedisEngine;
 use herald_server::{App, EdgeSettings};
@@ -81,10 +83,17 @@ pub(crate) async fn build(
             )
         }
         EngineConfig::Redis(r) => {
-            let engine = RedisEngine::connect(r.clone(), hub.clone()).await?;
-            let p = publisher(engine.clone());
-            engine.start(p.clone(), root.clone(), tracker).await;
-            (engine.clone(), engine.clone(), engine.presence(), p)
+            let node = NodeParts {
+                hub: hub.clone(),
+                channels: channels.clone(),
+                stats: stats.clone(),
+                publish_limits: PublisherLimits {
+                    max_data_bytes: usize::try_from(config.publish.max_data.as_u64())
+                        .unwrap_or(usize::MAX),
+                },
+            };
+            let parts = RedisEngine::start(r.clone(), &node, root.clone(), tracker).await?;
+            (parts.broker, parts.history, parts.presence, parts.publisher)
         }
         EngineConfig::Nats(n) => {
             let engine = NatsEngine::connect(n.clone(), hub.clone(), &config.channels).await?;
