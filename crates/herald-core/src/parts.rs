@@ -1,5 +1,5 @@
 //! What the node hands an engine when it starts one, and what the engine hands back. Every
-//! engine starts the same way (`start(config, NodeParts, shutdown, tracker)`), so the binary's
+//! engine starts the same way (`start(config, &NodeParts, shutdown, tracker)`), so the binary's
 //! wiring names a backend only to call its `start`.
 
 use crate::{
