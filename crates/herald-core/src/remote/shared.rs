@@ -116,10 +116,21 @@ impl<B: RemoteBackend> RemoteSubscriber for Listener<'_, B> {
                     limit: 0,
                 },
             )
-            .await?
-            .top;
-        self.remote.last_seen.track(channel, top);
-        Ok(())
+            .await;
+        match top {
+            Ok(page) => {
+                self.remote.last_seen.track(channel, page.top);
+                Ok(())
+            }
+            Err(e) => {
+                // Not subscribed after all (the caller retries from scratch), so the engine
+                // must not keep delivering it.
+                if let Err(error) = self.backend.unlisten(channel).await {
+                    tracing::debug!(channel = %channel, error = %error, "Undoing a failed subscribe failed.");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn remote_unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
