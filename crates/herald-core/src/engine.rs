@@ -23,6 +23,33 @@ pub enum EngineError {
     /// The backend refused the operation because a bound was reached.
     #[error("engine limit reached: {0}")]
     LimitReached(&'static str),
+    /// The engine could not start: its server cannot be reached, or refused a step of the
+    /// set-up. Only an engine's `start` returns it.
+    #[error("{what}")]
+    Start {
+        /// What failed, naming the server or the object (the URL's hosts, a stream's name).
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The configuration asks for something the engine cannot honour; the message names the
+    /// setting. Only an engine's `start` returns it.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl EngineError {
+    /// A failed start: `what` failed because of `source`.
+    pub fn start(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Start {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// How much history a publish keeps for its channel.

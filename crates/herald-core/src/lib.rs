@@ -16,6 +16,7 @@ pub mod memory;
 mod namespace;
 mod node;
 mod outbox;
+mod parts;
 mod publication;
 mod publisher;
 mod rate;
@@ -37,10 +38,14 @@ pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
 pub use namespace::{Access, Action, ChannelsConfig, Denied, NamespaceOptions};
 pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
+pub use parts::{EngineParts, NodeParts};
 pub use publication::{PresenceEvent, PresenceKind, Publication};
 pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
 pub use rate::{KeyedBuckets, Take, TokenBucket};
-pub use remote::{EngineHealth, LinkState, RemoteSubscriber, RemoteSubscriptions, READY_FOR};
+pub use remote::{
+    Canary, EngineHealth, LinkState, Remote, RemoteBackend, RemoteSubscriber, RemoteSubscriptions,
+    CANARY_EVERY, CANARY_WAIT, READY_FOR,
+};
 pub use session::{
     history_result, publish_error_code, Emit, Handled, Pending, RequestContext, Session,
     SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,

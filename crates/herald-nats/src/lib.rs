@@ -70,13 +70,15 @@
 //!
 //! # Delivery, recovery and health
 //!
+//! Delivery, recovery and the canary loop are herald-core's remote kit (`herald_core::Remote`),
+//! which calls this engine through `RemoteBackend` (`remote.rs`).
 //! `Broker::subscribe`/`unsubscribe` keep one core subscription per channel in step with the
-//! hub (`RemoteSubscriptions`); each has a task that turns messages into `Hub::fan_out` calls and
-//! records the newest position seen. After a reconnect (the client re-subscribes by itself) or
-//! a slow-consumer drop, a recovery pass reads every subscribed channel's history since its last
-//! seen position and fans out what was missed; sessions drop duplicates by offset. If that
-//! position cannot be resumed, the newest publication is fanned out so sessions notice the jump
-//! and reset.
+//! hub (`RemoteSubscriptions`); each has a task that turns messages into deliveries to the hub,
+//! and the kit records the newest position seen. After a reconnect (the client re-subscribes by
+//! itself; a flush confirms it) or a slow-consumer drop, a recovery pass reads every subscribed
+//! channel's history since its last seen position and fans out what was missed; sessions drop
+//! duplicates by offset. If that position cannot be resumed, the newest publication is fanned
+//! out so sessions notice the jump and reset.
 //!
 //! A canary makes a core NATS round trip every 500 ms; the engine is ready while it does, and
 //! `Broker::publish` fails fast with `EngineError::Unavailable` while it is not. Every NATS call
@@ -88,46 +90,16 @@
 //! in between) reaches subscribers with the channel's next publication, through the gap fill.
 
 mod codec;
+mod config;
 mod engine;
+mod history;
+mod loops;
 mod presence;
+mod publish;
+mod remote;
+mod setup;
 mod util;
 
+pub use config::NatsEngineConfig;
 pub use engine::NatsEngine;
 pub use presence::NatsPresence;
-
-use serde::{Deserialize, Serialize};
-use std::time::Duration;
-
-/// Settings of the NATS engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsEngineConfig {
-    /// The NATS server to connect to; JetStream must be enabled on it.
-    pub url: String,
-    /// Prefix of every subject, stream and bucket this engine uses (lowercase letters, digits,
-    /// `_` and `-`); nodes sharing channels must use the same one.
-    pub prefix: String,
-    /// How long a presence entry lives without being refreshed; a node refreshes its members
-    /// every third of it, so members of a node that died vanish within one lease.
-    #[serde(with = "humantime_serde")]
-    pub presence_lease: Duration,
-    /// How long a channel's position (epoch and offset) is kept after its last publish, and the
-    /// epoch a read created for a channel nothing was published to yet.
-    #[serde(with = "humantime_serde")]
-    pub channel_state_ttl: Duration,
-    /// Upper bound on each call to NATS; a call that takes longer fails as unavailable.
-    #[serde(with = "humantime_serde")]
-    pub command_timeout: Duration,
-}
-
-impl Default for NatsEngineConfig {
-    fn default() -> Self {
-        Self {
-            url: "nats://127.0.0.1:4222".to_owned(),
-            prefix: "herald".to_owned(),
-            presence_lease: Duration::from_secs(30),
-            channel_state_ttl: Duration::from_secs(24 * 3600),
-            command_timeout: Duration::from_secs(2),
-        }
-    }
-}

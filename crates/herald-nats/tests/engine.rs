@@ -5,10 +5,9 @@
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use herald_core::{
-    outbox, Broker, ChannelName, ChannelsConfig, ConnId, EngineError, EventName, HistoryPage,
-    HistoryQuery, HistoryStore, Hub, NamespaceOptions, Outbox, OutboxLimits, Outgoing,
-    PresenceEvent, PresenceKind, PresenceStore, Publication, Publisher, PublisherLimits,
-    ResetReason, Retention, Stats,
+    outbox, ChannelName, ChannelsConfig, ConnId, EngineError, EngineParts, EventName, HistoryPage,
+    HistoryQuery, Hub, NamespaceOptions, NodeParts, Outbox, OutboxLimits, Outgoing, PresenceEvent,
+    PresenceKind, Publication, PublisherLimits, ResetReason, Retention, Stats,
 };
 use herald_nats::{NatsEngine, NatsEngineConfig};
 use herald_protocol::{Epoch, Member, StreamPosition};
@@ -107,7 +106,7 @@ impl Drop for Server {
 
 /// One Herald node: an engine with its own hub and background tasks.
 struct Node {
-    engine: Arc<NatsEngine>,
+    engine: EngineParts,
     hub: Arc<Hub>,
     token: CancellationToken,
 }
@@ -127,22 +126,29 @@ fn config(url: String, lease: Duration) -> NatsEngineConfig {
 }
 
 async fn node_with(server: &Server, channels: &ChannelsConfig, lease: Duration) -> Node {
-    let stats = Arc::new(Stats::default());
-    let hub = Arc::new(Hub::new(stats.clone()));
-    let engine = NatsEngine::connect(config(server.url(), lease), hub.clone(), channels)
-        .await
-        .unwrap();
-    let publisher = Arc::new(Publisher::new(
-        engine.clone(),
-        Arc::new(channels.clone()),
-        PublisherLimits {
+    let hub = Arc::new(Hub::new(Arc::new(Stats::default())));
+    let token = CancellationToken::new();
+    let engine = NatsEngine::start(
+        config(server.url(), lease),
+        &node_parts(hub.clone(), channels),
+        token.clone(),
+        &TaskTracker::new(),
+    )
+    .await
+    .unwrap();
+    Node { engine, hub, token }
+}
+
+/// What a node hands its engine.
+fn node_parts(hub: Arc<Hub>, channels: &ChannelsConfig) -> NodeParts {
+    NodeParts {
+        hub,
+        channels: Arc::new(channels.clone()),
+        stats: Arc::new(Stats::default()),
+        publish_limits: PublisherLimits {
             max_data_bytes: 65536,
         },
-        stats,
-    ));
-    let token = CancellationToken::new();
-    engine.start(publisher, token.clone(), &TaskTracker::new());
-    Node { engine, hub, token }
+    }
 }
 
 async fn node(server: &Server) -> Node {
@@ -165,6 +171,7 @@ async fn publish(
 ) -> Result<Arc<Publication>, EngineError> {
     let data = RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
     node.engine
+        .broker
         .publish(channel.clone(), EventName::message(), data, KEEP)
         .await
 }
@@ -180,7 +187,7 @@ async fn subscribe(node: &Node, channel: &ChannelName) -> Outbox {
         },
     );
     node.hub.subscribe(channel, conn, tx);
-    node.engine.subscribe(channel).await.unwrap();
+    node.engine.broker.subscribe(channel).await.unwrap();
     rx
 }
 
@@ -231,6 +238,7 @@ async fn read(
 ) -> HistoryPage {
     let since = since.map(|(e, o)| StreamPosition::new(e.clone(), o));
     node.engine
+        .history
         .read(channel, HistoryQuery { since, limit })
         .await
         .unwrap()
@@ -267,7 +275,7 @@ async fn a_subscriber_on_one_node_receives_publications_from_another_in_order() 
         assert!(epochs.contains(&p.position.epoch));
     }
     assert_eq!(epochs.len(), 1);
-    assert!(a.engine.status().ready && a.engine.status().kind == "nats");
+    assert!(a.engine.broker.status().ready && a.engine.broker.status().kind == "nats");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -426,7 +434,7 @@ async fn presence_is_shared_and_members_of_a_dead_node_expire_within_the_lease()
     let ids = |members: Vec<Member>| -> BTreeSet<String> {
         members.into_iter().map(|m| m.conn_id).collect()
     };
-    let (pa, pb) = (a.engine.presence(), b.engine.presence());
+    let (pa, pb) = (a.engine.presence.clone(), b.engine.presence.clone());
     let joined = Instant::now();
     pa.join(&c, &member("00000000000000aa")).await.unwrap();
     pb.join(&c, &member("00000000000000bb")).await.unwrap();
@@ -439,6 +447,7 @@ async fn presence_is_shared_and_members_of_a_dead_node_expire_within_the_lease()
     // Join events travel over the fan-out subject.
     let mut rx = subscribe(&a, &c).await;
     b.engine
+        .broker
         .publish_presence(PresenceEvent::new(
             c.clone(),
             PresenceKind::Join,
@@ -512,7 +521,7 @@ async fn readiness_follows_the_server_and_missed_publications_are_recovered() {
     eventually(
         Duration::from_secs(5),
         "both nodes to be unready",
-        || async { !a.engine.status().ready && !b.engine.status().ready },
+        || async { !a.engine.broker.status().ready && !b.engine.broker.status().ready },
     )
     .await;
     assert!(matches!(
@@ -524,7 +533,7 @@ async fn readiness_follows_the_server_and_missed_publications_are_recovered() {
     eventually(
         Duration::from_secs(20),
         "both nodes to be ready again",
-        || async { a.engine.status().ready && b.engine.status().ready },
+        || async { a.engine.broker.status().ready && b.engine.broker.status().ready },
     )
     .await;
     assert_eq!(offsets(&receive(&mut rx, 1).await), vec![2]);
@@ -532,7 +541,7 @@ async fn readiness_follows_the_server_and_missed_publications_are_recovered() {
         Duration::from_secs(5),
         "the recovery to be counted",
         || async {
-            let status = a.engine.status();
+            let status = a.engine.broker.status();
             status.reconnects >= 1 && status.counters["recovered_publications"] >= 1
         },
     )
@@ -567,10 +576,11 @@ async fn connect_refuses_what_it_cannot_honour() {
             ..NamespaceOptions::default()
         },
     );
-    let error = NatsEngine::connect(
+    let error = NatsEngine::start(
         config(server.url(), Duration::from_secs(30)),
-        hub.clone(),
-        &channels,
+        &node_parts(hub.clone(), &channels),
+        CancellationToken::new(),
+        &TaskTracker::new(),
     )
     .await
     .unwrap_err();
@@ -585,10 +595,11 @@ async fn connect_refuses_what_it_cannot_honour() {
         .unwrap()
         .port();
     let url = format!("nats://127.0.0.1:{free}");
-    let error = NatsEngine::connect(
+    let error = NatsEngine::start(
         config(url, Duration::from_secs(30)),
-        hub,
-        &ChannelsConfig::default(),
+        &node_parts(hub, &ChannelsConfig::default()),
+        CancellationToken::new(),
+        &TaskTracker::new(),
     )
     .await
     .unwrap_err();

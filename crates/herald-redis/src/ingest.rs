@@ -8,7 +8,7 @@
 //! Entries that cannot be published (bad channel, bad JSON, too large) are moved to
 //! `PREFIX:ingest:rejected` with the reason.
 
-use crate::RedisEngine;
+use crate::engine::RedisEngine;
 use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::prelude::{Builder, Client, Value};
 use fred::types::{ClusterHash, CustomCommand};
@@ -232,7 +232,7 @@ async fn handle(
     let prepared = match prepared {
         Ok(p) => p,
         Err(reason) => {
-            engine.health.count("ingest_rejected", 1);
+            engine.remote.health().count("ingest_rejected", 1);
             tracing::warn!(id = entry.id, reason, "Rejected a worker stream entry.");
             let mut fields: Vec<(String, String)> = vec![
                 ("id".to_owned(), entry.id.clone()),
@@ -267,9 +267,9 @@ async fn handle(
     {
         Some(_) => {
             publisher.count_published();
-            engine.health.count("ingested", 1);
+            engine.remote.health().count("ingested", 1);
         }
-        None => engine.health.count("ingest_duplicates", 1),
+        None => engine.remote.health().count("ingest_duplicates", 1),
     }
     ack(client, stream, &entry.id).await
 }

@@ -21,10 +21,17 @@
 //! entries published in the last hour), `herald:ingest` (worker stream),
 //! `herald:ingest:rejected`.
 
+mod config;
 mod engine;
+mod history;
 mod ingest;
+mod loops;
 mod presence;
+mod publish;
+mod remote;
 mod scripts;
+mod setup;
 
-pub use engine::{RedisEngine, RedisEngineConfig};
+pub use config::RedisEngineConfig;
+pub use engine::RedisEngine;
 pub use presence::RedisPresence;

@@ -2,8 +2,8 @@
 //! hash of their member records, per channel. The node holding a connection refreshes its
 //! lease; members of a node that died vanish once their lease has run out.
 
+use crate::config::RedisEngineConfig;
 use crate::scripts::{self, Lua};
-use crate::RedisEngineConfig;
 use async_trait::async_trait;
 use fred::interfaces::{ClientLike, HashesInterface, SortedSetsInterface};
 use fred::prelude::{Client, Value};

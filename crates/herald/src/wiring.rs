@@ -5,8 +5,10 @@
 use crate::config::{Config, EngineConfig};
 use crate::{shutdown, tasks};
 use anyhow::Context;
-use herald_core::memory::{MemoryEngine, MemoryPresenceStore};
-use herald_core::{ChannelsConfig, Hub, KeyedBuckets, Node, Publisher, PublisherLimits, Stats};
+use herald_core::memory::MemoryEngine;
+use herald_core::{
+    ChannelsConfig, EngineParts, Hub, KeyedBuckets, Node, NodeParts, PublisherLimits, Stats,
+};
 use herald_nats::NatsEngine;
 use herald_redis::RedisEngine;
 use herald_server::{App, EdgeSettings};
@@ -18,19 +20,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How often the memory engine drops expired history and idle channels.
-const MEMORY_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Most (namespace, user) publish buckets remembered at once.
 const USER_RATE_KEYS: usize = 100_000;
-
-/// What an engine contributes to the node.
-type EngineParts = (
-    Arc<dyn herald_core::Broker>,
-    Arc<dyn herald_core::HistoryStore>,
-    Arc<dyn herald_core::PresenceStore>,
-    Arc<Publisher>,
-);
 
 /// Builds the engine parts for `config`, spawning their background tasks on `tracker`.
 /// Fails when a shared engine cannot be reached or cannot honour the configuration.
@@ -48,50 +39,24 @@ pub(crate) async fn build(
         closed: config.auth.configured(),
         ..config.channels.clone()
     });
-    let publisher = |broker: Arc<dyn herald_core::Broker>| {
-        Arc::new(Publisher::new(
-            broker,
-            channels.clone(),
-            PublisherLimits {
-                max_data_bytes: usize::try_from(config.publish.max_data.as_u64())
-                    .unwrap_or(usize::MAX),
-            },
-            stats.clone(),
-        ))
+    let node = NodeParts {
+        hub: hub.clone(),
+        channels: channels.clone(),
+        stats: stats.clone(),
+        publish_limits: PublisherLimits {
+            max_data_bytes: usize::try_from(config.publish.max_data.as_u64()).unwrap_or(usize::MAX),
+        },
     };
-    let (broker, history, presence, publisher): EngineParts = match &config.engine {
-        EngineConfig::Memory(m) => {
-            let engine = Arc::new(MemoryEngine::new(hub.clone(), m.clone()));
-            let sweeper = engine.clone();
-            let token = root.clone();
-            tasks::spawn(tracker, "memory-sweep", async move {
-                let mut tick = tokio::time::interval(MEMORY_SWEEP_INTERVAL);
-                loop {
-                    tokio::select! {
-                        () = token.cancelled() => return Ok(()),
-                        _ = tick.tick() => sweeper.sweep(),
-                    }
-                }
-            });
-            (
-                engine.clone(),
-                engine.clone(),
-                Arc::new(MemoryPresenceStore::default()),
-                publisher(engine),
-            )
-        }
-        EngineConfig::Redis(r) => {
-            let engine = RedisEngine::connect(r.clone(), hub.clone()).await?;
-            let p = publisher(engine.clone());
-            engine.start(p.clone(), root.clone(), tracker).await;
-            (engine.clone(), engine.clone(), engine.presence(), p)
-        }
-        EngineConfig::Nats(n) => {
-            let engine = NatsEngine::connect(n.clone(), hub.clone(), &config.channels).await?;
-            let p = publisher(engine.clone());
-            engine.start(p.clone(), root.clone(), tracker);
-            (engine.clone(), engine.clone(), engine.presence(), p)
-        }
+    let token = root.clone();
+    let EngineParts {
+        broker,
+        history,
+        presence,
+        publisher,
+    } = match &config.engine {
+        EngineConfig::Memory(m) => MemoryEngine::start(m.clone(), &node, token, tracker),
+        EngineConfig::Redis(r) => RedisEngine::start(r.clone(), &node, token, tracker).await?,
+        EngineConfig::Nats(n) => NatsEngine::start(n.clone(), &node, token, tracker).await?,
     };
     Ok(Node {
         hub,

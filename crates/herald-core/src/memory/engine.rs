@@ -2,9 +2,10 @@
 //! epoch, newest offset and a bounded ring of recent publications behind its own mutex; publish
 //! assigns the offset, appends and fans out to the local hub while holding it.
 
+use super::presence::MemoryPresenceStore;
 use crate::{
-    Broker, ChannelName, EngineError, EventName, HistoryPage, HistoryQuery, HistoryStore, Hub,
-    Outgoing, PresenceEvent, Publication, Retention,
+    Broker, ChannelName, EngineError, EngineParts, EventName, HistoryPage, HistoryQuery,
+    HistoryStore, Hub, NodeParts, Outgoing, PresenceEvent, Publication, Retention,
 };
 use async_trait::async_trait;
 use herald_protocol::{Epoch, StreamPosition};
@@ -16,6 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often the engine drops expired history and idle channels.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Bounds of the embedded engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +90,33 @@ impl MemoryEngine {
             hub,
             config,
             channels: AtomicUsize::new(0),
+        }
+    }
+
+    /// Builds the engine on `node`'s hub, with presence in memory, and spawns its sweeper on
+    /// `tracker` until `shutdown` is cancelled. The same shape as the remote engines' `start`.
+    pub fn start(
+        config: MemoryEngineConfig,
+        node: &NodeParts,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> EngineParts {
+        let engine = Arc::new(Self::new(node.hub.clone(), config));
+        let sweeper = engine.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => sweeper.sweep(),
+                }
+            }
+        });
+        EngineParts {
+            broker: engine.clone(),
+            history: engine.clone(),
+            presence: Arc::new(MemoryPresenceStore::default()),
+            publisher: node.publisher(engine),
         }
     }
 

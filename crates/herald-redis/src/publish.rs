@@ -1,0 +1,121 @@
+//! Publishing through Redis: one script assigns the offset, appends to the channel's stream
+//! and PUBLISHes (see `scripts.rs`); presence events go straight to pub/sub.
+
+use crate::engine::{unavailable, RedisEngine};
+use async_trait::async_trait;
+use fred::interfaces::{ClientLike, PubsubInterface};
+use herald_core::{
+    Broker, ChannelName, EngineError, EngineStatus, EventName, PresenceEvent, PresenceKind,
+    Publication, Retention,
+};
+use herald_protocol::{Epoch, StreamPosition};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl RedisEngine {
+    /// Publishes; for a worker's stream entry (`dedupe` = its id and how long ids are
+    /// remembered) records the id in the same step. Returns `None` when that entry was
+    /// already published (by another node, or before a crash).
+    pub(crate) async fn publish_deduped(
+        &self,
+        channel: &ChannelName,
+        event: &EventName,
+        data: &RawValue,
+        retention: Retention,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<Option<Arc<Publication>>, EngineError> {
+        if !self.remote.health().canary_ok() {
+            return Err(EngineError::Unavailable("redis engine not ready"));
+        }
+        let mut keys = vec![self.key(channel, "m"), self.key(channel, "h")];
+        let mut args = vec![
+            herald_core::new_epoch().as_str().to_owned(),
+            Self::ms(self.config.channel_state_ttl.max(retention.ttl)),
+            retention.size.to_string(),
+            Self::ms(retention.ttl),
+            event.as_str().to_owned(),
+            data.get().to_owned(),
+            self.pubsub_channel(channel),
+            if self.sharded { "SPUBLISH" } else { "PUBLISH" }.to_owned(),
+        ];
+        if let Some((id, window)) = dedupe {
+            keys.push(self.key(channel, "i"));
+            args.push(id.to_owned());
+            args.push(Self::ms(window));
+        }
+        let started = Instant::now();
+        let reply = self
+            .eval(&self.publish_script, keys, args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.remote.health().publish_took(started.elapsed());
+        let mut parts = reply.into_array().into_iter();
+        let Some(epoch) = parts.next() else {
+            return Ok(None);
+        };
+        let (Some(epoch), Some(offset), Some(time)) = (
+            epoch.as_str().and_then(|e| Epoch::parse(&e).ok()),
+            parts.next().and_then(|v| v.as_u64()),
+            parts.next().and_then(|v| v.as_u64()),
+        ) else {
+            return Err(EngineError::Unavailable(
+                "redis engine gave a malformed reply",
+            ));
+        };
+        // Already valid JSON: copied, not parsed again.
+        let data: Box<RawValue> = data.to_owned();
+        Ok(Some(Arc::new(Publication::new(
+            channel.clone(),
+            event.clone(),
+            data,
+            StreamPosition::new(epoch, offset),
+            time,
+        ))))
+    }
+}
+
+#[async_trait]
+impl Broker for RedisEngine {
+    async fn publish(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+    ) -> Result<Arc<Publication>, EngineError> {
+        self.publish_deduped(&channel, &event, &data, retention, None)
+            .await?
+            .ok_or(EngineError::Unavailable("redis engine gave an empty reply"))
+    }
+
+    async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {
+        let tag = match event.kind {
+            PresenceKind::Join => "J ",
+            PresenceKind::Leave => "L ",
+        };
+        let member = serde_json::to_string(&event.member)
+            .map_err(|_| EngineError::Unavailable("presence member is not serializable"))?;
+        let name = self.pubsub_channel(&event.channel);
+        let client = self.client.with_options(&self.fast());
+        let message = format!("{tag}{member}");
+        let sent: Result<i64, _> = if self.sharded {
+            client.spublish(name.as_str(), message).await
+        } else {
+            client.publish(name.as_str(), message).await
+        };
+        sent.map(|_| ()).map_err(|e| unavailable(&e))
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.remote.sync(self, channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.remote.sync(self, channel).await
+    }
+
+    fn status(&self) -> EngineStatus {
+        self.remote.status()
+    }
+}
