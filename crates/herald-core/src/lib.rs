@@ -21,6 +21,7 @@ mod publication;
 mod publisher;
 mod rate;
 mod remote;
+mod secret;
 mod session;
 mod stats;
 mod topic;
@@ -46,6 +47,7 @@ pub use remote::{
     Canary, EngineHealth, LinkState, Remote, RemoteBackend, RemoteSubscriber, RemoteSubscriptions,
     CANARY_EVERY, CANARY_WAIT, READY_FOR,
 };
+pub use secret::{Secret, SecretUrl, REDACTED};
 pub use session::{
     history_result, publish_error_code, Emit, Handled, Pending, RequestContext, Session,
     SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,

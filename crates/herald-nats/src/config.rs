@@ -16,7 +16,7 @@ pub(crate) const MAX_HISTORY: usize = 100_000;
 #[serde(deny_unknown_fields, default)]
 pub struct NatsEngineConfig {
     /// The NATS server to connect to; JetStream must be enabled on it.
-    pub url: String,
+    pub url: herald_core::SecretUrl,
     /// Prefix of every subject, stream and bucket this engine uses (lowercase letters, digits,
     /// `_` and `-`); nodes sharing channels must use the same one.
     pub prefix: String,
@@ -36,7 +36,7 @@ pub struct NatsEngineConfig {
 impl Default for NatsEngineConfig {
     fn default() -> Self {
         Self {
-            url: "nats://127.0.0.1:4222".to_owned(),
+            url: "nats://127.0.0.1:4222".into(),
             prefix: "herald".to_owned(),
             presence_lease: Duration::from_secs(30),
             channel_state_ttl: Duration::from_secs(24 * 3600),

@@ -67,7 +67,7 @@ impl NatsEngine {
                 let (remote, connects) = (r.clone(), connects.clone());
                 async move { on_event(&remote, &connects, event) }
             })
-            .connect(config.url.as_str())
+            .connect(&*config.url)
             .await
             .map_err(|e| {
                 EngineError::start(format!("cannot connect to NATS at {}", config.url), e)

@@ -119,7 +119,7 @@ impl Drop for Node {
 
 fn config(url: String, lease: Duration) -> NatsEngineConfig {
     NatsEngineConfig {
-        url,
+        url: url.into(),
         presence_lease: lease,
         ..NatsEngineConfig::default()
     }

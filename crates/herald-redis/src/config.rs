@@ -8,7 +8,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct RedisEngineConfig {
     /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
+    pub url: herald_core::SecretUrl,
     /// Prefix of every key and pub/sub channel, so several Herald deployments can share one
     /// Redis.
     pub prefix: String,
@@ -29,7 +29,7 @@ pub struct RedisEngineConfig {
 impl Default for RedisEngineConfig {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
+            url: "redis://127.0.0.1:6379".into(),
             prefix: "herald".to_owned(),
             presence_lease: Duration::from_secs(30),
             channel_state_ttl: Duration::from_secs(24 * 3600),

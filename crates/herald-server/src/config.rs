@@ -106,7 +106,7 @@ pub struct ApiKey {
     /// A name for logs and rotation (`backend`, `worker-2025`).
     pub name: String,
     /// The secret (at least 16 characters).
-    pub key: String,
+    pub key: herald_core::Secret,
     /// Most HTTP API requests per second with this key (a token bucket holding a second's
     /// worth); 0 for no limit.
     #[serde(default)]

@@ -19,7 +19,7 @@ const USER_PLACEHOLDER: &str = "{user}";
 #[serde(deny_unknown_fields, default)]
 pub struct TelegramConfig {
     /// The bot token (`<bot id>:<secret>`) for the first-party HMAC check; authoritative when set.
-    pub bot_token: Option<String>,
+    pub bot_token: Option<herald_core::Secret>,
     /// The numeric bot id for the third-party Ed25519 check, used when no `bot_token` is set.
     pub bot_id: Option<u64>,
     /// Check Ed25519 signatures against Telegram's test-environment key instead of production.

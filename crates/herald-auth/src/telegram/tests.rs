@@ -426,7 +426,7 @@ fn telegram_config_chooses_the_check() {
         c.check(),
         Some(TelegramCheck::Ed25519 { public_key, .. }) if public_key == TELEGRAM_TEST_KEY
     ));
-    c.bot_token = Some(HMAC_TOKEN.to_owned());
+    c.bot_token = Some(HMAC_TOKEN.into());
     assert!(matches!(
         c.check(),
         Some(TelegramCheck::Hmac {
@@ -438,7 +438,7 @@ fn telegram_config_chooses_the_check() {
 #[test]
 fn telegram_config_problems() {
     let c = TelegramConfig {
-        bot_token: Some("not-a-token".to_owned()),
+        bot_token: Some("not-a-token".into()),
         max_age: Duration::ZERO,
         token_ttl: Duration::ZERO,
         channels: vec!["user#{user}".to_owned(), "bad channel".to_owned()],
@@ -458,20 +458,20 @@ fn telegram_config_problems() {
 
     for bad in ["", ":abc", "12:", "1a:abc", "12:ab c", "12:abc\n"] {
         let c = TelegramConfig {
-            bot_token: Some(bad.to_owned()),
+            bot_token: Some(bad.into()),
             ..TelegramConfig::default()
         };
         assert_eq!(c.problems().len(), 1, "{bad:?}");
     }
 
     let mismatch = TelegramConfig {
-        bot_token: Some(HMAC_TOKEN.to_owned()),
+        bot_token: Some(HMAC_TOKEN.into()),
         bot_id: Some(ED_BOT_ID),
         ..TelegramConfig::default()
     };
     assert_eq!(mismatch.problems().len(), 1);
     let matching = TelegramConfig {
-        bot_token: Some(HMAC_TOKEN.to_owned()),
+        bot_token: Some(HMAC_TOKEN.into()),
         bot_id: Some(5_768_337_691),
         ..TelegramConfig::default()
     };
@@ -494,7 +494,7 @@ fn telegram_config_grants_for_replaces_user() {
 #[test]
 fn debug_output_redacts_the_bot_token() {
     let c = TelegramConfig {
-        bot_token: Some(HMAC_TOKEN.to_owned()),
+        bot_token: Some(HMAC_TOKEN.into()),
         ..TelegramConfig::default()
     };
     let shown = format!("{c:?} {:?}", c.check().unwrap());

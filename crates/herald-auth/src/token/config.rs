@@ -17,7 +17,7 @@ const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
 pub struct TokenConfig {
     /// Secrets for HS256/HS384/HS512 tokens, each at least 32 bytes. Several may be listed so
     /// one can be rotated; the first signs tokens Herald mints.
-    pub hmac_secrets: Vec<String>,
+    pub hmac_secrets: Vec<herald_core::Secret>,
     /// PEM public key files: RSA (SPKI or PKCS#1), EC P-256 or P-384 (SPKI), Ed25519 (SPKI).
     pub public_keys: Vec<PathBuf>,
     /// A JWK Set file of RSA, EC (P-256, P-384) and OKP (Ed25519) public keys, each with a `kid`.
