@@ -4,6 +4,7 @@
 
 mod ceiling;
 mod fanout;
+mod fanout_reads;
 mod idle;
 mod publish;
 mod report;

@@ -1,0 +1,202 @@
+//! Configuration loading: layers, unknown keys, problems reported at once, rendering.
+use super::*;
+use std::io::Write;
+
+fn file(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::write(text)
+}
+
+mod tempfile_path {
+    use std::path::PathBuf;
+    pub(crate) struct TempPath(pub(crate) PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    pub(crate) fn write(text: &str) -> TempPath {
+        let path = std::env::temp_dir().join(format!("herald-config-{}.toml", fastrand::u64(..)));
+        let mut f = std::fs::File::create(&path).unwrap();
+        super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        TempPath(path)
+    }
+}
+
+#[test]
+fn defaults_are_valid_and_render_back() {
+    let c = load(None, &Overrides::default()).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:7077");
+    let text = render(&c).unwrap();
+    let f = file(&text);
+    assert_eq!(load(Some(&f.0), &Overrides::default()).unwrap(), c);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let f = file(
+        "[server]\nlistn = \"x\"\n[sse]\nkeepalive = \"0s\"\n[channels.namespaces.chat]\nhistory_sise = 3\n[bogus]\na = 1\n",
+    );
+    let p = load(Some(&f.0), &Overrides::default()).unwrap_err();
+    let text = p.to_string();
+    assert!(text.contains("unknown key `server.listn`"), "{text}");
+    assert!(
+        text.contains("unknown key `channels.namespaces.chat.history_sise`"),
+        "{text}"
+    );
+    assert!(text.contains("unknown key `bogus`"), "{text}");
+    assert!(
+        text.contains("sse.keepalive must be more than 0s"),
+        "{text}"
+    );
+}
+
+#[test]
+fn type_errors_in_several_sections_and_semantic_problems_are_reported_together() {
+    let f = file(
+        "[server]\nmax_connections = \"abc\"\n[sse]\nretry = \"zz\"\n[ws]\nping_interval = \"90s\"\n",
+    );
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("server.max_connections: invalid type"),
+        "{text}"
+    );
+    assert!(text.contains("sse.retry: invalid value"), "{text}");
+    assert!(text.contains("ws.ping_interval must be"), "{text}");
+}
+
+#[test]
+fn semantic_problems_are_listed_together() {
+    let f = file("[sse]\nkeepalive = \"0s\"\n[ws]\nping_interval = \"90s\"\n[connection]\nmax_channels = 0\n");
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("sse.keepalive"), "{text}");
+    assert!(text.contains("ws.ping_interval"), "{text}");
+    assert!(text.contains("connection.max_channels"), "{text}");
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let f = file("[server]\nlisten = \"127.0.0.1:9000\"\n");
+    let c = load(
+        Some(&f.0),
+        &Overrides {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.server.listen.port(), 9001);
+}
+
+#[test]
+fn printed_sizes_read_back_exactly() {
+    let f = file("[server]\nmax_body = \"1000000\"\n[connection]\noutbox_bytes = \"3 MiB\"\n");
+    let c = load(Some(&f.0), &Overrides::default()).unwrap();
+    let text = render(&c).unwrap();
+    assert!(text.contains("max_body = \"1000000 B\""), "{text}");
+    assert!(text.contains("outbox_bytes = \"3 MiB\""), "{text}");
+    let again = file(&text);
+    assert_eq!(load(Some(&again.0), &Overrides::default()).unwrap(), c);
+}
+
+#[test]
+fn engine_is_chosen_by_file_or_flags_with_its_own_keys() {
+    let f = file("[engine]\nkind = \"redis\"\nprefix = \"app\"\n");
+    let c = load(Some(&f.0), &Overrides::default()).unwrap();
+    let EngineConfig::Redis(r) = &c.engine else {
+        panic!("not redis: {:?}", c.engine);
+    };
+    assert_eq!(r.prefix, "app");
+    assert_eq!(&*r.url, "redis://127.0.0.1:6379");
+
+    let c = load(
+        None,
+        &Overrides {
+            engine: Some(EngineKind::Redis),
+            engine_url: Some("redis://127.0.0.1:7000".to_owned()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(&c.engine, EngineConfig::Redis(r) if &*r.url == "redis://127.0.0.1:7000"));
+
+    // A key of another engine, an unknown kind, and a URL of the wrong scheme are errors.
+    let f = file("[engine]\nkind = \"redis\"\nmax_channels = 5\n");
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("unknown key `engine.max_channels`"), "{text}");
+    let f = file("[engine]\nkind = \"etcd\"\n");
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("unknown engine"), "{text}");
+    let text = load(
+        None,
+        &Overrides {
+            engine: Some(EngineKind::Redis),
+            engine_url: Some("http://x".to_owned()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(text.contains("must start with redis://"), "{text}");
+}
+
+#[test]
+fn namespaces_and_sizes_parse() {
+    let f = file("[connection]\noutbox_bytes = \"2MiB\"\n[channels.namespaces.chat]\nhistory_size = 50\npresence = true\nhistory_ttl = \"1h\"\n");
+    let c = load(Some(&f.0), &Overrides::default()).unwrap();
+    assert_eq!(c.connection.outbox_bytes.as_u64(), 2 * 1024 * 1024);
+    let chat = &c.channels.namespaces["chat"];
+    assert!(chat.presence);
+    assert_eq!(chat.history_size, 50);
+    assert_eq!(chat.history_ttl.as_secs(), 3600);
+}
+
+#[test]
+fn example_config_lists_every_key_with_its_default() {
+    /// `section.key` for every `key = value` line outside comments.
+    fn keys(text: &str) -> Vec<String> {
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.trim().to_owned();
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                out.push(format!("{section}.{}", key.trim()));
+            }
+        }
+        out
+    }
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../herald.example.toml"
+    ));
+    let example = std::fs::read_to_string(path).unwrap();
+    let loaded = load(Some(path), &Overrides::default()).unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(loaded, Config::default());
+    let listed = keys(&example);
+    let rendered = keys(&render(&Config::default()).unwrap());
+    assert!(!rendered.is_empty());
+    let missing: Vec<&String> = rendered.iter().filter(|k| !listed.contains(k)).collect();
+    assert!(missing.is_empty(), "herald.example.toml lacks {missing:?}");
+    // The other engines' keys are listed, commented out, with their defaults.
+    for kind in ["redis", "nats"] {
+        let engine = EngineConfig::defaults(kind).unwrap();
+        let rendered = toml::to_string(&engine).unwrap();
+        for line in rendered.lines().filter(|l| l.contains(" = ")) {
+            assert!(
+                example.contains(&format!("# {line}\n")),
+                "herald.example.toml lacks `# {line}` for the {kind} engine"
+            );
+        }
+    }
+}
