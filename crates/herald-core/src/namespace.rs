@@ -1,7 +1,7 @@
 //! Per-namespace channel options (history, latest state, presence, who may subscribe, publish
 //! and read) and the lookup from a channel to its options.
 
-use crate::{channel_owner, ChannelName, Identity};
+use crate::{channel_owner, ChannelName, Grants, Identity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -162,6 +162,18 @@ impl ChannelsConfig {
         channel: &ChannelName,
         who: Option<&Identity>,
     ) -> Result<(), Denied> {
+        self.permits_granted(action, channel, who, None)
+    }
+
+    /// [`ChannelsConfig::permits`], with `grant` (a subscription token's channels) standing in
+    /// for `who`'s subscribe grants where a namespace asks for a grant to subscribe or read.
+    pub fn permits_granted(
+        &self,
+        action: Action,
+        channel: &ChannelName,
+        who: Option<&Identity>,
+        grant: Option<&Grants>,
+    ) -> Result<(), Denied> {
         let o = self.options(channel);
         let sub = self.subscribe_access(o);
         let access = match action {
@@ -198,7 +210,7 @@ impl ChannelsConfig {
                 let who = who.ok_or_else(unauthenticated)?;
                 let grants = match action {
                     Action::Publish => &who.publish,
-                    _ => &who.subscribe,
+                    _ => grant.unwrap_or(&who.subscribe),
                 };
                 if grants.allows(channel) {
                     Ok(())

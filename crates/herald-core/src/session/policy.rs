@@ -76,12 +76,11 @@ impl Session {
                 .iter()
                 .any(|s| s.channel == *channel && s.by_subscription_token)
         {
-            if let (Some(me), Ok(grant)) = (who, Grants::new([channel.as_str()])) {
-                let merged = Identity {
-                    subscribe: grant,
-                    ..me.clone()
-                };
-                decision = self.node.channels.permits(action, channel, Some(&merged));
+            if let Ok(grant) = Grants::new([channel.as_str()]) {
+                decision = self
+                    .node
+                    .channels
+                    .permits_granted(action, channel, who, Some(&grant));
             }
         }
         decision.map_err(|d| {
@@ -113,18 +112,15 @@ impl Session {
                 new: grant.user.to_string(),
             });
         }
-        let merged = Identity {
-            subscribe: grant.subscribe.clone(),
-            ..Identity::clone(me)
-        };
         self.node
             .channels
-            .permits(Action::Subscribe, channel, Some(&merged))
+            .permits_granted(Action::Subscribe, channel, Some(me), Some(&grant.subscribe))
             .map_err(|d| {
                 self.node.stats.refused.permission.fetch_add(1, Relaxed);
                 SessionError::Denied(d)
             })
     }
+
     /// The checks before a client publish (the namespace must allow it, and the connection
     /// and its user must be within their rates), and the publication prepared to go.
     pub fn prepare_publish(
