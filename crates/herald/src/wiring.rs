@@ -116,7 +116,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         }
         if config.auth.api_keys.is_empty() {
             tracing::warn!(
-                "No API keys (auth.api_keys): the HTTP API answers loopback callers only. Behind a reverse proxy on this machine every caller is loopback, so do not proxy /api/ to the outside; configure auth.api_keys before you do."
+                "No API keys (auth.api_keys): the HTTP API answers loopback callers only. Behind a reverse proxy on this machine that is not listed in server.trusted_proxies every caller is loopback, so do not proxy /api/ to the outside; configure auth.api_keys before you do."
             );
         }
     }
