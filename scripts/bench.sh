@@ -68,6 +68,7 @@ start_herald() {
   cat > "$WORK/herald.toml" <<TOML
 [server]
 listen = "127.0.0.1:$HERALD_PORT"
+drain_window = "0s"
 [channels.defaults]
 history_size = 100
 TOML
