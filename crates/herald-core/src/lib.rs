@@ -49,8 +49,8 @@ pub use remote::{
 };
 pub use secret::{Secret, SecretUrl, REDACTED};
 pub use session::{
-    history_result, publish_error_code, Emit, Handled, Pending, RequestContext, Session,
-    SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,
+    history_result, publish_error_code, Completion, Emit, Handled, JoinDone, Joining, Pending,
+    RequestContext, Session, SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,
 };
 pub use stats::{Refusals, RefusalsSnapshot, Stats, StatsSnapshot};
 

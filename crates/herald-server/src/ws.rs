@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::{Emit, Handled, Outbox, Outgoing, RequestContext, Session, Transport};
-use herald_protocol::{
-    ws_text_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, Reply, ServerPush,
+use herald_core::{
+    Completion, Emit, Handled, Outbox, Outgoing, RequestContext, Session, Transport,
 };
+use herald_protocol::{ws_text_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, ServerPush};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering::Relaxed;
@@ -240,7 +240,10 @@ fn connection(
                     }
                     Err(code) => break Some(code),
                 },
-                Some((id, reply)) = next_reply(&mut in_flight) => {
+                Some((id, completion)) = next_reply(&mut in_flight) => {
+                    // Boxed for the reason given at `request`: a subscribe's finish (replay,
+                    // presence join) is a large future.
+                    let reply = Box::pin(session.complete(completion, &mut emits)).await;
                     if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply.to_json(id)), &mut tungstenite_wrote).await {
                         count_write_failure(&e);
                         break None;
@@ -265,7 +268,7 @@ fn connection(
                                         user_slot: &mut held.user,
                                     };
                                     let id = req.id;
-                                    match Box::pin(session.request(req.request, ctx, &mut emits)).await {
+                                    match Box::pin(session.request(req.request, ctx)).await {
                                         Handled::Done(reply) => Some(reply.to_json(id)),
                                         Handled::Wait(pending) => {
                                             in_flight
@@ -450,11 +453,12 @@ fn count_write_failure(e: &std::io::Error) {
     }
 }
 
-type InFlight =
-    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Reply)> + Send>>>;
+type InFlight = FuturesUnordered<
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Completion)> + Send>>,
+>;
 
-/// The next answered request in flight, if any; pending forever when none is.
-async fn next_reply(in_flight: &mut Option<InFlight>) -> Option<(u64, Reply)> {
+/// The next request in flight the engine answered, if any; pending forever when none is.
+async fn next_reply(in_flight: &mut Option<InFlight>) -> Option<(u64, Completion)> {
     match in_flight.as_mut() {
         Some(f) if !f.is_empty() => f.next().await,
         _ => std::future::pending().await,

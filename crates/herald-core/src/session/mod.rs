@@ -20,8 +20,11 @@ mod state;
 mod subscriptions;
 mod types;
 
-pub use request::{history_result, Handled, Pending, RequestContext, MAX_HISTORY_LIMIT};
+pub use request::{
+    history_result, Completion, Handled, Pending, RequestContext, MAX_HISTORY_LIMIT,
+};
 pub use state::Session;
+pub use subscriptions::{JoinDone, Joining};
 pub use types::{publish_error_code, Emit, SessionError, SessionLimits, Transport};
 
 #[cfg(test)]

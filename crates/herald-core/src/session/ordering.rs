@@ -2,7 +2,7 @@
 //! reset that says it cannot be. Replays after a resume, and filters what fan-out queued
 //! (drops duplicates, fills gaps from history, announces what history no longer holds).
 
-use super::state::{Session, MAX_REPLAY};
+use super::state::{Session, MAX_HELD, MAX_REPLAY};
 use super::types::Emit;
 use crate::{ChannelName, HistoryPage, HistoryQuery, Outgoing, ResetReason};
 use herald_protocol::{ResetChannel, StreamPosition};
@@ -52,6 +52,13 @@ impl Session {
             Outgoing::Publication(p) => p,
         };
         let Some(i) = self.subs.iter().position(|s| s.channel == p.channel) else {
+            // A subscribe in flight holds what arrives for its channel until it finishes.
+            if let Some(joining) = self.joining(&p.channel) {
+                if joining.held.len() >= MAX_HELD {
+                    joining.held.clear();
+                }
+                joining.held.push(p);
+            }
             return;
         };
         let cur = &self.subs[i].position;

@@ -1,16 +1,19 @@
 //! One WebSocket request in, one typed reply out. The transport parses the frame and writes the
 //! reply; everything between is here.
 //!
-//! Requests that change the session (`auth`, `subscribe`, `unsubscribe`) are answered in turn,
-//! since what follows them depends on their outcome. Requests that only wait on the engine once
-//! their checks have passed (`publish`, `history`, `presence`) become a [`Pending`] future that
-//! holds no borrow of the session: the transport keeps delivering and reading while it runs,
-//! with a bound on how many it holds at once (`ws.rs`).
+//! `auth` and `unsubscribe` are answered in turn. Requests that wait on the engine once their
+//! checks have passed (`subscribe`, `publish`, `history`, `presence`) become a [`Pending`]
+//! future that holds no borrow of the session: the transport keeps delivering and reading while
+//! it runs, with a bound on how many it holds at once (`ws.rs`), and hands its [`Completion`] to
+//! [`Session::complete`] for the reply. A subscribe in flight is registered in the hub already;
+//! what arrives for its channel meanwhile is held and delivered, in order, once it finishes.
 
 use super::state::Session;
+use super::subscriptions::JoinDone;
 use super::types::{Emit, SessionError};
 use crate::{
-    Authenticator, ChannelName, HistoryPage, HistoryQuery, Identity, UserGuard, UserLimiter,
+    Authenticator, ChannelName, EngineError, HistoryPage, HistoryQuery, Identity, UserGuard,
+    UserLimiter,
 };
 use herald_protocol::{HistoryResult, Reply, ReplyResult, Request};
 use serde_json::value::RawValue;
@@ -37,14 +40,34 @@ pub struct RequestContext<'a> {
 /// How a request was handled.
 #[derive(Debug)]
 pub enum Handled {
-    /// Answered; any pushes it produced (a subscribe's replay) are in `out`, after the reply.
+    /// Answered.
     Done(Reply),
-    /// Its checks passed and it now waits on the engine; the reply comes when this resolves.
+    /// Its checks passed and it now waits on the engine; hand what this resolves to to
+    /// [`Session::complete`] for the reply.
     Wait(Pending),
 }
 
-/// A request in flight: a future that owns what it needs, so the session stays free.
-pub struct Pending(Pin<Box<dyn Future<Output = Reply> + Send + 'static>>);
+/// A request in flight: a future that owns what it needs, so the session stays free. Its
+/// outcome goes to [`Session::complete`] for the reply.
+pub struct Pending(Pin<Box<dyn Future<Output = Completion> + Send + 'static>>);
+
+/// How a request in flight ended.
+#[derive(Debug)]
+pub enum Completion {
+    /// Answered; nothing left to do in the session.
+    Reply(Reply),
+    /// A subscribe's engine part answered; the session finishes it.
+    Subscribed {
+        /// What finishing needs.
+        done: JoinDone,
+        /// The engine's answer.
+        read: Result<HistoryPage, EngineError>,
+        /// The channel as the client named it.
+        channel: String,
+        /// Whether the client gave a position to resume from.
+        resumed: bool,
+    },
+}
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,9 +75,15 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+impl Pending {
+    fn reply(fut: impl Future<Output = Reply> + Send + 'static) -> Self {
+        Self(Box::pin(async move { Completion::Reply(fut.await) }))
+    }
+}
+
 impl Future for Pending {
-    type Output = Reply;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+    type Output = Completion;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
         self.0.as_mut().poll(cx)
     }
 }
@@ -88,23 +117,18 @@ pub fn history_result(channel: &ChannelName, page: &HistoryPage) -> HistoryResul
 }
 
 impl Session {
-    /// Handles one request. A subscribe's replay is left in `out`, to be sent after the reply.
-    pub async fn request(
-        &mut self,
-        request: Request,
-        ctx: RequestContext<'_>,
-        out: &mut Vec<Emit>,
-    ) -> Handled {
+    /// Handles one request: answered now, or in flight ([`Handled::Wait`]).
+    pub async fn request(&mut self, request: Request, ctx: RequestContext<'_>) -> Handled {
         match request {
             Request::Auth { token } => Handled::Done(answer(self.auth_request(&token, ctx).await)),
             Request::Subscribe {
                 channel,
                 since,
                 token,
-            } => Handled::Done(answer(
-                self.subscribe_request(channel, since, token, ctx, out)
-                    .await,
-            )),
+            } => match self.subscribe_request(channel, since, token, &ctx) {
+                Ok(pending) => Handled::Wait(pending),
+                Err(e) => Handled::Done(failed(&e)),
+            },
             Request::Unsubscribe { channel } => Handled::Done(answer(
                 self.unsubscribe(&channel)
                     .await
@@ -118,7 +142,7 @@ impl Session {
                 Err(e) => Handled::Done(failed(&e)),
                 Ok(prepared) => {
                     let publisher = self.node.publisher.clone();
-                    Handled::Wait(Pending(Box::pin(async move {
+                    Handled::Wait(Pending::reply(async move {
                         answer(
                             publisher
                                 .publish(prepared)
@@ -131,7 +155,7 @@ impl Session {
                                 })
                                 .map_err(SessionError::from),
                         )
-                    })))
+                    }))
                 }
             },
             Request::History {
@@ -153,7 +177,7 @@ impl Session {
                             since,
                             limit: limit as usize,
                         };
-                        Handled::Wait(Pending(Box::pin(async move {
+                        Handled::Wait(Pending::reply(async move {
                             answer(
                                 history
                                     .read(&name, query)
@@ -161,7 +185,7 @@ impl Session {
                                     .map(|page| ReplyResult::History(history_result(&name, &page)))
                                     .map_err(SessionError::from),
                             )
-                        })))
+                        }))
                     }
                 }
             }
@@ -169,7 +193,7 @@ impl Session {
                 Err(e) => Handled::Done(failed(&e)),
                 Ok(name) => {
                     let presence = self.node.presence.clone();
-                    Handled::Wait(Pending(Box::pin(async move {
+                    Handled::Wait(Pending::reply(async move {
                         answer(
                             presence
                                 .members(&name)
@@ -180,7 +204,7 @@ impl Session {
                                 })
                                 .map_err(SessionError::from),
                         )
-                    })))
+                    }))
                 }
             },
             Request::Ping => Handled::Done(Reply::Ok(ReplyResult::Empty {})),
@@ -236,20 +260,19 @@ impl Session {
 
     /// `subscribe`, with an optional subscription token: a token is checked only while the
     /// subscribe budget has room, and one that fails is charged to it (one that verifies is
-    /// charged as the subscribe itself).
-    async fn subscribe_request(
+    /// charged as the subscribe itself). Its engine part runs in flight.
+    fn subscribe_request(
         &mut self,
         channel: String,
         since: Option<herald_protocol::StreamPosition>,
         token: Option<String>,
-        ctx: RequestContext<'_>,
-        out: &mut Vec<Emit>,
-    ) -> Result<ReplyResult, SessionError> {
+        ctx: &RequestContext<'_>,
+    ) -> Result<Pending, SessionError> {
         let grant = match token {
             None => None,
             Some(t) => {
                 self.may_check_token()?;
-                match self.verify(&t, &ctx) {
+                match self.verify(&t, ctx) {
                     Ok(g) => Some(g),
                     Err(e) => {
                         let _ = self.charge_token_check();
@@ -259,12 +282,38 @@ impl Session {
             }
         };
         let resumed = since.is_some();
-        let position = self.subscribe(&channel, since, grant.as_ref(), out).await?;
-        let recovered = resumed && !out.iter().any(|e| matches!(e, Emit::Reset { .. }));
-        Ok(ReplyResult::Subscribed {
-            channel,
-            position,
-            recovered,
-        })
+        let joining = self.begin_subscribe(&channel, since, grant.as_ref())?;
+        Ok(Pending(Box::pin(async move {
+            let read = joining.read.await;
+            Completion::Subscribed {
+                done: joining.done,
+                read,
+                channel,
+                resumed,
+            }
+        })))
+    }
+
+    /// Finishes a request that was in flight; pushes it produced (a subscribe's replay) are
+    /// left in `out`, to be sent after the reply.
+    pub async fn complete(&mut self, completion: Completion, out: &mut Vec<Emit>) -> Reply {
+        match completion {
+            Completion::Reply(reply) => reply,
+            Completion::Subscribed {
+                done,
+                read,
+                channel,
+                resumed,
+            } => {
+                let from = out.len();
+                let position = self.finish_subscribe(done, read, out).await;
+                answer(position.map(|position| ReplyResult::Subscribed {
+                    recovered: resumed
+                        && !out[from..].iter().any(|e| matches!(e, Emit::Reset { .. })),
+                    channel,
+                    position,
+                }))
+            }
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! What the other files of this module build on; it depends on none of them.
 
 use super::types::{SessionLimits, Transport};
-use crate::{outbox, ChannelName, ConnId, Identity, Node, Outbox, OutboxTx, TokenBucket};
+use crate::{
+    outbox, ChannelName, ConnId, Identity, Node, Outbox, OutboxTx, Publication, TokenBucket,
+};
 use herald_protocol::{Member, StreamPosition};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,6 +22,21 @@ pub(super) struct Sub {
     pub(super) member: Option<Box<Member>>,
 }
 
+/// A subscribe in flight: registered in the hub, waiting for the engine.
+#[derive(Debug)]
+pub(super) struct PendingSub {
+    pub(super) channel: ChannelName,
+    /// Publications fan-out queued for the channel meanwhile, oldest first; past
+    /// [`MAX_HELD`] only the newest is kept, and the gap before it is filled from history when
+    /// the subscribe finishes (or announced as a reset).
+    pub(super) held: Vec<Arc<Publication>>,
+    /// Unsubscribed while in flight: it ends unsubscribed.
+    pub(super) cancelled: bool,
+}
+
+/// Most publications held for one subscribe in flight.
+pub(super) const MAX_HELD: usize = 1024;
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
@@ -29,6 +46,10 @@ pub struct Session {
     pub(super) limits: SessionLimits,
     pub(super) tx: OutboxTx,
     pub(super) subs: Vec<Sub>,
+    /// Subscribes in flight (boxed: most connections never have one, and it costs an idle
+    /// connection 8 bytes instead of 24).
+    #[allow(clippy::box_collection)]
+    pub(super) pending: Option<Box<Vec<PendingSub>>>,
     /// Who the connection's token names; None for an anonymous connection.
     pub(super) identity: Option<Arc<Identity>>,
     pub(super) publish_tokens: TokenBucket,
@@ -56,6 +77,7 @@ impl Session {
             limits,
             tx,
             subs: Vec::new(),
+            pending: None,
             identity: None,
             publish_tokens: TokenBucket::full(limits.publish_per_minute),
             subscribe_tokens: TokenBucket::full(limits.subscribe_per_minute),
@@ -93,6 +115,14 @@ impl Session {
         self.identity.as_ref().and_then(|i| i.expires_at)
     }
 
+    /// The subscribe in flight for `channel`, if any.
+    pub(super) fn joining(&mut self, channel: &ChannelName) -> Option<&mut PendingSub> {
+        self.pending
+            .as_mut()?
+            .iter_mut()
+            .find(|p| p.channel == *channel)
+    }
+
     /// The presence member this connection is.
     pub(super) fn member(&self) -> Member {
         Member {
@@ -114,6 +144,9 @@ impl Drop for Session {
         // early (panic, cancellation) so the hub holds no dead subscriber.
         for sub in &self.subs {
             self.node.hub.unsubscribe(&sub.channel, self.conn_id);
+        }
+        for p in self.pending.iter().flat_map(|p| p.iter()) {
+            self.node.hub.unsubscribe(&p.channel, self.conn_id);
         }
         self.node.hub.deregister(self.conn_id);
         let gauge = match self.transport {

@@ -1,9 +1,37 @@
 //! Subscriptions: joining (register, then read history, so nothing falls between), leaving,
 //! adopting a token (which may revoke), and closing.
 
-use super::state::{Session, Sub, MAX_REPLAY};
+use super::state::{PendingSub, Session, Sub, MAX_REPLAY};
 use super::types::{Emit, SessionError};
-use crate::{Action, ChannelName, HistoryQuery, Identity, PresenceEvent, PresenceKind};
+use crate::{
+    Action, ChannelName, EngineError, HistoryPage, HistoryQuery, Identity, Outgoing, PresenceEvent,
+    PresenceKind,
+};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A subscribe whose checks passed and whose engine part is to run: `read` (broker subscribe,
+/// then the history read) borrows nothing from the session; `done` finishes it.
+pub struct Joining {
+    /// The engine's part.
+    pub read: Pin<Box<dyn Future<Output = Result<HistoryPage, EngineError>> + Send + 'static>>,
+    /// What [`Session::finish_subscribe`] needs.
+    pub done: JoinDone,
+}
+
+/// What finishing a subscribe needs besides the engine's answer.
+#[derive(Debug)]
+pub struct JoinDone {
+    channel: ChannelName,
+    since: Option<StreamPosition>,
+    by_subscription_token: bool,
+}
+
+impl std::fmt::Debug for Joining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joining").field("done", &self.done).finish()
+    }
+}
 use herald_protocol::StreamPosition;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -47,11 +75,15 @@ impl Session {
         }
         Ok(revoked)
     }
+
     /// Subscribes to `channel`. With `since`, replays what was missed after it (or emits a
     /// reset when that is impossible); without, emits the latest publication where the
     /// namespace keeps latest state. Returns the position the live stream continues from.
     /// `grant` is a verified subscription token: for the connection's own user, its `channels`
     /// stand in for the connection token's where the namespace asks for a grant.
+    ///
+    /// [`Session::begin_subscribe`], the engine's part awaited here, then
+    /// [`Session::finish_subscribe`]; a WebSocket runs the engine's part in flight instead.
     pub async fn subscribe(
         &mut self,
         channel: &str,
@@ -59,11 +91,27 @@ impl Session {
         grant: Option<&Identity>,
         out: &mut Vec<Emit>,
     ) -> Result<StreamPosition, SessionError> {
+        let joining = self.begin_subscribe(channel, since, grant)?;
+        let read = joining.read.await;
+        self.finish_subscribe(joining.done, read, out).await
+    }
+
+    /// The checks of a subscribe (channel, limits, permission, rate), then its registration
+    /// in the hub, so nothing published from here on is missed: until it is finished, what
+    /// fan-out queues for the channel is held (see `ordering.rs`). Returns the engine's part
+    /// (broker subscribe, then the history read), which borrows nothing from the session.
+    pub fn begin_subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        grant: Option<&Identity>,
+    ) -> Result<Joining, SessionError> {
         let channel = ChannelName::parse(channel)?;
-        if self.subs.iter().any(|s| s.channel == channel) {
+        if self.subs.iter().any(|s| s.channel == channel) || self.joining(&channel).is_some() {
             return Err(SessionError::AlreadySubscribed(channel.to_string()));
         }
-        if self.subs.len() >= self.limits.max_channels {
+        let held = self.subs.len() + self.pending.as_ref().map_or(0, |p| p.len());
+        if held >= self.limits.max_channels {
             self.node
                 .stats
                 .refused
@@ -76,19 +124,8 @@ impl Session {
             Some(g) => self.permit_granted(&channel, g)?,
         }
         self.charge_subscribe()?;
-        let options = self.node.channels.options(&channel).clone();
-        // Register first: anything published from here on is queued in the outbox, and the
-        // history read below covers what came before. Duplicates are dropped by offset.
-        // The broker is told every time (not only for the node's first subscriber) so this
-        // call returns only once the engine delivers the channel to this node.
-        self.node
-            .hub
-            .subscribe(&channel, self.conn_id, self.tx.clone());
-        if let Err(e) = self.node.broker.subscribe(&channel).await {
-            self.release(&channel).await;
-            return Err(e.into());
-        }
-        let read = match &since {
+        let options = self.node.channels.options(&channel);
+        let query = match &since {
             Some(p) => HistoryQuery {
                 since: Some(p.clone()),
                 limit: MAX_REPLAY,
@@ -98,7 +135,68 @@ impl Session {
                 limit: usize::from(options.latest_state),
             },
         };
-        let page = match self.node.history.read(&channel, read).await {
+        // Register first: anything published from here on is queued in the outbox, and the
+        // history read covers what came before. Duplicates are dropped by offset.
+        self.node
+            .hub
+            .subscribe(&channel, self.conn_id, self.tx.clone());
+        self.pending
+            .get_or_insert_with(Box::default)
+            .push(PendingSub {
+                channel: channel.clone(),
+                held: Vec::new(),
+                cancelled: false,
+            });
+        // The broker is told every time (not only for the node's first subscriber) so the
+        // read starts only once the engine delivers the channel to this node.
+        let (broker, history) = (self.node.broker.clone(), self.node.history.clone());
+        let name = channel.clone();
+        let read = Box::pin(async move {
+            broker.subscribe(&name).await?;
+            history.read(&name, query).await
+        });
+        Ok(Joining {
+            read,
+            done: JoinDone {
+                channel,
+                since,
+                by_subscription_token: grant.is_some(),
+            },
+        })
+    }
+
+    /// Finishes a subscribe begun with [`Session::begin_subscribe`], given the engine's answer:
+    /// emits the replay (or reset, or latest state), then what was held while it was in
+    /// flight (in order, duplicates dropped, gaps filled from history).
+    pub async fn finish_subscribe(
+        &mut self,
+        done: JoinDone,
+        read: Result<HistoryPage, EngineError>,
+        out: &mut Vec<Emit>,
+    ) -> Result<StreamPosition, SessionError> {
+        let JoinDone {
+            channel,
+            since,
+            by_subscription_token,
+        } = done;
+        let Some(pending) = self.take_joining(&channel) else {
+            // Invariant-free fallback: a finish without its begin registers nothing.
+            return Err(SessionError::NotSubscribed(channel.to_string()));
+        };
+        if pending.cancelled {
+            self.release(&channel).await;
+            return Err(SessionError::NotSubscribed(format!(
+                "{channel} (unsubscribed before the subscription completed)"
+            )));
+        }
+        // A refreshed token may have taken the channel away while the subscribe was in flight.
+        if !by_subscription_token {
+            if let Err(e) = self.permit(Action::Subscribe, &channel) {
+                self.release(&channel).await;
+                return Err(e);
+            }
+        }
+        let page = match read {
             Ok(page) => page,
             Err(e) => {
                 self.release(&channel).await;
@@ -112,7 +210,8 @@ impl Session {
             out.extend(page.publications.into_iter().map(Emit::Publication));
             page.top
         };
-        let member = options.presence.then(|| self.member());
+        let presence = self.node.channels.options(&channel).presence;
+        let member = presence.then(|| self.member());
         // Grow one at a time at first: most connections hold one or two channels, and a
         // first push would otherwise reserve room for four.
         if self.subs.len() == self.subs.capacity() {
@@ -121,10 +220,13 @@ impl Session {
         self.subs.push(Sub {
             channel: channel.clone(),
             position: position.clone(),
-            presence: options.presence,
-            by_subscription_token: grant.is_some(),
+            presence,
+            by_subscription_token,
             member: member.clone().map(Box::new),
         });
+        for p in pending.held {
+            self.accept(Outgoing::Publication(p), out).await;
+        }
         if let Some(member) = member {
             self.node.presence.join(&channel, &member).await?;
             self.node
@@ -134,9 +236,25 @@ impl Session {
         }
         Ok(position)
     }
+
+    fn take_joining(&mut self, channel: &ChannelName) -> Option<PendingSub> {
+        let list = self.pending.as_mut()?;
+        let i = list.iter().position(|p| p.channel == *channel)?;
+        let p = list.swap_remove(i);
+        if list.is_empty() {
+            self.pending = None;
+        }
+        Some(p)
+    }
+
     /// Stops receiving `channel`.
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), SessionError> {
         let name = ChannelName::parse(channel)?;
+        if let Some(p) = self.joining(&name) {
+            // In flight: it ends unsubscribed when the engine answers.
+            p.cancelled = true;
+            return Ok(());
+        }
         let Some(i) = self.subs.iter().position(|s| s.channel == name) else {
             return Err(SessionError::NotSubscribed(name.to_string()));
         };
@@ -184,6 +302,9 @@ impl Session {
         let subs = std::mem::take(&mut self.subs);
         for sub in &subs {
             self.leave(sub).await;
+        }
+        for p in self.pending.take().map(|b| *b).unwrap_or_default() {
+            self.release(&p.channel).await;
         }
     }
 }

@@ -131,3 +131,116 @@ async fn the_channel_limit_is_enforced() {
         Err(SessionError::TooManyChannels(1))
     ));
 }
+
+async fn publish_to(node: &Node, channel: &str, n: usize) {
+    for i in 0..n {
+        let data = RawValue::from_string(i.to_string()).unwrap();
+        let p = node.publisher.prepare(channel, None, data).unwrap();
+        node.publisher.publish(p).await.unwrap();
+    }
+}
+
+/// A subscribe, history or publish in flight leaves the session free: deliveries of other
+/// channels go on, later requests are served, and what arrives for the channel being joined is
+/// held and delivered in order, once, after the reply.
+#[tokio::test]
+async fn requests_in_flight_do_not_stall_the_connection() {
+    use herald_protocol::{Reply, ReplyResult, Request};
+    let node = node(100);
+    let users = crate::UserLimiter::new(0);
+    let mut slot = None;
+    let (mut s, mut outbox) = Session::new(node.clone(), Transport::Ws, SessionLimits::default());
+    let mut out = Vec::new();
+    s.subscribe("live", None, None, &mut out).await.unwrap();
+    fn ask<'a>(
+        req: Request,
+        users: &'a Arc<crate::UserLimiter>,
+        slot: &'a mut Option<crate::UserGuard>,
+    ) -> (Request, RequestContext<'a>) {
+        let ctx = RequestContext {
+            tokens: None,
+            users,
+            user_slot: slot,
+        };
+        (req, ctx)
+    }
+    let (req, ctx) = ask(
+        Request::Subscribe {
+            channel: "c".into(),
+            since: None,
+            token: None,
+        },
+        &users,
+        &mut slot,
+    );
+    let Handled::Wait(joining) = s.request(req, ctx).await else {
+        panic!("a subscribe waits on the engine");
+    };
+    // While it is in flight: the channel gets publications, and so does one already held.
+    publish_to(&node, "c", 2).await;
+    publish_to(&node, "live", 1).await;
+    let mut queued = Vec::new();
+    outbox.recv(&mut queued).await.unwrap();
+    for item in queued.drain(..) {
+        s.accept(item, &mut out).await;
+    }
+    // The held channel's publication is delivered now; the joining one's are held.
+    assert_eq!(offsets(&out), ["1"]);
+    out.clear();
+    // A later request is served meanwhile, and a second subscribe of the same channel is
+    // refused as a duplicate.
+    let (req, ctx) = ask(Request::Ping, &users, &mut slot);
+    assert!(matches!(
+        s.request(req, ctx).await,
+        Handled::Done(Reply::Ok(_))
+    ));
+    let (req, ctx) = ask(
+        Request::Subscribe {
+            channel: "c".into(),
+            since: None,
+            token: None,
+        },
+        &users,
+        &mut slot,
+    );
+    let Handled::Done(dup) = s.request(req, ctx).await else {
+        panic!("a duplicate is refused at once");
+    };
+    assert_eq!(
+        dup.error_code(),
+        Some(herald_protocol::ErrorCode::AlreadySubscribed)
+    );
+    // The engine answers (its read saw both publications); the held ones are dropped as
+    // duplicates, and one more published now comes after.
+    let done = joining.await;
+    publish_to(&node, "c", 1).await;
+    let reply = s.complete(done, &mut out).await;
+    let Reply::Ok(ReplyResult::Subscribed { position, .. }) = reply else {
+        panic!("subscribed: {reply:?}");
+    };
+    outbox.recv(&mut queued).await.unwrap();
+    for item in queued.drain(..) {
+        s.accept(item, &mut out).await;
+    }
+    assert_eq!(offsets(&out), ["3"], "each publication once, in order");
+    assert!(position.offset <= 2);
+}
+
+/// A subscribe unsubscribed while in flight ends unsubscribed, and leaves nothing in the hub.
+#[tokio::test]
+async fn a_subscribe_cancelled_in_flight_ends_unsubscribed() {
+    let node = node(100);
+    let (mut s, _outbox) = Session::new(node.clone(), Transport::Ws, SessionLimits::default());
+    let joining = s.begin_subscribe("c", None, None).unwrap();
+    assert_eq!(node.hub.subscribers(&ChannelName::parse("c").unwrap()), 1);
+    s.unsubscribe("c").await.unwrap();
+    let read = joining.read.await;
+    let mut out = Vec::new();
+    let e = s
+        .finish_subscribe(joining.done, read, &mut out)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SessionError::NotSubscribed(_)));
+    assert_eq!(node.hub.subscribers(&ChannelName::parse("c").unwrap()), 0);
+    assert_eq!(s.channels().count(), 0);
+}
