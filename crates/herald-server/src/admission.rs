@@ -134,7 +134,7 @@ impl App {
         let identity = self
             .request_identity(knock.headers, knock.query_token)
             .map_err(Refusal::Token)?;
-        let ip = crate::limits::acquire_ip(&self.per_ip, knock.client).map_err(|_| {
+        let ip = crate::limits::acquire_ip(&self.shared.per_ip, knock.client).map_err(|_| {
             self.node.stats.refused.per_ip.fetch_add(1, Relaxed);
             Refusal::PerIp
         })?;
@@ -142,7 +142,7 @@ impl App {
             Some(i) => self.count_user(i).map_err(|_| Refusal::PerUser)?,
             None => None,
         };
-        let Ok(slot) = self.connections.clone().try_acquire_owned() else {
+        let Ok(slot) = self.shared.connections.clone().try_acquire_owned() else {
             self.node.stats.connections_rejected.fetch_add(1, Relaxed);
             return Err(Refusal::Full);
         };

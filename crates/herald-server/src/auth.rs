@@ -23,7 +23,11 @@ pub(crate) async fn require_api_key(State(app): State<App>, req: Request, next: 
         Ok(None) => next.run(req).await,
         Ok(Some(key)) => {
             tracing::trace!(key = key.name, "API request authorized.");
-            match app.api_rates.take_n(&key.name, key.requests_per_second) {
+            match app
+                .shared
+                .api_rates
+                .take_n(&key.name, key.requests_per_second)
+            {
                 Take::Allowed => next.run(req).await,
                 Take::Overflow => {
                     app.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);

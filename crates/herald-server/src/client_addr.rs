@@ -151,7 +151,7 @@ impl App {
     /// Where a request with TCP peer `peer` comes from.
     pub(crate) fn client_addr(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> ClientAddr {
         resolve(
-            &self.trusted_proxies,
+            &self.shared.trusted_proxies,
             self.server
                 .client_ip_header
                 .eq_ignore_ascii_case("x-real-ip"),

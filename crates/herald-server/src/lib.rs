@@ -57,12 +57,16 @@ pub struct App {
     /// Cancelled when the drain before shutdown begins (SIGTERM); a child of `shutdown`, so
     /// also cancelled by it.
     pub draining: CancellationToken,
-    /// Reverse proxies whose `X-Forwarded-For` is believed.
-    trusted_proxies: Arc<client_addr::TrustedProxies>,
-    /// This node's id in hellos (random per process).
-    node_id: Arc<str>,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// What every connection and request shares but an open connection's task need not hold
+    /// inline (one pointer instead of one per field).
+    shared: Arc<Shared>,
+}
+
+/// The parts of [`App`] behind one pointer.
+#[derive(Debug)]
+struct Shared {
     connections: Arc<Semaphore>,
     per_ip: Arc<limits::IpLimiter>,
     per_user: Arc<herald_core::UserLimiter>,
@@ -74,6 +78,10 @@ pub struct App {
     api_rates: Arc<KeyedBuckets>,
     /// Telegram login buckets per remote address.
     login_rates: Arc<KeyedBuckets>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Arc<client_addr::TrustedProxies>,
+    /// This node's id in hellos (random per process).
+    node_id: Arc<str>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -125,17 +133,19 @@ impl App {
             limits: settings.limits,
             auth: Arc::new(settings.auth),
             draining: shutdown.child_token(),
-            trusted_proxies,
-            node_id: herald_core::new_epoch().to_string().into(),
             shutdown,
             tracker,
-            connections,
-            per_ip,
-            per_user,
-            tokens,
-            minter,
-            api_rates,
-            login_rates,
+            shared: Arc::new(Shared {
+                connections,
+                per_ip,
+                per_user,
+                tokens,
+                minter,
+                api_rates,
+                login_rates,
+                trusted_proxies,
+                node_id: herald_core::new_epoch().to_string().into(),
+            }),
         })
     }
 }

@@ -29,9 +29,42 @@ impl App {
     pub(crate) fn hello(&self, conn: ConnId, interval: Duration) -> Connected {
         Connected {
             conn_id: conn.to_string(),
-            node: self.node_id.to_string(),
+            node: self.shared.node_id.to_string(),
             time: herald_core::now_ms(),
             ping_interval_ms: millis(interval),
+        }
+    }
+
+    /// Appends the WebSocket hello, a complete text frame, to `out` without allocating (it is
+    /// written through the worker thread's scratch buffer, so a connection keeps nothing of
+    /// it). The same fields as [`App::hello`]; the node id is base36 and needs no escaping.
+    pub(crate) fn write_ws_hello(&self, conn: ConnId, interval: Duration, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let start = out.len();
+        // Invariant: writing to a Vec cannot fail.
+        write!(
+            out,
+            r#"{{"push":"connected","conn_id":"{conn}","node":"{}","time":{},"ping_interval_ms":{}}}"#,
+            self.shared.node_id,
+            herald_core::now_ms(),
+            millis(interval)
+        )
+        .expect("write to a Vec");
+        let len = out.len() - start;
+        // A text frame's header: FIN and opcode 1, then the length (server frames are unmasked).
+        match u16::try_from(len) {
+            Ok(n) if n < 126 => {
+                out.splice(start..start, [0x81, n as u8]);
+            }
+            Ok(n) => {
+                let [hi, lo] = n.to_be_bytes();
+                out.splice(start..start, [0x81, 126, hi, lo]);
+            }
+            Err(_) => {
+                let mut header = vec![0x81, 127];
+                header.extend_from_slice(&(len as u64).to_be_bytes());
+                out.splice(start..start, header);
+            }
         }
     }
 

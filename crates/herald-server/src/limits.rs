@@ -30,7 +30,8 @@ pub(crate) fn acquire_ip(
 impl App {
     /// Counts a connection against its user (`connection.max_per_user`).
     pub(crate) fn count_user(&self, identity: &Identity) -> Result<Option<UserGuard>, ApiError> {
-        self.per_user
+        self.shared
+            .per_user
             .acquire(Some(identity.user.clone()))
             .map_err(|_| {
                 self.node.stats.refused.per_user.fetch_add(1, Relaxed);

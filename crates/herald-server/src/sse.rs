@@ -166,7 +166,7 @@ async fn open(
             Instant::now() + app.sse.keepalive,
             expires,
         ))),
-        keepalive_every: app.sse.keepalive,
+        keepalive_ms: u32::try_from(app.sse.keepalive.as_millis()).unwrap_or(u32::MAX),
         expires,
         tracker: app.tracker.clone(),
         retry_ms: u32::try_from(app.sse.retry.as_millis()).unwrap_or(u32::MAX),
@@ -260,7 +260,8 @@ struct SseStream {
     buf: Vec<Outgoing>,
     emits: Vec<Emit>,
     keepalive: Pin<Box<ConnTimer>>,
-    keepalive_every: Duration,
+    /// `sse.keepalive` in milliseconds (4 bytes where a `Duration` takes 16).
+    keepalive_ms: u32,
     /// When the connection's token expires (plus leeway); the keep-alive timer wakes for it.
     expires: Option<Instant>,
     tracker: TaskTracker,
@@ -333,9 +334,10 @@ impl SseStream {
                         self.done = true;
                         return Some(disconnect_event(CloseCode::TokenExpired, None));
                     }
-                    self.keepalive
-                        .as_mut()
-                        .reset(wake(now + self.keepalive_every, self.expires));
+                    self.keepalive.as_mut().reset(wake(
+                        now + Duration::from_millis(self.keepalive_ms.into()),
+                        self.expires,
+                    ));
                     return Some(Bytes::from_static(b":\n\n"));
                 }
             }

@@ -90,12 +90,15 @@ impl App {
 
     /// The node's token verifier, as sessions see it; None without token keys.
     pub(crate) fn authenticator(&self) -> Option<&dyn Authenticator> {
-        self.tokens.as_deref().map(|t| t as &dyn Authenticator)
+        self.shared
+            .tokens
+            .as_deref()
+            .map(|t| t as &dyn Authenticator)
     }
 
     /// Open connections per user (`connection.max_per_user`).
     pub(crate) fn users(&self) -> &std::sync::Arc<herald_core::UserLimiter> {
-        &self.per_user
+        &self.shared.per_user
     }
 
     /// Verifies a connection token; a refusal is a 401 naming the reason.
@@ -104,7 +107,7 @@ impl App {
             self.node.stats.refused.bad_token.fetch_add(1, Relaxed);
             ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
         };
-        let Some(verifier) = &self.tokens else {
+        let Some(verifier) = &self.shared.tokens else {
             return Err(refused(
                 "this node accepts no connection tokens (auth.token is not configured)".to_owned(),
             ));
@@ -140,7 +143,7 @@ pub(crate) async fn telegram_login(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let config = &app.auth.telegram;
-    let (Some(check), Some(minter)) = (config.check(), app.minter.as_ref()) else {
+    let (Some(check), Some(minter)) = (config.check(), app.shared.minter.as_ref()) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -149,7 +152,7 @@ pub(crate) async fn telegram_login(
     };
     let client = app.client_addr(peer_ip(req.extensions()), req.headers());
     if let Some(ip) = client.ip.filter(|_| !client.direct_loopback) {
-        match app.login_rates.take(&ip.to_string()) {
+        match app.shared.login_rates.take(&ip.to_string()) {
             Take::Allowed => {}
             Take::Overflow => {
                 app.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);

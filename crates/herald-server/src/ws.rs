@@ -171,15 +171,15 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
 fn connection(
     app: App,
     on_upgrade: OnUpgrade,
-    held: Held,
+    mut held: Held,
     config: WebSocketConfig,
     mut session: Session,
     mut outbox: Outbox,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        // Moved whole into the task: its slot and address count must live as long as the
-        // connection, not only the field a request borrows.
-        let mut held = held;
+        // Borrowed whole, so the task holds all of it: its slot and address count must live as
+        // long as the connection, not only the field a request uses.
+        let held = &mut held;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -191,14 +191,22 @@ fn connection(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         tracing::debug!("WebSocket connected.");
-        let hello = app
-            .hello(session.conn_id(), app.ws.ping_interval)
-            .to_push_json();
-        if let Err(e) = ws
-            .get_mut()
-            .write_all(&ws_text_frame(hello.as_bytes()))
-            .await
-        {
+        // The hello goes out through the worker thread's scratch buffer: the connection keeps
+        // nothing of it, and only a socket that would not take it at once (never, in practice,
+        // right after the upgrade) makes it wait, boxed.
+        let conn_id = session.conn_id();
+        let sent = crate::scratch::write_now(ws.get_mut(), |out| {
+            app.write_ws_hello(conn_id, app.ws.ping_interval, out);
+        });
+        let sent = match sent {
+            Ok(None) => Ok(()),
+            Ok(Some(rest)) => {
+                let io = ws.get_mut();
+                Box::pin(async move { io.write_all(&rest).await }).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             count_write_failure(&e);
             return;
         }
@@ -240,11 +248,18 @@ fn connection(
                     }
                     Err(code) => break Some(code),
                 },
-                Some((id, completion)) = next_reply(&mut in_flight) => {
-                    // Boxed for the reason given at `request`: a subscribe's finish (replay,
-                    // presence join) is a large future.
-                    let reply = Box::pin(session.complete(completion, &mut emits)).await;
-                    if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply.to_json(id)), &mut tungstenite_wrote).await {
+                (id, completion) = std::future::poll_fn(|cx| next_reply(cx, &mut in_flight)) => {
+                    // Boxed: finishing a request (a subscribe's replay and presence join) is a
+                    // large future that an idle connection need not carry.
+                    // The set's allocation is given back once it is empty: most connections
+                    // make a request or two at the start (their subscribes) and then only read.
+                    if in_flight.as_ref().is_some_and(|f| f.is_empty()) {
+                        in_flight = None;
+                    }
+                    let reply = Box::pin(session.complete(*completion, &mut emits))
+                        .await
+                        .to_json(id);
+                    if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await {
                         count_write_failure(&e);
                         break None;
                     }
@@ -256,28 +271,26 @@ fn connection(
                     tungstenite_wrote = true;
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            // Boxed: a request's future (subscribe with replay, auth with
-                            // revocation) is larger than everything else an idle connection
-                            // holds, and requests are rare next to deliveries.
-                            let reply = match ClientRequest::parse(t.as_str()) {
-                                Err(e) => Some(ServerPush::error(e.id, e.code, &e.message)),
-                                Ok(req) => {
-                                    let ctx = RequestContext {
-                                        tokens: app.authenticator(),
-                                        users: app.users(),
-                                        user_slot: &mut held.user,
-                                    };
-                                    let id = req.id;
-                                    match Box::pin(session.request(req.request, ctx)).await {
-                                        Handled::Done(reply) => Some(reply.to_json(id)),
-                                        Handled::Wait(pending) => {
-                                            in_flight
-                                                .get_or_insert_with(FuturesUnordered::new)
-                                                .push(Box::pin(async move { (id, pending.await) }));
-                                            None
-                                        }
+                            // Boxed: a request's future (parsing, auth with revocation) is
+                            // larger than everything else an idle connection holds, and
+                            // requests are rare next to deliveries.
+                            let reply = match Box::pin(handle_text(&app, &mut session, &mut held.user, t.as_str())).await {
+                                Answer::Now(reply) => Some(reply),
+                                // An engine that answers at once (the embedded one) is
+                                // finished here, without the in-flight set's allocations.
+                                Answer::Later(id, mut pending) => match futures_util::FutureExt::now_or_never(&mut pending) {
+                                    Some(done) => Some(
+                                        Box::pin(session.complete(done, &mut emits))
+                                            .await
+                                            .to_json(id),
+                                    ),
+                                    None => {
+                                        in_flight
+                                            .get_or_insert_with(FuturesUnordered::new)
+                                            .push(Box::pin(async move { (id, Box::new(pending.await)) }));
+                                        None
                                     }
-                                }
+                                },
                             };
                             if let Err(e) = send_emits(&mut ws, &mut emits, reply, &mut tungstenite_wrote).await {
                                 count_write_failure(&e);
@@ -354,7 +367,14 @@ fn connection(
                     ),
                 }
                 .to_push_json();
-                let _ = send_emits(&mut ws, &mut emits, Some(notice), &mut tungstenite_wrote).await;
+                // Boxed: written once, at the end.
+                let _ = Box::pin(send_emits(
+                    &mut ws,
+                    &mut emits,
+                    Some(notice),
+                    &mut tungstenite_wrote,
+                ))
+                .await;
             }
             tracing::debug!(
                 code = code.code(),
@@ -453,14 +473,53 @@ fn count_write_failure(e: &std::io::Error) {
     }
 }
 
+/// What one text frame asks for: a reply now, or a request in flight with its id.
+enum Answer {
+    Now(String),
+    Later(u64, herald_core::Pending),
+}
+
+/// Parses one text frame and hands it to the session. Boxed by the caller, so the parsed
+/// request takes no room in the connection's future.
+async fn handle_text(
+    app: &App,
+    session: &mut Session,
+    user_slot: &mut Option<herald_core::UserGuard>,
+    text: &str,
+) -> Answer {
+    {
+        let req = match ClientRequest::parse(text) {
+            Ok(r) => r,
+            Err(e) => return Answer::Now(ServerPush::error(e.id, e.code, &e.message)),
+        };
+        let ctx = RequestContext {
+            tokens: app.authenticator(),
+            users: app.users(),
+            user_slot,
+        };
+        let id = req.id;
+        match session.request(req.request, ctx).await {
+            Handled::Done(reply) => Answer::Now(reply.to_json(id)),
+            Handled::Wait(pending) => Answer::Later(id, pending),
+        }
+    }
+}
+
 type InFlight = FuturesUnordered<
-    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Completion)> + Send>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Box<Completion>)> + Send>>,
 >;
 
-/// The next request in flight the engine answered, if any; pending forever when none is.
-async fn next_reply(in_flight: &mut Option<InFlight>) -> Option<(u64, Completion)> {
+/// The next request in flight the engine answered; pending while none is (a closure over the
+/// set, polled by `select!`, so the connection's future holds no future of its own for it).
+fn next_reply(
+    cx: &mut std::task::Context<'_>,
+    in_flight: &mut Option<InFlight>,
+) -> std::task::Poll<(u64, Box<Completion>)> {
     match in_flight.as_mut() {
-        Some(f) if !f.is_empty() => f.next().await,
-        _ => std::future::pending().await,
+        Some(f) if !f.is_empty() => match f.poll_next_unpin(cx) {
+            std::task::Poll::Ready(Some(done)) => std::task::Poll::Ready(done),
+            _ => std::task::Poll::Pending,
+        },
+        _ => std::task::Poll::Pending,
     }
 }
