@@ -24,8 +24,8 @@ fn verifier() -> &'static TokenVerifier {
     V.get_or_init(|| {
         let config = TokenConfig {
             hmac_secrets: vec![
-                SEED_SECRET.to_owned(),
-                "another-fuzz-secret-0123456789abcdefgh".to_owned(),
+                SEED_SECRET.into(),
+                "another-fuzz-secret-0123456789abcdefgh".into(),
             ],
             public_keys: ["rsa.pub.pem", "ec.pub.pem", "ed25519.pub.pem"]
                 .iter()
