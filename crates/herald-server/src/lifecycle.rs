@@ -35,39 +35,6 @@ impl App {
         }
     }
 
-    /// Appends the WebSocket hello, a complete text frame, to `out` without allocating (it is
-    /// written through the worker thread's scratch buffer, so a connection keeps nothing of
-    /// it). The same fields as [`App::hello`]; the node id is base36 and needs no escaping.
-    pub(crate) fn write_ws_hello(&self, conn: ConnId, interval: Duration, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let start = out.len();
-        // Invariant: writing to a Vec cannot fail.
-        write!(
-            out,
-            r#"{{"push":"connected","conn_id":"{conn}","node":"{}","time":{},"ping_interval_ms":{}}}"#,
-            self.shared.node_id,
-            herald_core::now_ms(),
-            millis(interval)
-        )
-        .expect("write to a Vec");
-        let len = out.len() - start;
-        // A text frame's header: FIN and opcode 1, then the length (server frames are unmasked).
-        match u16::try_from(len) {
-            Ok(n) if n < 126 => {
-                out.splice(start..start, [0x81, n as u8]);
-            }
-            Ok(n) => {
-                let [hi, lo] = n.to_be_bytes();
-                out.splice(start..start, [0x81, 126, hi, lo]);
-            }
-            Err(_) => {
-                let mut header = vec![0x81, 127];
-                header.extend_from_slice(&(len as u64).to_be_bytes());
-                out.splice(start..start, header);
-            }
-        }
-    }
-
     /// `sse.retry`, jittered for one connection.
     pub(crate) fn jittered_retry(&self) -> Duration {
         jitter(self.sse.retry)
@@ -85,6 +52,40 @@ impl App {
             self.node
                 .hub
                 .close_conn(session.conn_id(), CloseCode::ServerShutdown);
+        }
+    }
+}
+
+/// Appends the WebSocket hello of connection `conn` on node `node_id`, a complete text frame,
+/// to `out` without allocating (it is written through the worker thread's scratch buffer, so a
+/// connection keeps nothing of it). The same fields as [`App::hello`]; the node id is base36
+/// and needs no escaping.
+pub(crate) fn write_ws_hello(node_id: &str, conn: ConnId, interval: Duration, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let start = out.len();
+    // Invariant: writing to a Vec cannot fail.
+    write!(
+        out,
+        r#"{{"push":"connected","conn_id":"{conn}","node":"{}","time":{},"ping_interval_ms":{}}}"#,
+        node_id,
+        herald_core::now_ms(),
+        millis(interval)
+    )
+    .expect("write to a Vec");
+    let len = out.len() - start;
+    // A text frame's header: FIN and opcode 1, then the length (server frames are unmasked).
+    match u16::try_from(len) {
+        Ok(n) if n < 126 => {
+            out.splice(start..start, [0x81, n as u8]);
+        }
+        Ok(n) => {
+            let [hi, lo] = n.to_be_bytes();
+            out.splice(start..start, [0x81, 126, hi, lo]);
+        }
+        Err(_) => {
+            let mut header = vec![0x81, 127];
+            header.extend_from_slice(&(len as u64).to_be_bytes());
+            out.splice(start..start, header);
         }
     }
 }

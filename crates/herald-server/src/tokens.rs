@@ -88,19 +88,6 @@ impl App {
         self.verify_token(&token).map(Some)
     }
 
-    /// The node's token verifier, as sessions see it; None without token keys.
-    pub(crate) fn authenticator(&self) -> Option<&dyn Authenticator> {
-        self.shared
-            .tokens
-            .as_deref()
-            .map(|t| t as &dyn Authenticator)
-    }
-
-    /// Open connections per user (`connection.max_per_user`).
-    pub(crate) fn users(&self) -> &std::sync::Arc<herald_core::UserLimiter> {
-        &self.shared.per_user
-    }
-
     /// Verifies a connection token; a refusal is a 401 naming the reason.
     pub(crate) fn verify_token(&self, token: &str) -> Result<Identity, ApiError> {
         let refused = |message: String| {
@@ -118,14 +105,19 @@ impl App {
     /// When a connection authenticated as `identity` must end: the first second its token no
     /// longer verifies (after `exp` plus the configured leeway), as a monotonic instant.
     pub(crate) fn expiry(&self, identity: &Identity) -> Option<Instant> {
-        let exp = identity.expires_at?;
-        let invalid_from = Duration::from_secs(exp.saturating_add(1)) + self.auth.token.leeway;
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let left = invalid_from.saturating_sub(since_epoch);
-        Some(Instant::now() + left.min(Duration::from_secs(10 * 365 * 86_400)))
+        expiry(identity, self.auth.token.leeway)
     }
+}
+
+/// [`App::expiry`] with the token leeway given.
+pub(crate) fn expiry(identity: &Identity, leeway: Duration) -> Option<Instant> {
+    let exp = identity.expires_at?;
+    let invalid_from = Duration::from_secs(exp.saturating_add(1)) + leeway;
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = invalid_from.saturating_sub(since_epoch);
+    Some(Instant::now() + left.min(Duration::from_secs(10 * 365 * 86_400)))
 }
 
 /// `POST /auth/telegram` body.

@@ -152,7 +152,15 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
         client = ?client.ip
     );
     let tracker = app.tracker.clone();
-    let fut = connection(app, on_upgrade, admitted.held, config, session, outbox).instrument(span);
+    let fut = connection(
+        WsCtx::new(&app),
+        on_upgrade,
+        admitted.held,
+        config,
+        session,
+        outbox,
+    )
+    .instrument(span);
     tracker.spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -169,7 +177,7 @@ pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Respons
 /// connection costs (measured: 4.3 KB per connection as an `async fn`, 3.8 KB like this).
 #[allow(clippy::manual_async_fn)]
 fn connection(
-    app: App,
+    app: WsCtx,
     on_upgrade: OnUpgrade,
     mut held: Held,
     config: WebSocketConfig,
@@ -196,7 +204,12 @@ fn connection(
         // right after the upgrade) makes it wait, boxed.
         let conn_id = session.conn_id();
         let sent = crate::scratch::write_now(ws.get_mut(), |out| {
-            app.write_ws_hello(conn_id, app.ws.ping_interval, out);
+            crate::lifecycle::write_ws_hello(
+                &app.shared.node_id,
+                conn_id,
+                app.ws.ping_interval,
+                out,
+            );
         });
         let sent = match sent {
             Ok(None) => Ok(()),
@@ -323,7 +336,7 @@ fn connection(
                             let msg = e.to_string();
                             let too_big = msg.contains("too long") || msg.contains("Space limit");
                             if too_big {
-                                app.node.stats.refused.too_large.fetch_add(1, Relaxed);
+                                session.node().stats.refused.too_large.fetch_add(1, Relaxed);
                             }
                             break too_big.then_some(CloseCode::MessageTooBig);
                         }
@@ -335,7 +348,7 @@ fn connection(
                         break Some(CloseCode::HeartbeatTimeout);
                     }
                     if expires.is_some_and(|e| e <= now) {
-                        app.node.stats.refused.token_expired.fetch_add(1, Relaxed);
+                        session.node().stats.refused.token_expired.fetch_add(1, Relaxed);
                         break Some(CloseCode::TokenExpired);
                     }
                     if now.duration_since(last_ping) >= ping_every {
@@ -363,7 +376,8 @@ fn connection(
                     reason: code.reason().to_owned(),
                     reconnect: true,
                     delay_ms: Some(
-                        u64::try_from(app.jittered_retry().as_millis()).unwrap_or(u64::MAX),
+                        u64::try_from(crate::lifecycle::jitter(app.retry).as_millis())
+                            .unwrap_or(u64::MAX),
                     ),
                 }
                 .to_push_json();
@@ -473,6 +487,32 @@ fn count_write_failure(e: &std::io::Error) {
     }
 }
 
+/// What an open WebSocket's task needs of the [`App`]: a few pointers, not the whole `App`
+/// (every idle connection holds this for its whole life).
+struct WsCtx {
+    shared: std::sync::Arc<crate::Shared>,
+    ws: std::sync::Arc<crate::WsConfig>,
+    auth: std::sync::Arc<crate::AuthConfig>,
+    /// `sse.retry`, the base of the delay a closing node asks for.
+    retry: std::time::Duration,
+}
+
+impl WsCtx {
+    fn new(app: &App) -> Self {
+        Self {
+            shared: app.shared.clone(),
+            ws: app.ws.clone(),
+            auth: app.auth.clone(),
+            retry: app.sse.retry,
+        }
+    }
+
+    /// When a connection authenticated as `identity` must end (see [`App::expiry`]).
+    fn expiry(&self, identity: &herald_core::Identity) -> Option<Instant> {
+        crate::tokens::expiry(identity, self.auth.token.leeway)
+    }
+}
+
 /// What one text frame asks for: a reply now, or a request in flight with its id.
 enum Answer {
     Now(String),
@@ -482,7 +522,7 @@ enum Answer {
 /// Parses one text frame and hands it to the session. Boxed by the caller, so the parsed
 /// request takes no room in the connection's future.
 async fn handle_text(
-    app: &App,
+    app: &WsCtx,
     session: &mut Session,
     user_slot: &mut Option<herald_core::UserGuard>,
     text: &str,
@@ -493,8 +533,12 @@ async fn handle_text(
             Err(e) => return Answer::Now(ServerPush::error(e.id, e.code, &e.message)),
         };
         let ctx = RequestContext {
-            tokens: app.authenticator(),
-            users: app.users(),
+            tokens: app
+                .shared
+                .tokens
+                .as_deref()
+                .map(|t| t as &dyn herald_core::Authenticator),
+            users: &app.shared.per_user,
             user_slot,
         };
         let id = req.id;
