@@ -1259,29 +1259,16 @@ async fn knock_sse(
 }
 
 async fn knock_ws(server: &TestServer, token: Option<&str>, headers: &[(&str, &str)]) -> Admission {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = match token {
-        Some(t) => ws_url_with(server, t),
-        None => server.ws_url(),
-    };
-    let mut req = url.into_client_request().unwrap();
-    for (name, value) in headers {
-        req.headers_mut().insert(
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut all = headers.to_vec();
+    if let Some(b) = &bearer {
+        all.push(("authorization", b));
     }
-    match within(WAIT, tokio_tungstenite::connect_async(req)).await {
-        Ok((inner, _)) => Admission::Ws(Ws::from_stream(inner)),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
-                .unwrap_or(Value::Null);
-            Admission::Refused(
-                resp.status().as_u16(),
-                body["error"]["code"].as_str().unwrap_or("").into(),
-            )
+    match ws_with_headers(server, &all).await {
+        Ok(ws) => Admission::Ws(ws),
+        Err((status, body)) => {
+            Admission::Refused(status, body["error"]["code"].as_str().unwrap_or("").into())
         }
-        Err(e) => panic!("WebSocket upgrade failed: {e}"),
     }
 }
 
