@@ -34,7 +34,7 @@ impl Broker for NatsEngine {
         data: Box<RawValue>,
         _retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
-        if !self.remote.health().canary_ok() {
+        if !self.remote.health().accepts_publishes() {
             return Err(EngineError::Unavailable("nats engine not ready"));
         }
         let started = Instant::now();

@@ -236,8 +236,7 @@ fn on_event(remote: &Remote, connects: &AtomicU64, event: Event) {
         }
         Event::Disconnected | Event::Closed => {
             tracing::warn!(event = %event, "Lost the NATS connection.");
-            health.set_state(LinkState::Disconnected);
-            health.set_ready(false);
+            health.link_lost();
         }
         Event::SlowConsumer(sid) => {
             tracing::warn!(

@@ -25,7 +25,7 @@ impl RedisEngine {
         retention: Retention,
         dedupe: Option<(&str, Duration)>,
     ) -> Result<Option<Arc<Publication>>, EngineError> {
-        if !self.remote.health().canary_ok() {
+        if !self.remote.health().accepts_publishes() {
             return Err(EngineError::Unavailable("redis engine not ready"));
         }
         let mut keys = vec![self.key(channel, "m"), self.key(channel, "h")];

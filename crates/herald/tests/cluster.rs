@@ -103,7 +103,9 @@ async fn fan_out_between_nodes_in_one_order(kind: Kind) {
                     .send()
                     .await
                     .expect("publish");
-                assert_eq!(resp.status(), 200);
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                assert_eq!(status, 200, "publish {tag}{i} refused: {body}");
             }
         }
     };

@@ -3,7 +3,7 @@
 
 use crate::{EngineStatus, LatencySummary};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,11 +26,19 @@ pub enum LinkState {
 /// canary task is doing.
 pub const READY_FOR: Duration = Duration::from_millis(1500);
 
+/// How many canaries in a row must fail before publishing is refused. One late canary (a busy
+/// node, a scheduler hiccup) says little; three in a row (about three seconds) say the engine is
+/// gone. Until then a publish to a dead engine still fails on its own, on a refused connection
+/// or its command timeout.
+pub(crate) const PUBLISH_GATE_FAILURES: u32 = 3;
+
 /// Health and counters of a remote engine, updated lock-free from its tasks.
 #[derive(Debug)]
 pub struct EngineHealth {
     kind: &'static str,
     ready: AtomicBool,
+    /// Canaries failed since the last one that came back; `u32::MAX` before the first came back.
+    failed_in_row: AtomicU32,
     /// When `EngineHealth::new` ran; `vouched_until_ms` counts from it.
     born: Instant,
     /// Milliseconds after `born` until which the last successful canary vouches for the engine.
@@ -49,6 +57,7 @@ impl EngineHealth {
         Self {
             kind,
             ready: AtomicBool::new(false),
+            failed_in_row: AtomicU32::new(u32::MAX),
             born: Instant::now(),
             vouched_until_ms: AtomicU64::new(0),
             state: AtomicU8::new(LinkState::Connecting as u8),
@@ -67,24 +76,31 @@ impl EngineHealth {
     /// Whether the node may call itself ready: the last canary made the round trip, no longer
     /// than [`READY_FOR`] ago. This is what `/health/ready` and `/api/stats` report.
     pub fn is_ready(&self) -> bool {
-        self.canary_ok() && self.now_ms() <= self.vouched_until_ms.load(Relaxed)
+        self.ready.load(Relaxed) && self.now_ms() <= self.vouched_until_ms.load(Relaxed)
     }
 
-    /// Whether the last canary made the round trip, however long ago. Publishing is gated on
-    /// this rather than on [`EngineHealth::is_ready`]: a canary delayed by a busy node must not
-    /// refuse publications to a working engine, and a publish to an engine that went silent
-    /// fails on its own command timeout (503) anyway.
-    pub fn canary_ok(&self) -> bool {
-        self.ready.load(Relaxed)
+    /// Whether publishing may go to the engine: a canary has come back since start-up, and
+    /// fewer than [`PUBLISH_GATE_FAILURES`] have failed since. Publishing is gated on this rather
+    /// than on [`EngineHealth::is_ready`]: a canary delayed by a busy node must not refuse
+    /// publications to a working engine, and a publish to an engine that went silent fails on its
+    /// own command timeout (503) anyway.
+    pub fn accepts_publishes(&self) -> bool {
+        self.failed_in_row.load(Relaxed) < PUBLISH_GATE_FAILURES
     }
 
     /// Records a canary result.
     pub fn set_ready(&self, ready: bool) {
         if ready {
+            self.failed_in_row.store(0, Relaxed);
             let until = self
                 .now_ms()
                 .saturating_add(u64::try_from(READY_FOR.as_millis()).unwrap_or(u64::MAX));
             self.vouched_until_ms.store(until, Relaxed);
+        } else {
+            // Saturating, and never back to `u32::MAX` (the "never came back" mark) by wrapping.
+            let _ = self
+                .failed_in_row
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_add(1));
         }
         let was = self.ready.swap(ready, Relaxed);
         if was != ready {
@@ -94,6 +110,16 @@ impl EngineHealth {
                 tracing::warn!(engine = self.kind, "Engine is not ready.");
             }
         }
+    }
+
+    /// Records a connection the engine's client reported lost: not ready, and publishing
+    /// refused at once, until a canary comes back.
+    pub fn link_lost(&self) {
+        self.set_state(LinkState::Disconnected);
+        self.set_ready(false);
+        let _ = self
+            .failed_in_row
+            .fetch_max(PUBLISH_GATE_FAILURES, Relaxed);
     }
 
     /// Records the connection state.
@@ -162,7 +188,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_canary_vouches_for_the_engine_only_for_a_while() {
         let h = EngineHealth::new("test", &[]);
-        assert!(!h.is_ready() && !h.canary_ok(), "not ready before a canary");
+        assert!(
+            !h.is_ready() && !h.accepts_publishes(),
+            "not ready before a canary"
+        );
+        h.set_ready(false);
+        assert!(!h.accepts_publishes(), "a failure before the first success");
         h.set_ready(true);
         assert!(h.is_ready());
         tokio::time::advance(READY_FOR - Duration::from_millis(10)).await;
@@ -172,12 +203,25 @@ mod tests {
         tokio::time::advance(Duration::from_millis(20)).await;
         assert!(!h.is_ready() && !h.status().ready);
         assert!(
-            h.canary_ok(),
-            "publishing is still gated on the last result only"
+            h.accepts_publishes(),
+            "publishing is gated on canary results only"
         );
         h.set_ready(true);
         assert!(h.is_ready(), "a new round trip vouches again");
+    }
+
+    #[test]
+    fn publishing_is_refused_only_after_several_canaries_failed_in_a_row() {
+        let h = EngineHealth::new("test", &[]);
+        h.set_ready(true);
+        for _ in 1..PUBLISH_GATE_FAILURES {
+            h.set_ready(false);
+            assert!(!h.is_ready(), "readiness follows the last canary");
+            assert!(h.accepts_publishes(), "one late canary refuses nothing");
+        }
         h.set_ready(false);
-        assert!(!h.is_ready() && !h.canary_ok());
+        assert!(!h.accepts_publishes());
+        h.set_ready(true);
+        assert!(h.accepts_publishes(), "one round trip opens it again");
     }
 }
