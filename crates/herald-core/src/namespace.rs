@@ -31,6 +31,12 @@ pub struct NamespaceOptions {
     /// Most client publishes per minute to this namespace by one user (by one connection when
     /// anonymous), across the user's connections on this node; 0 for no limit.
     pub publish_per_minute: u32,
+    /// Most of those publishes at once (the bucket's size; it refills at `publish_per_minute`).
+    /// 0: the whole minute's worth.
+    pub publish_burst: u32,
+    /// The part of a channel name after the namespace names the user who owns the channel
+    /// (`alerts:user_789` belongs to `user_789`), with the rules of a `name#user` channel.
+    pub user_scoped: bool,
 }
 
 /// Who may do something on a namespace's channels.
@@ -104,11 +110,22 @@ impl Default for NamespaceOptions {
             read_history: None,
             read_presence: None,
             publish_per_minute: 0,
+            publish_burst: 0,
+            user_scoped: false,
         }
     }
 }
 
 impl NamespaceOptions {
+    /// The burst a client publish rate allows: `publish_burst`, or the whole minute's worth.
+    pub fn publish_burst(&self) -> u32 {
+        if self.publish_burst == 0 {
+            self.publish_per_minute
+        } else {
+            self.publish_burst
+        }
+    }
+
     /// How many publications to keep: latest state needs at least one.
     pub fn retained(&self) -> usize {
         if self.latest_state {
@@ -193,7 +210,16 @@ impl ChannelsConfig {
         if access == Access::None {
             return Err(forbidden());
         }
-        if let Some(owner) = channel_owner(channel) {
+        let owner = if o.user_scoped {
+            channel
+                .as_str()
+                .split_once(':')
+                .map(|(_, rest)| rest)
+                .filter(|rest| !rest.is_empty())
+        } else {
+            channel_owner(channel)
+        };
+        if let Some(owner) = owner {
             let who = who.ok_or_else(unauthenticated)?;
             if *who.user != *owner {
                 return Err(forbidden());
@@ -235,6 +261,11 @@ impl ChannelsConfig {
                 out.push(format!(
                     "{path}.history_size is {}; the limit is {MAX_HISTORY_SIZE}",
                     o.history_size
+                ));
+            }
+            if o.publish_burst > 0 && o.publish_per_minute == 0 {
+                out.push(format!(
+                    "{path}.publish_burst needs publish_per_minute (the rate it refills at)"
                 ));
             }
             if o.history_size > 0 && o.history_ttl.is_zero() {
@@ -291,6 +322,10 @@ mod tests {
             [namespaces.chat]
             subscribe = "authenticated"
             publish = "authenticated"
+            [namespaces.alerts]
+            subscribe = "public"
+            publish = "authenticated"
+            user_scoped = true
         "#;
         let mut c: ChannelsConfig = toml::from_str(toml).unwrap();
         c.closed = closed;
@@ -371,5 +406,34 @@ mod tests {
         assert!(c
             .permits(Action::Subscribe, &ch("widget:w#bob"), None)
             .is_err());
+    }
+
+    #[test]
+    fn a_user_scoped_namespace_names_the_owner_after_the_namespace() {
+        let c = config(true);
+        let owner = user("user_789", &[], &[]);
+        let other = user("user_1", &["*"], &["*"]);
+        let mine = ch("alerts:user_789");
+        for action in [Action::Subscribe, Action::History, Action::Presence] {
+            assert!(c.permits(action, &mine, Some(&owner)).is_ok());
+            assert!(
+                matches!(
+                    c.permits(action, &mine, Some(&other)),
+                    Err(Denied::Forbidden { .. })
+                ),
+                "another user, whatever the grants and the namespace's public access"
+            );
+            assert!(matches!(
+                c.permits(action, &mine, None),
+                Err(Denied::Unauthenticated { .. })
+            ));
+        }
+        assert!(c.permits(Action::Publish, &mine, Some(&owner)).is_ok());
+        assert!(c.permits(Action::Publish, &mine, Some(&other)).is_err());
+        assert!(
+            c.permits(Action::Subscribe, &ch("widget:user_789"), None)
+                .is_ok(),
+            "only the namespace that says so"
+        );
     }
 }

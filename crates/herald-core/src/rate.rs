@@ -25,12 +25,18 @@ impl TokenBucket {
 
     /// Takes one token; false when none is left. A capacity of 0 means no limit.
     pub fn take(&mut self, capacity: u32, period_secs: f32, now: Instant) -> bool {
-        if capacity == 0 {
+        self.take_burst(capacity, capacity, period_secs, now)
+    }
+
+    /// Takes one token from a bucket that refills at `rate` per `period_secs` and holds at most
+    /// `burst` (at least 1); false when none is left. A rate of 0 means no limit.
+    pub fn take_burst(&mut self, rate: u32, burst: u32, period_secs: f32, now: Instant) -> bool {
+        if rate == 0 {
             return true;
         }
         if let Some(last) = self.last {
-            let refill = now.duration_since(last).as_secs_f32() * capacity as f32 / period_secs;
-            self.tokens = (self.tokens + refill).min(capacity as f32);
+            let refill = now.duration_since(last).as_secs_f32() * rate as f32 / period_secs;
+            self.tokens = (self.tokens + refill).min(burst.max(1) as f32);
         }
         self.last = Some(now);
         if self.tokens >= 1.0 {
@@ -50,19 +56,19 @@ impl TokenBucket {
     }
 
     /// Whether the bucket would be full again at `now` (so forgetting it changes nothing).
-    fn refilled(&self, capacity: u32, period_secs: f32, now: Instant) -> bool {
+    fn refilled(&self, rate: u32, burst: u32, period_secs: f32, now: Instant) -> bool {
         match self.last {
             None => true,
             Some(last) => {
-                self.tokens + now.duration_since(last).as_secs_f32() * capacity as f32 / period_secs
-                    >= capacity as f32
+                self.tokens + now.duration_since(last).as_secs_f32() * rate as f32 / period_secs
+                    >= burst.max(1) as f32
             }
         }
     }
 }
 
-/// One shard: key → (its capacity, its bucket).
-type Shard = HashMap<Box<str>, (u32, TokenBucket)>;
+/// One shard: key → (its rate, its burst, its bucket).
+type Shard = HashMap<Box<str>, (u32, u32, TokenBucket)>;
 
 /// Shards of the map; a power of two.
 const SHARDS: usize = 16;
@@ -110,6 +116,13 @@ impl KeyedBuckets {
     /// Takes a token from `key`'s bucket with `capacity` per period (a per-namespace rate
     /// sharing the map).
     pub fn take_n(&self, key: &str, capacity: u32) -> Take {
+        self.take_burst(key, capacity, capacity)
+    }
+
+    /// Takes a token from `key`'s bucket, which refills at `rate` per period and holds at most
+    /// `burst`.
+    pub fn take_burst(&self, key: &str, rate: u32, burst: u32) -> Take {
+        let capacity = rate;
         if capacity == 0 {
             return Take::Allowed;
         }
@@ -118,8 +131,8 @@ impl KeyedBuckets {
         let mut shard = self.shards[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, b)) = shard.get_mut(key) {
-            return if b.take(capacity, self.period_secs, now) {
+        if let Some((_, _, b)) = shard.get_mut(key) {
+            return if b.take_burst(rate, burst, self.period_secs, now) {
                 Take::Allowed
             } else {
                 Take::Limited
@@ -127,14 +140,14 @@ impl KeyedBuckets {
         }
         if shard.len() >= self.max_per_shard {
             let period = self.period_secs;
-            shard.retain(|_, (cap, b)| !b.refilled(*cap, period, now));
+            shard.retain(|_, (rate, burst, b)| !b.refilled(*rate, *burst, period, now));
             if shard.len() >= self.max_per_shard {
                 return Take::Overflow;
             }
         }
-        let mut b = TokenBucket::full(capacity);
-        let ok = b.take(capacity, self.period_secs, now);
-        shard.insert(Box::from(key), (capacity, b));
+        let mut b = TokenBucket::full(burst.max(1));
+        let ok = b.take_burst(rate, burst, self.period_secs, now);
+        shard.insert(Box::from(key), (rate, burst, b));
         if ok {
             Take::Allowed
         } else {
@@ -157,6 +170,29 @@ mod tests {
         assert!(b.take(3, 60.0, now + Duration::from_secs(20)));
         assert!(!b.take(3, 60.0, now + Duration::from_secs(21)));
         assert!(TokenBucket::full(0).take(0, 60.0, now), "0 is no limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_the_most_at_once_and_the_rate_refills_it() {
+        // "At most 30 a minute, 3 at once."
+        let k = KeyedBuckets::new(0, 60.0, 64);
+        for _ in 0..3 {
+            assert_eq!(k.take_burst("u", 30, 3), Take::Allowed);
+        }
+        assert_eq!(
+            k.take_burst("u", 30, 3),
+            Take::Limited,
+            "the burst is spent"
+        );
+        tokio::time::advance(Duration::from_millis(2100)).await;
+        assert_eq!(k.take_burst("u", 30, 3), Take::Allowed, "one every 2 s");
+        assert_eq!(k.take_burst("u", 30, 3), Take::Limited);
+        // A long quiet spell refills the burst, not the minute.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        for _ in 0..3 {
+            assert_eq!(k.take_burst("u", 30, 3), Take::Allowed);
+        }
+        assert_eq!(k.take_burst("u", 30, 3), Take::Limited);
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,6 +35,37 @@ async fn the_31st_chat_message_in_a_minute_is_refused_and_the_others_delivered()
     assert_eq!(server.stats().await["refused"]["publish_rate"], 1);
 }
 
+#[tokio::test]
+async fn a_namespace_burst_allows_that_many_at_once_then_the_rate() {
+    let server = TestServer::start(
+        "[channels.namespaces.chat]\npublish = \"public\"\npublish_per_minute = 30\npublish_burst = 3\n",
+    )
+    .await;
+    let mut ws = Ws::connect(&server).await;
+    for i in 0..3 {
+        let reply = ws
+            .request(json!({"op": "publish", "channel": "chat:room", "data": i}))
+            .await;
+        assert!(reply.get("error").is_none(), "publish {i} refused: {reply}");
+    }
+    let reply = ws
+        .request(json!({"op": "publish", "channel": "chat:room", "data": 3}))
+        .await;
+    assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("30 messages a minute, 3 at once"),
+        "{message}"
+    );
+    // The rate refills one every 2 s.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let reply = ws
+        .request(json!({"op": "publish", "channel": "chat:room", "data": 4}))
+        .await;
+    assert!(reply.get("error").is_none(), "refilled: {reply}");
+    assert_eq!(server.stats().await["refused"]["namespace_publish_rate"], 1);
+}
+
 /// A WebSocket upgrade to `server` with `Origin: origin` (none when None).
 async fn ws_from(
     server: &TestServer,

@@ -117,9 +117,7 @@ impl EngineHealth {
     pub fn link_lost(&self) {
         self.set_state(LinkState::Disconnected);
         self.set_ready(false);
-        let _ = self
-            .failed_in_row
-            .fetch_max(PUBLISH_GATE_FAILURES, Relaxed);
+        let _ = self.failed_in_row.fetch_max(PUBLISH_GATE_FAILURES, Relaxed);
     }
 
     /// Records the connection state.

@@ -132,14 +132,15 @@ impl Session {
         let name = ChannelName::parse(channel)?;
         self.permit(Action::Publish, &name)?;
         self.charge_publish()?;
-        let per_user = self.node.channels.options(&name).publish_per_minute;
+        let options = self.node.channels.options(&name);
+        let (per_user, burst) = (options.publish_per_minute, options.publish_burst());
         if per_user > 0 {
             let key = match &self.identity {
                 Some(i) => format!("{}\n{}", name.namespace(), i.user),
                 None => format!("{}\n#{}", name.namespace(), self.conn_id),
             };
             let refused = &self.node.stats.refused;
-            let take = self.node.user_rates.take_n(&key, per_user);
+            let take = self.node.user_rates.take_burst(&key, per_user, burst);
             if take == Take::Overflow {
                 refused.rate_map_full.fetch_add(1, Relaxed);
             }
@@ -149,6 +150,7 @@ impl Session {
                 || SessionError::NamespaceRateLimited {
                     namespace: name.namespace().to_owned(),
                     per_minute: per_user,
+                    burst,
                 },
             )?;
         }

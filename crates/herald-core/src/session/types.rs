@@ -99,13 +99,15 @@ pub enum SessionError {
     RateLimited(u32),
     /// Too many publishes to a namespace from this user.
     #[error(
-        "one user may publish at most {per_minute} messages a minute to namespace {namespace:?}"
+        "one user may publish at most {per_minute} messages a minute, {burst} at once, to namespace {namespace:?}"
     )]
     NamespaceRateLimited {
         /// The namespace.
         namespace: String,
         /// Its `publish_per_minute`.
         per_minute: u32,
+        /// Its burst.
+        burst: u32,
     },
     /// Too many subscribe requests from this connection.
     #[error("this connection may subscribe (or have a token checked) at most {0} times a minute")]
