@@ -2,7 +2,7 @@
 //! use and shared by every subscriber.
 
 use crate::{ChannelName, EventName};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use herald_protocol::{
     write_sse_id, Member, ServerPush, StreamPosition, MAX_EPOCH_BYTES, SSE_EVENT_JOIN,
     SSE_EVENT_LEAVE,
@@ -27,6 +27,7 @@ pub struct Publication {
     encoded: OnceLock<(Bytes, Bytes)>,
     sse: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
+    sse_payload_event: OnceLock<Bytes>,
 }
 
 impl Publication {
@@ -47,6 +48,7 @@ impl Publication {
             encoded: OnceLock::new(),
             sse: OnceLock::new(),
             sse_event: OnceLock::new(),
+            sse_payload_event: OnceLock::new(),
         }
     }
 
@@ -98,6 +100,26 @@ impl Publication {
         })
     }
 
+    /// [`Self::sse_event`] for a payload-only stream (`format=payload`): `data:` is the
+    /// published payload itself.
+    pub fn sse_payload_event(&self) -> &Bytes {
+        self.sse_payload_event.get_or_init(|| {
+            let (event, data) = (self.event.as_str(), self.data.get().as_bytes());
+            let mut v = Vec::with_capacity(data.len() + event.len() + 22 + 2 * MAX_EPOCH_BYTES);
+            write_sse_fields(event, data, &mut v);
+            v.extend_from_slice(b"id: ");
+            write_sse_id([&self.position], &mut v);
+            v.extend_from_slice(b"\n\n");
+            Bytes::from(v)
+        })
+    }
+
+    /// Writes `event: E\ndata: PAYLOAD\n` (a payload-only event of a stream of several
+    /// channels, whose `id:` line the connection writes) into `out`.
+    pub fn write_sse_payload_fields(&self, out: &mut impl BufMut) {
+        write_sse_fields(self.event.as_str(), self.data.get().as_bytes(), out);
+    }
+
     /// Approximate bytes this publication holds in an outbox.
     pub fn queued_bytes(&self) -> usize {
         self.data.get().len() + self.channel.as_str().len() + self.event.as_str().len() + 128
@@ -111,12 +133,12 @@ pub(crate) fn sse_fields(event: &str, json: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
-fn write_sse_fields(event: &str, json: &[u8], v: &mut Vec<u8>) {
-    v.extend_from_slice(b"event: ");
-    v.extend_from_slice(event.as_bytes());
-    v.extend_from_slice(b"\ndata: ");
-    v.extend_from_slice(json);
-    v.push(b'\n');
+fn write_sse_fields(event: &str, json: &[u8], v: &mut impl BufMut) {
+    v.put_slice(b"event: ");
+    v.put_slice(event.as_bytes());
+    v.put_slice(b"\ndata: ");
+    v.put_slice(json);
+    v.put_u8(b'\n');
 }
 
 /// Whether a member joined or left.

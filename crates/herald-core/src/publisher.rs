@@ -121,6 +121,14 @@ impl Publisher {
                 "data holds a number outside the range of a 64-bit float".to_owned(),
             ));
         }
+        // A line break can only be whitespace between JSON tokens (a string holds none raw), but
+        // it would end an SSE `data:` line: each becomes a space, which means the same JSON.
+        let data = if data.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+            RawValue::from_string(data.get().replace(['\n', '\r'], " "))
+                .map_err(|e| PublishError::BadData(e.to_string()))?
+        } else {
+            data
+        };
         Ok(Prepared {
             channel,
             event,

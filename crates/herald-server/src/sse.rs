@@ -14,7 +14,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
+use herald_core::{Emit, Outbox, Outgoing, Publication, Session, Transport};
 use herald_protocol::{
     parse_sse_id, write_sse_id, CloseCode, Disconnect, ErrorCode, ServerPush, StreamPosition,
     SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_RESET,
@@ -57,15 +57,28 @@ async fn open(
     let mut channels: Vec<String> = Vec::new();
     let mut query_id = None;
     let mut query_token = None;
+    let mut payload = false;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "channel" => channels.extend(v.split(',').map(str::to_owned)),
             "lastEventId" | "last_event_id" => query_id = Some(v.into_owned()),
             "token" => query_token = Some(v.into_owned()),
+            "format" => {
+                payload = match &*v {
+                    "payload" => true,
+                    "envelope" => false,
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "unknown format `{}`; allowed: envelope (the default), payload",
+                            other.escape_debug()
+                        )))
+                    }
+                }
+            }
             k if k.starts_with('_') => {}
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{}`; allowed: channel, lastEventId, token",
+                    "unknown query parameter `{}`; allowed: channel, lastEventId, token, format",
                     other.escape_debug()
                 )))
             }
@@ -172,6 +185,7 @@ async fn open(
         retry_ms: u32::try_from(app.sse.retry.as_millis()).unwrap_or(u32::MAX),
         first: None,
         done: false,
+        payload,
         _held: admitted.held,
     };
     // The first chunk: the reconnection delay and the starting positions in one block (a block
@@ -270,6 +284,8 @@ struct SseStream {
     retry_ms: u32,
     first: Option<Bytes>,
     done: bool,
+    /// `format=payload`: a publication's `data:` is its payload alone.
+    payload: bool,
     _held: Held,
 }
 
@@ -356,9 +372,15 @@ impl SseStream {
             return Bytes::new();
         };
         let single = self.ids.len() == 1;
+        let payload = self.payload;
+        let event = if payload {
+            Publication::sse_payload_event
+        } else {
+            Publication::sse_event
+        };
         if single && self.emits.len() == 1 {
             if let Emit::Publication(p) = &self.emits[0] {
-                let bytes = p.sse_event().clone();
+                let bytes = event(p).clone();
                 self.emits.clear();
                 return bytes;
             }
@@ -372,7 +394,8 @@ impl SseStream {
                     return false;
                 }
                 bytes += match e {
-                    Emit::Publication(p) if single => p.sse_event().len(),
+                    Emit::Publication(p) if single => event(p).len(),
+                    Emit::Publication(p) if payload => p.data.get().len() + 32,
                     Emit::Publication(p) => p.sse().len(),
                     _ => 256,
                 };
@@ -385,12 +408,16 @@ impl SseStream {
         let mut out = BytesMut::with_capacity(bytes + take * id_line);
         for emit in self.emits.drain(..take) {
             match emit {
-                Emit::Publication(p) if single => out.extend_from_slice(p.sse_event()),
+                Emit::Publication(p) if single => out.extend_from_slice(event(&p)),
                 Emit::Publication(p) => {
                     if let Some(i) = session.channels().position(|c| *c == p.channel) {
                         self.ids[i] = p.position.clone();
                     }
-                    out.extend_from_slice(p.sse());
+                    if payload {
+                        p.write_sse_payload_fields(&mut out);
+                    } else {
+                        out.extend_from_slice(p.sse());
+                    }
                     push_id(&mut out, &self.ids);
                     out.extend_from_slice(b"\n");
                 }

@@ -168,3 +168,82 @@ async fn a_full_node_tells_sse_clients_to_retry_instead_of_failing_them() {
     }
     assert_eq!(server.stats().await["connections"]["rejected"], 2);
 }
+
+/// Opens `/sse` with `query` appended; fails the test unless the server answers 200.
+async fn sse_with(server: &TestServer, query: &str, last_id: Option<&str>) -> Sse {
+    let mut req = server.http.get(format!("{}/sse?{query}", server.url));
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = within(WAIT, req.send()).await.expect("SSE request");
+    assert_eq!(resp.status(), 200, "SSE refused: {:?}", resp.text().await);
+    Sse::from_response(resp)
+}
+
+#[tokio::test]
+async fn payload_only_sse_carries_the_bare_payload_and_resumes_after_a_cut() {
+    let server = TestServer::start(CONFIG).await;
+    let mut sse = sse_with(&server, "channel=queue:s1&format=payload", None).await;
+    let first = server
+        .publish(
+            "queue:s1",
+            Some("youtube-queue-updated"),
+            json!({"items": ["a"]}),
+        )
+        .await;
+    // A payload with line breaks between its tokens still makes one `data:` line.
+    let (status, _) = server
+        .post(
+            "/api/publish",
+            "{\"channel\":\"queue:s1\",\"event\":\"video-status-changed\",\"data\":{\"playing\":\n true}}",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let e = sse.next().await.expect("an event");
+    assert_eq!(e.event, "youtube-queue-updated");
+    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(data, json!({"items": ["a"]}), "the payload itself");
+    let id = e.id;
+    assert_eq!(id, format!("{}-1", first["epoch"].as_str().unwrap()));
+    let (event, data) = sse.next_json().await;
+    assert_eq!(
+        (event.as_str(), data),
+        ("video-status-changed", json!({"playing": true}))
+    );
+    drop(sse);
+
+    // Cut after the second; two more published meanwhile; resumed from the first's id.
+    server.publish("queue:s1", None, json!(3)).await;
+    server.publish("queue:s1", None, json!(4)).await;
+    let mut sse = sse_with(&server, "channel=queue:s1&format=payload", Some(&id)).await;
+    let got: Vec<_> = [
+        sse.next_json().await,
+        sse.next_json().await,
+        sse.next_json().await,
+    ]
+    .into_iter()
+    .map(|(_, v)| v)
+    .collect();
+    assert_eq!(got, vec![json!({"playing": true}), json!(3), json!(4)]);
+    assert!(sse.decoder.last_event_id().ends_with("-4"));
+
+    // Several channels: the payload alone, and the id says which channel moved.
+    let mut multi = sse_with(
+        &server,
+        "channel=queue:s1&channel=tts:s1&format=payload",
+        None,
+    )
+    .await;
+    server
+        .publish("tts:s1", Some("tts-completed"), json!({"id": 9}))
+        .await;
+    let (event, data) = multi.next_json().await;
+    assert_eq!((event.as_str(), data), ("tts-completed", json!({"id": 9})));
+    let id = multi.decoder.last_event_id().to_owned();
+    let parts: Vec<&str> = id.split('.').collect();
+    assert!(parts[0].ends_with("-4") && parts[1].ends_with("-1"), "{id}");
+
+    let (status, body) = server.get("/sse?channel=x&format=xml").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+}

@@ -244,3 +244,17 @@ async fn a_subscribe_cancelled_in_flight_ends_unsubscribed() {
     assert_eq!(node.hub.subscribers(&ChannelName::parse("c").unwrap()), 0);
     assert_eq!(s.channels().count(), 0);
 }
+
+#[test]
+fn a_line_break_between_json_tokens_becomes_a_space() {
+    let node = node(10);
+    let data = RawValue::from_string("{\"a\":\n 1,\r\n\"b\":\"x\\ny\"}".into()).unwrap();
+    let (_, _, data) = node
+        .publisher
+        .prepare("c", None, data)
+        .unwrap()
+        .into_parts();
+    assert_eq!(data.get(), "{\"a\":  1,  \"b\":\"x\\ny\"}");
+    let v: serde_json::Value = serde_json::from_str(data.get()).unwrap();
+    assert_eq!(v, serde_json::json!({"a": 1, "b": "x\ny"}));
+}
