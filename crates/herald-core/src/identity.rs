@@ -85,6 +85,9 @@ pub struct Identity {
     pub publish: Grants,
     /// When the identity stops being valid (Unix seconds), if ever.
     pub expires_at: Option<u64>,
+    /// When the user logged in (Unix seconds): the token's `auth_time`, else its `iat`. A
+    /// renewed token keeps it, so a session's age is bounded however often it is renewed.
+    pub session_start: Option<u64>,
 }
 
 /// The user a channel belongs to: the text after the first `#` (`alerts#user_789` → `user_789`).

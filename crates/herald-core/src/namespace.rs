@@ -306,6 +306,7 @@ mod tests {
             subscribe: Grants::new(subscribe).unwrap(),
             publish: Grants::new(publish).unwrap(),
             expires_at: None,
+            session_start: None,
         }
     }
 

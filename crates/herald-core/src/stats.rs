@@ -131,8 +131,11 @@ counters! {
         subscribe_rate,
         /// HTTP API requests refused by a key's `requests_per_second`.
         api_rate,
-        /// Telegram logins refused by `auth.telegram.logins_per_minute_per_ip`.
+        /// Telegram logins and token renewals refused by `auth.telegram.logins_per_minute_per_ip`.
         login_rate,
+        /// Token renewals refused because the session is older than `auth.token.max_session_age`
+        /// (or its age is unknown).
+        session_expired,
         /// Tokens refused (bad signature, expired, wrong audience ...).
         bad_token,
         /// Requests refused because the connection lacked the permission.

@@ -171,6 +171,7 @@ pub fn router(app: App) -> Router {
         .route("/ws", get(ws::handler))
         .merge(api)
         .route("/auth/telegram", post(tokens::telegram_login))
+        .route("/auth/refresh", post(tokens::refresh))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(error::not_found)

@@ -120,6 +120,113 @@ pub(crate) fn expiry(identity: &Identity, leeway: Duration) -> Option<Instant> {
     Some(Instant::now() + left.min(Duration::from_secs(10 * 365 * 86_400)))
 }
 
+/// Takes one from the per-address bucket of logins and renewals
+/// (`auth.telegram.logins_per_minute_per_ip`); a caller on this machine is not counted.
+fn charge_login(app: &App, req: &Request) -> Result<(), ApiError> {
+    let client = app.client_addr(peer_ip(req.extensions()), req.headers());
+    let Some(ip) = client.ip.filter(|_| !client.direct_loopback) else {
+        return Ok(());
+    };
+    match app.shared.login_rates.take(&ip.to_string()) {
+        Take::Allowed => Ok(()),
+        Take::Overflow => {
+            app.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        Take::Limited => {
+            app.node.stats.refused.login_rate.fetch_add(1, Relaxed);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!(
+                    "this address may log in or renew a token at most {} times a minute",
+                    app.auth.telegram.logins_per_minute_per_ip
+                ),
+            ))
+        }
+    }
+}
+
+/// `POST /auth/refresh`: renews the still valid connection token in `Authorization: Bearer`
+/// for `auth.token.refresh_ttl`, with the same user, `info` and grants, until
+/// `auth.token.max_session_age` after the user logged in (the token's `auth_time`, else its
+/// `iat`, carried into the renewed token as `auth_time`).
+pub(crate) async fn refresh(State(app): State<App>, req: Request) -> Result<Json<Value>, ApiError> {
+    let config = &app.auth.token;
+    let Some(minter) = app
+        .shared
+        .minter
+        .as_ref()
+        .filter(|_| !config.max_session_age.is_zero())
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "token renewal is not configured on this node (auth.token.max_session_age and hmac_secrets)",
+        ));
+    };
+    charge_login(&app, &req)?;
+    let Some(token) = authorization(req.headers(), "bearer") else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "send the token to renew as `Authorization: Bearer <token>`",
+        ));
+    };
+    let identity = app.verify_token(token)?;
+    let refused = |message: String| {
+        app.node.stats.refused.session_expired.fetch_add(1, Relaxed);
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+    };
+    let Some(start) = identity.session_start else {
+        return Err(refused(
+            "the token has neither `auth_time` nor `iat`, so its session's age is unknown; log in again"
+                .to_owned(),
+        ));
+    };
+    let now = unix_now();
+    let ends = start.saturating_add(config.max_session_age.as_secs());
+    if now >= ends {
+        return Err(refused(format!(
+            "the session began {}s ago, and auth.token.max_session_age is {}s; log in again",
+            now.saturating_sub(start),
+            config.max_session_age.as_secs()
+        )));
+    }
+    let ttl = config.refresh_ttl.as_secs().min(ends - now);
+    let request = MintRequest {
+        user: identity.user.to_string(),
+        info: match &identity.info {
+            Some(raw) => Some(serde_json::from_str(raw.get()).map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "the token's info could not be carried over",
+                )
+            })?),
+            None => None,
+        },
+        channels: identity.subscribe.patterns().map(str::to_owned).collect(),
+        publish: identity.publish.patterns().map(str::to_owned).collect(),
+        ttl: Duration::from_secs(ttl),
+        session_start: Some(start),
+    };
+    let token = minter.mint(&request, now).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("could not issue a token: {e}"),
+        )
+    })?;
+    tracing::debug!(user = %identity.user, "Token renewed.");
+    Ok(Json(json!({
+        "token": token,
+        "user_id": request.user,
+        "expires_at": now + ttl,
+        "session_expires_at": ends,
+    })))
+}
+
 /// `POST /auth/telegram` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,26 +249,7 @@ pub(crate) async fn telegram_login(
             "Telegram login is not configured on this node (auth.telegram)",
         ));
     };
-    let client = app.client_addr(peer_ip(req.extensions()), req.headers());
-    if let Some(ip) = client.ip.filter(|_| !client.direct_loopback) {
-        match app.shared.login_rates.take(&ip.to_string()) {
-            Take::Allowed => {}
-            Take::Overflow => {
-                app.node.stats.refused.rate_map_full.fetch_add(1, Relaxed);
-            }
-            Take::Limited => {
-                app.node.stats.refused.login_rate.fetch_add(1, Relaxed);
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited,
-                    format!(
-                        "this address may try at most {} Telegram logins a minute",
-                        config.logins_per_minute_per_ip
-                    ),
-                ));
-            }
-        }
-    }
+    charge_login(&app, &req)?;
     let raw = match authorization(req.headers(), "tma").map(str::to_owned) {
         Some(raw) => raw,
         None => {
@@ -204,6 +292,7 @@ pub(crate) async fn telegram_login(
         channels,
         publish,
         ttl: config.token_ttl,
+        session_start: None,
     };
     let token = minter.mint(&request, now).map_err(|e| {
         ApiError::new(

@@ -185,6 +185,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 channels,
                 publish,
                 ttl,
+                session_start: None,
             };
             match minter.mint(&request, herald_auth::unix_now()) {
                 Ok(token) => {

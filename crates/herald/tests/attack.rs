@@ -37,6 +37,8 @@ public_keys = ["{KEYS}/rsa.pub.pem"]
 issuer = "https://auth.test"
 audience = "herald"
 leeway = "0s"
+max_session_age = "1h"
+refresh_ttl = "10m"
 
 [auth.telegram]
 bot_token = "{BOT_TOKEN}"
@@ -547,6 +549,88 @@ async fn an_expired_token_ends_the_connection_unless_refreshed() {
     assert!(r.get("result").is_some(), "{r}");
     assert_eq!(server.stats().await["refused"]["token_expired"], 2);
     by.still_receive(&server).await;
+}
+
+/// `POST /auth/refresh` with `token` as the bearer.
+async fn refresh(server: &TestServer, token: &str) -> (u16, Value) {
+    let resp = server
+        .http
+        .post(format!("{}/auth/refresh", server.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_token_is_renewed_without_fresh_login_data_and_the_connection_kept() {
+    let server = TestServer::start(&config()).await;
+    let user = r#"{"id":1001,"first_name":"Host"}"#;
+    let init_data = herald_auth::sign_init_data(
+        &[("user", user), ("auth_date", &now().to_string())],
+        BOT_TOKEN,
+    );
+    let (status, login) = login(&server, &init_data).await;
+    assert_eq!(status, 200, "{login}");
+    let first = login["token"].as_str().unwrap();
+    let mut ws = Ws::connect_url(&ws_url_with(&server, first)).await;
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "watch:party"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+
+    // Renewed with the current token alone: same user and grants, a new expiry, the session's
+    // end fixed by the login.
+    let (status, renewed) = refresh(&server, first).await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["user_id"], "1001");
+    let started = now();
+    let expires = renewed["expires_at"].as_u64().unwrap();
+    assert!(
+        (started + 590..=started + 600).contains(&expires),
+        "{renewed}"
+    );
+    let ends = renewed["session_expires_at"].as_u64().unwrap();
+    assert!(
+        (started + 3590..=started + 3600).contains(&ends),
+        "{renewed}"
+    );
+    let second = renewed["token"].as_str().unwrap().to_owned();
+    // The open connection takes it without reconnecting and keeps its subscription.
+    let r = ws.request(json!({"op": "auth", "token": second})).await;
+    assert_eq!(r["result"]["user"], "1001", "{r}");
+    server
+        .publish("watch:party", None, json!("still here"))
+        .await;
+    assert_eq!(ws.next_push().await["data"], "still here");
+    // A renewed token renews again, and the session's end does not move.
+    let (status, again) = refresh(&server, &second).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["session_expires_at"], ends);
+
+    // A session older than max_session_age is over; so is one whose age is unknown.
+    let old = hs256(&claims(
+        "olga",
+        json!({"iat": now() - 3601, "channels": ["room:1"]}),
+    ));
+    let (status, body) = refresh(&server, &old).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_session_age"));
+    let ageless = hs256(&claims("olga", json!({})));
+    let (status, body) = refresh(&server, &ageless).await;
+    assert_eq!(status, 401, "{body}");
+    // An expired or forged token is not renewed.
+    let expired = hs256(&claims(
+        "olga",
+        json!({"iat": now() - 60, "exp": now() - 1}),
+    ));
+    assert_eq!(refresh(&server, &expired).await.0, 401);
+    assert_eq!(refresh(&server, "not-a-token").await.0, 401);
+    assert_eq!(server.stats().await["refused"]["session_expired"], 2);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ pub(super) struct Claims {
     pub(super) exp: Option<Value>,
     pub(super) nbf: Option<Value>,
     pub(super) iat: Option<Value>,
+    pub(super) auth_time: Option<Value>,
     pub(super) iss: Option<Value>,
     pub(super) aud: Option<Value>,
     pub(super) info: Option<Value>,

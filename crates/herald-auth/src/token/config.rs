@@ -33,6 +33,13 @@ pub struct TokenConfig {
     pub leeway: Duration,
     /// Refuse tokens without `exp`.
     pub require_exp: bool,
+    /// `POST /auth/refresh` renews a valid token until this long after the user logged in
+    /// (the token's `auth_time`, else its `iat`); 0s turns renewal off. Needs an HMAC secret.
+    #[serde(with = "humantime_serde")]
+    pub max_session_age: Duration,
+    /// Lifetime of a renewed token (cut short at the end of the session).
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
 }
 
 impl Default for TokenConfig {
@@ -46,6 +53,8 @@ impl Default for TokenConfig {
             audience: None,
             leeway: DEFAULT_LEEWAY,
             require_exp: true,
+            max_session_age: Duration::ZERO,
+            refresh_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -61,6 +70,8 @@ impl fmt::Debug for TokenConfig {
             .field("audience", &self.audience)
             .field("leeway", &self.leeway)
             .field("require_exp", &self.require_exp)
+            .field("max_session_age", &self.max_session_age)
+            .field("refresh_ttl", &self.refresh_ttl)
             .finish()
     }
 }
@@ -119,6 +130,16 @@ impl TokenConfig {
         }
         if self.audience.as_deref() == Some("") {
             out.push("auth.token.audience: must not be empty (leave it out to accept any)".into());
+        }
+        if !self.max_session_age.is_zero() && self.hmac_secrets.is_empty() {
+            out.push(
+                "auth.token.max_session_age: renewing tokens needs auth.token.hmac_secrets \
+                 (Herald signs the renewed token with the first)"
+                    .into(),
+            );
+        }
+        if !self.max_session_age.is_zero() && self.refresh_ttl.as_secs() == 0 {
+            out.push("auth.token.refresh_ttl: must be at least 1s".into());
         }
         out
     }

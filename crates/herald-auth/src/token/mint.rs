@@ -28,6 +28,9 @@ pub struct MintRequest {
     pub publish: Vec<String>,
     /// How long the token is valid.
     pub ttl: Duration,
+    /// When the user logged in (Unix seconds), for a renewed token (`auth_time`); a token
+    /// minted at login leaves it out (its `iat` is the login).
+    pub session_start: Option<u64>,
 }
 
 /// Signs HS256 tokens with the first configured HMAC secret (for logins and `herald token`).
@@ -58,6 +61,8 @@ struct MintedClaims<'a> {
     sub: &'a str,
     iat: u64,
     exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +109,7 @@ impl Minter {
             sub: &req.user,
             iat: now,
             exp: now.saturating_add(req.ttl.as_secs()),
+            auth_time: req.session_start,
             iss: self.issuer.as_deref(),
             aud: self.audience.as_deref(),
             info: info.as_deref(),

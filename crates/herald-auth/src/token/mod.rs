@@ -10,6 +10,7 @@
 //! | `exp` | number (Unix seconds) | Expiry (`Identity.expires_at`). Required unless `require_exp = false`. |
 //! | `nbf` | number (Unix seconds) | Not valid before. |
 //! | `iat` | number (Unix seconds) | Issued at; only its type is checked. |
+//! | `auth_time` | number (Unix seconds) | When the user logged in; only its type is checked. With `iat`, it dates the session `POST /auth/refresh` bounds by `auth.token.max_session_age`. |
 //! | `iss` | string | Must equal `auth.token.issuer` when that is set. |
 //! | `aud` | string or array of strings | Must contain `auth.token.audience` when that is set. |
 //! | `info` | JSON object, at most 4 KiB serialized | Public information shown in presence (`Identity.info`). |

@@ -217,7 +217,8 @@ impl TokenVerifier {
         let claims = Claims::parse(payload)?;
         let exp = numeric_date("exp", claims.exp.as_ref(), Rounding::Down)?;
         let nbf = numeric_date("nbf", claims.nbf.as_ref(), Rounding::Up)?;
-        numeric_date("iat", claims.iat.as_ref(), Rounding::Down)?;
+        let iat = numeric_date("iat", claims.iat.as_ref(), Rounding::Down)?;
+        let auth_time = numeric_date("auth_time", claims.auth_time.as_ref(), Rounding::Down)?;
         match exp {
             None if self.require_exp => return Err(TokenError::MissingExp),
             Some(exp) if now > exp.saturating_add(self.leeway_secs) => {
@@ -258,6 +259,7 @@ impl TokenVerifier {
             subscribe: grants_claim("channels", claims.channels.as_ref())?,
             publish: grants_claim("publish", claims.publish.as_ref())?,
             expires_at: exp,
+            session_start: auth_time.or(iat),
         })
     }
 }

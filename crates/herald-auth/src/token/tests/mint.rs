@@ -19,6 +19,7 @@ fn minted_tokens_verify_to_the_same_identity() {
         channels: vec!["room:*".into(), "news".into()],
         publish: vec!["room:1".into()],
         ttl: Duration::from_secs(3600),
+        session_start: None,
     };
     let token = minter.mint(&request, NOW).unwrap();
     let identity = verifier(&config).verify(&token, NOW).unwrap();
@@ -68,6 +69,7 @@ fn minting_checks_the_request() {
         channels: vec![],
         publish: vec![],
         ttl: Duration::from_secs(60),
+        session_start: None,
     };
     let refused = |req: MintRequest| minter.mint(&req, NOW).unwrap_err();
     assert!(matches!(
@@ -107,6 +109,7 @@ fn minting_checks_the_request() {
     assert!(matches!(
         refused(MintRequest {
             ttl: Duration::ZERO,
+            session_start: None,
             ..request.clone()
         }),
         TokenError::BadClaims { claim: "exp", .. }
@@ -138,6 +141,7 @@ fn minting_checks_the_request() {
                 channels: vec![],
                 publish: vec![],
                 ttl: Duration::from_secs(60),
+                session_start: None,
             },
             NOW,
         )
