@@ -33,10 +33,7 @@ async fn main() {
         hub.subscribe(&channel, conn, tx);
         outboxes.push(rx);
     }
-    let retention = Retention {
-        size: 100,
-        ttl: Duration::from_secs(60),
-    };
+    let retention = Retention::history(100, Duration::from_secs(60));
     let payload = format!(r#"{{"q":1,"p":"{}"}}"#, "x".repeat(80));
     let start = Instant::now();
     let mut encoded = 0usize;

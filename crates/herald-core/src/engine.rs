@@ -5,7 +5,7 @@
 //! offset, appends to history and delivers to every node's hub as one step per channel, so no
 //! subscriber can see an order that differs from the offsets.
 
-use crate::{ChannelName, EventName, PresenceEvent, Publication};
+use crate::{ChannelName, EventName, KeepLatest, PresenceEvent, Publication};
 use async_trait::async_trait;
 use herald_protocol::{Member, StreamPosition};
 use serde::Serialize;
@@ -52,13 +52,35 @@ impl EngineError {
     }
 }
 
-/// How much history a publish keeps for its channel.
+/// How much history (and latest state) a publish keeps for its channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Publications kept per channel.
     pub size: usize,
     /// How long each is kept.
     pub ttl: Duration,
+    /// The latest state it keeps, apart from history. While a channel keeps latest state, the
+    /// engine keeps its epoch and newest offset too.
+    pub latest: KeepLatest,
+    /// Most channels keeping latest state at once (`channels.max_latest_state_channels`);
+    /// beyond it the engine refuses with [`EngineError::LimitReached`]\([`LATEST_STATE_BOUND`]).
+    pub max_latest_channels: usize,
+}
+
+/// The bound a publish that would add a channel keeping latest state beyond
+/// `channels.max_latest_state_channels` reports.
+pub const LATEST_STATE_BOUND: &str = "channels.max_latest_state_channels";
+
+impl Retention {
+    /// History only: `size` publications for `ttl`, no latest state.
+    pub const fn history(size: usize, ttl: Duration) -> Self {
+        Self {
+            size,
+            ttl,
+            latest: KeepLatest::OFF,
+            max_latest_channels: 0,
+        }
+    }
 }
 
 /// What to read from history.
@@ -196,6 +218,11 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<HistoryPage, EngineError>;
+
+    /// The channel's latest state (what publications with [`Retention::latest`] kept), oldest
+    /// first, and its current position; `reset` is always `None`. Kept apart from history, so
+    /// it outlives `history_ttl` and trimming.
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError>;
 }
 
 /// Who is subscribed to presence channels.

@@ -32,11 +32,14 @@ pub use conn_id::ConnId;
 pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
-    LatencySummary, PresenceStore, ResetReason, Retention,
+    LatencySummary, PresenceStore, ResetReason, Retention, LATEST_STATE_BOUND,
 };
 pub use hub::Hub;
 pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
-pub use namespace::{Access, Action, ChannelsConfig, Denied, NamespaceOptions};
+pub use namespace::{
+    Access, Action, ChannelsConfig, Denied, KeepLatest, LatestState, NamespaceOptions,
+    MAX_LATEST_EVENTS,
+};
 pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use parts::{EngineParts, NodeParts};

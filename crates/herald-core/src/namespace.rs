@@ -15,8 +15,13 @@ pub struct NamespaceOptions {
     /// How long a publication stays in history.
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
-    /// A new subscriber (not resuming) first receives the channel's last publication.
-    pub latest_state: bool,
+    /// What a new subscriber (not resuming) first receives: nothing, the channel's last
+    /// publication, or the last publication of each event name. Kept apart from history, until
+    /// replaced (or `latest_state_ttl`).
+    pub latest_state: LatestState,
+    /// How long latest state is kept after its publication; 0s keeps it until replaced.
+    #[serde(with = "humantime_serde")]
+    pub latest_state_ttl: Duration,
     /// Track who is subscribed and push join/leave events.
     pub presence: bool,
     /// Who may subscribe. Unset: anyone while no authentication is configured, and only
@@ -37,6 +42,76 @@ pub struct NamespaceOptions {
     /// The part of a channel name after the namespace names the user who owns the channel
     /// (`alerts:user_789` belongs to `user_789`), with the rules of a `name#user` channel.
     pub user_scoped: bool,
+}
+
+/// What latest state a channel keeps for new subscribers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LatestRepr", into = "LatestRepr")]
+pub enum LatestState {
+    /// None (`false`).
+    #[default]
+    Off,
+    /// The channel's last publication (`true` or `"last"`).
+    Last,
+    /// The last publication of each event name, at most [`MAX_LATEST_EVENTS`] names
+    /// (`"per_event"`); a new name beyond them replaces the one published longest ago.
+    PerEvent,
+}
+
+/// Most event names a `per_event` channel keeps latest state for.
+pub const MAX_LATEST_EVENTS: usize = 32;
+
+/// How `latest_state` is written in the config: a boolean, or a mode's name.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum LatestRepr {
+    Flag(bool),
+    Named(LatestName),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LatestName {
+    Off,
+    Last,
+    PerEvent,
+}
+
+impl From<LatestRepr> for LatestState {
+    fn from(r: LatestRepr) -> Self {
+        match r {
+            LatestRepr::Flag(false) | LatestRepr::Named(LatestName::Off) => Self::Off,
+            LatestRepr::Flag(true) | LatestRepr::Named(LatestName::Last) => Self::Last,
+            LatestRepr::Named(LatestName::PerEvent) => Self::PerEvent,
+        }
+    }
+}
+
+impl From<LatestState> for LatestRepr {
+    fn from(s: LatestState) -> Self {
+        match s {
+            LatestState::Off => Self::Flag(false),
+            LatestState::Last => Self::Flag(true),
+            LatestState::PerEvent => Self::Named(LatestName::PerEvent),
+        }
+    }
+}
+
+/// The latest state one publication keeps (see [`LatestState`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepLatest {
+    /// Which.
+    pub mode: LatestState,
+    /// How long; `None` until replaced.
+    pub ttl: Option<Duration>,
+}
+
+impl KeepLatest {
+    /// No latest state.
+    pub const OFF: KeepLatest = KeepLatest {
+        mode: LatestState::Off,
+        ttl: None,
+    };
 }
 
 /// Who may do something on a namespace's channels.
@@ -103,7 +178,8 @@ impl Default for NamespaceOptions {
         Self {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
-            latest_state: false,
+            latest_state: LatestState::Off,
+            latest_state_ttl: Duration::ZERO,
             presence: false,
             subscribe: None,
             publish: Access::None,
@@ -126,28 +202,46 @@ impl NamespaceOptions {
         }
     }
 
-    /// How many publications to keep: latest state needs at least one.
+    /// How many publications to keep in history.
     pub fn retained(&self) -> usize {
-        if self.latest_state {
-            self.history_size.max(1)
-        } else {
-            self.history_size
+        self.history_size
+    }
+
+    /// The latest state a publication to these channels keeps.
+    pub fn keep_latest(&self) -> KeepLatest {
+        KeepLatest {
+            mode: self.latest_state,
+            ttl: (!self.latest_state_ttl.is_zero()).then_some(self.latest_state_ttl),
         }
     }
 }
 
 /// Channel options: defaults plus named namespaces.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     /// Options for channels whose namespace is not listed (including names without `:`).
     pub defaults: NamespaceOptions,
     /// Options per namespace (the text before the first `:` of a channel name).
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// Most channels that keep latest state at once, across the engine; a publication that
+    /// would add one more is refused (503) and counted (`refused.latest_state_channels`).
+    pub max_latest_state_channels: usize,
     /// Authentication is configured, so namespaces without an explicit `subscribe` are closed.
     /// Set by the binary from the auth settings, not read from the file.
     #[serde(skip)]
     pub closed: bool,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        Self {
+            defaults: NamespaceOptions::default(),
+            namespaces: BTreeMap::new(),
+            max_latest_state_channels: 100_000,
+            closed: false,
+        }
+    }
 }
 
 /// Upper bound on `history_size`, to keep one channel's memory bounded.

@@ -4,7 +4,7 @@
 
 use crate::{
     Broker, ChannelError, ChannelName, ChannelsConfig, EngineError, EventName, Publication,
-    Retention, Stats,
+    Retention, Stats, LATEST_STATE_BOUND,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -142,6 +142,8 @@ impl Publisher {
         Retention {
             size: o.retained(),
             ttl: o.history_ttl,
+            latest: o.keep_latest(),
+            max_latest_channels: self.channels.max_latest_state_channels,
         }
     }
 
@@ -164,7 +166,15 @@ impl Publisher {
         let publication = self
             .broker
             .publish(p.channel, p.event, p.data, retention)
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if matches!(e, EngineError::LimitReached(LATEST_STATE_BOUND)) {
+                    self.stats
+                        .refused
+                        .latest_state_channels
+                        .fetch_add(1, Relaxed);
+                }
+            })?;
         self.count_published();
         tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
         Ok(publication)

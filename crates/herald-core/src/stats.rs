@@ -150,5 +150,8 @@ counters! {
         too_many_channels,
         /// Rate checks let through unmetered because the rate map was full.
         rate_map_full,
+        /// Publications refused because one more channel would keep latest state beyond
+        /// `channels.max_latest_state_channels`.
+        latest_state_channels,
     }
 }

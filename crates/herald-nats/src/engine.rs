@@ -30,6 +30,10 @@ pub(crate) struct Namespace {
     pub(crate) retained: usize,
     /// `history_ttl` in milliseconds, applied when reading.
     pub(crate) ttl_ms: u64,
+    /// The namespace's `latest_state`.
+    pub(crate) latest: herald_core::LatestState,
+    /// Its `latest_state_ttl` in milliseconds, applied when reading; `None` until replaced.
+    pub(crate) latest_ttl_ms: Option<u64>,
 }
 
 /// A channel's last appended message: where the next publish continues.
@@ -51,6 +55,12 @@ pub struct NatsEngine {
     pub(crate) default_ns: Namespace,
     pub(crate) namespaces: HashMap<String, Namespace>,
     pub(crate) epochs: kv::Store,
+    /// Latest state, apart from history (`latest.rs`).
+    pub(crate) latest_stream: Stream,
+    /// The channels keeping latest state, one key each (`latest.rs`).
+    pub(crate) latest_channels: kv::Store,
+    /// Channels this node has counted in `latest_channels`.
+    pub(crate) latest_counted: Mutex<std::collections::HashSet<ChannelName>>,
     pub(crate) presence: Arc<NatsPresence>,
     /// What this engine shares with the other remote engines' parts: delivery, health,
     /// subscriptions, recovery.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     now_ms, resume_reset, ChannelName, EngineError, HistoryPage, HistoryQuery, HistoryStore,
-    Publication,
+    LatestState, Publication,
 };
 use herald_protocol::{Epoch, StreamPosition};
 use std::sync::Arc;
@@ -86,17 +86,25 @@ impl NatsEngine {
         subject: &str,
         chan: &str,
     ) -> Result<Tip, EngineError> {
-        Ok(match self.last(ns, subject).await? {
-            Some(s) => Tip {
+        if let Some(s) = self.last(ns, subject).await? {
+            return Ok(Tip {
                 epoch: s.position.epoch,
                 offset: s.position.offset,
                 seq: s.seq,
-            },
-            None => Tip {
-                epoch: self.epoch(ns, chan).await?,
-                offset: 0,
+            });
+        }
+        // History forgot the channel; its latest state keeps its position.
+        if let Some(top) = self.latest_top(ns, chan).await? {
+            return Ok(Tip {
+                epoch: top.epoch,
+                offset: top.offset,
                 seq: 0,
-            },
+            });
+        }
+        Ok(Tip {
+            epoch: self.epoch(ns, chan).await?,
+            offset: 0,
+            seq: 0,
         })
     }
 
@@ -195,14 +203,17 @@ impl HistoryStore for NatsEngine {
         let chan = hex(channel.as_str());
         let subject = self.history_subject(ns, &chan);
         let Some(last) = self.last(ns, &subject).await? else {
-            let epoch = self.epoch(ns, &chan).await?;
+            let top = match self.latest_top(ns, &chan).await? {
+                Some(top) => top,
+                None => StreamPosition::new(self.epoch(ns, &chan).await?, 0),
+            };
             let reset = query
                 .since
                 .as_ref()
-                .and_then(|s| resume_reset(s, &epoch, 0, 1));
+                .and_then(|s| resume_reset(s, &top.epoch, top.offset, top.offset + 1));
             return Ok(HistoryPage {
                 publications: Vec::new(),
-                top: StreamPosition::new(epoch, 0),
+                top,
                 reset,
             });
         };
@@ -242,6 +253,34 @@ impl HistoryStore for NatsEngine {
             publications,
             top,
             reset,
+        })
+    }
+
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
+        let ns = self.namespace(channel);
+        let chan = hex(channel.as_str());
+        let subject = self.history_subject(ns, &chan);
+        let entries = if ns.latest == LatestState::Off {
+            Vec::new()
+        } else {
+            self.latest_entries(ns, &chan).await?
+        };
+        let top = match self.last(ns, &subject).await? {
+            Some(last) => last.position,
+            None => match entries.last() {
+                Some(s) => s.position.clone(),
+                None => StreamPosition::new(self.epoch(ns, &chan).await?, 0),
+            },
+        };
+        let publications = Self::live_latest(ns, entries)
+            .into_iter()
+            .filter(|s| s.position.epoch == top.epoch && s.position.offset <= top.offset)
+            .filter_map(|s| s.publication(channel))
+            .collect();
+        Ok(HistoryPage {
+            publications,
+            top,
+            reset: None,
         })
     }
 }

@@ -93,6 +93,7 @@ mod codec;
 mod config;
 mod engine;
 mod history;
+mod latest;
 mod loops;
 mod presence;
 mod publish;

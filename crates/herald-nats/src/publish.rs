@@ -11,8 +11,8 @@ use async_nats::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
-    now_ms, Broker, ChannelName, EngineError, EngineStatus, EventName, PresenceEvent, PresenceKind,
-    Publication, Retention,
+    now_ms, Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, PresenceEvent,
+    PresenceKind, Publication, Retention,
 };
 use herald_protocol::StreamPosition;
 use serde_json::value::RawValue;
@@ -25,14 +25,15 @@ const MAX_ATTEMPTS: usize = 50;
 #[async_trait]
 impl Broker for NatsEngine {
     /// Appends to the channel's history subject at the next offset (see the crate docs), then
-    /// fans the publication out. `_retention` is not consulted: each namespace's retention is
+    /// fans the publication out, and keeps it as latest state where the namespace asks
+    /// (`latest.rs`). History retention is not taken from `retention`: each namespace's is
     /// configured on its stream at connect.
     async fn publish(
         &self,
         channel: ChannelName,
         event: EventName,
         data: Box<RawValue>,
-        _retention: Retention,
+        retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
         if !self.remote.health().accepts_publishes() {
             return Err(EngineError::Unavailable("nats engine not ready"));
@@ -48,6 +49,9 @@ impl Broker for NatsEngine {
         } else {
             Bytes::new()
         };
+        if ns.latest != LatestState::Off {
+            self.count_latest(&channel, &chan, retention).await?;
+        }
         let mut cache = within(
             self.timeout(),
             "nats publish queue timed out",
@@ -97,6 +101,16 @@ impl Broker for NatsEngine {
                 seq,
             },
         ));
+        if ns.latest != LatestState::Off {
+            let kept = self
+                .keep_latest(ns, &chan, &position, &event, time_ms, payload.clone())
+                .await;
+            if let Err(error) = kept {
+                // In history and delivered; the state stays at the publication before.
+                self.remote.health().count("latest_failures", 1);
+                tracing::warn!(channel = %channel, error = %error, "Keeping latest state failed.");
+            }
+        }
         // Still under the stripe lock, so this node's publications leave in offset order.
         let mut headers = codec::headers(&position, &event, time_ms);
         headers.insert(KIND, "p");

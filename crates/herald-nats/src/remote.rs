@@ -16,8 +16,12 @@ use herald_core::{Canary, ChannelName, EngineError, LinkState, RemoteBackend, CA
 #[async_trait]
 impl RemoteBackend for NatsEngine {
     const KIND: &'static str = "nats";
-    const COUNTERS: &'static [&'static str] =
-        &["publish_retries", "slow_consumers", "bad_messages"];
+    const COUNTERS: &'static [&'static str] = &[
+        "publish_retries",
+        "slow_consumers",
+        "bad_messages",
+        "latest_failures",
+    ];
     /// Everything a channel keeps: a namespace keeps at most this many.
     const RECOVER_LIMIT: usize = MAX_HISTORY;
     const RECOVER_CONCURRENCY: usize = 16;

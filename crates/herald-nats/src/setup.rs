@@ -84,6 +84,9 @@ impl NatsEngine {
         let upper = config.prefix.to_uppercase();
         let epochs =
             ensure_bucket(&js, format!("{upper}_EPOCHS"), config.channel_state_ttl).await?;
+        let latest_stream = ensure_latest_stream(&js, &config).await?;
+        let latest_channels =
+            ensure_bucket(&js, format!("{upper}_LATEST_CHANNELS"), Duration::ZERO).await?;
         let bucket = format!("{upper}_PRESENCE");
         let presence_kv = ensure_bucket(&js, bucket.clone(), config.presence_lease).await?;
         let presence_stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
@@ -120,6 +123,9 @@ impl NatsEngine {
             default_ns,
             namespaces,
             epochs,
+            latest_stream,
+            latest_channels,
+            latest_counted: Mutex::new(std::collections::HashSet::new()),
             presence,
             remote,
             subs: Mutex::new(HashMap::new()),
@@ -183,7 +189,39 @@ async fn ensure_stream(
         token,
         retained,
         ttl_ms: u64::try_from(options.history_ttl.as_millis()).unwrap_or(u64::MAX),
+        latest: options.latest_state,
+        latest_ttl_ms: (!options.latest_state_ttl.is_zero())
+            .then(|| u64::try_from(options.latest_state_ttl.as_millis()).unwrap_or(u64::MAX)),
     })
+}
+
+/// Creates or updates the latest-state stream: one message kept per subject, for as long as
+/// the stream lives (see `latest.rs`).
+async fn ensure_latest_stream(
+    js: &jetstream::Context,
+    config: &NatsEngineConfig,
+) -> Result<stream::Stream, EngineError> {
+    let name = format!("{}_LATEST", config.prefix.to_uppercase());
+    let stream_config = stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{}.l.>", config.prefix)],
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        ..Default::default()
+    };
+    js.create_or_update_stream(stream_config)
+        .await
+        .map_err(|e| {
+            EngineError::start(
+                format!("cannot create or update JetStream stream {name}"),
+                e,
+            )
+        })?;
+    js.get_stream(&name)
+        .await
+        .map_err(|e| EngineError::start(format!("cannot open JetStream stream {name}"), e))
 }
 
 /// Creates or updates a key-value bucket keeping one value per key for `max_age`. The bucket's

@@ -159,10 +159,7 @@ fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name).unwrap()
 }
 
-const KEEP: Retention = Retention {
-    size: 100,
-    ttl: Duration::from_secs(600),
-};
+const KEEP: Retention = Retention::history(100, Duration::from_secs(600));
 
 async fn publish(
     node: &Node,

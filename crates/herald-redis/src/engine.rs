@@ -28,11 +28,20 @@ pub struct RedisEngine {
     pub(crate) presence: Arc<RedisPresence>,
     pub(crate) publish_script: Lua,
     pub(crate) read_script: Lua,
+    pub(crate) latest_script: Lua,
+    pub(crate) count_latest_script: Lua,
+    /// Channels this node counted among those keeping latest state until replaced (no
+    /// `latest_state_ttl`), so it counts each once; cleared when it reaches
+    /// [`LATEST_COUNTED_CACHE`].
+    pub(crate) latest_counted: std::sync::Mutex<std::collections::HashSet<ChannelName>>,
     pub(crate) canary_channel: String,
     pub(crate) canary_seen: AtomicU64,
     pub(crate) canary_arrived: Notify,
     pub(crate) sharded: bool,
 }
+
+/// Most channels a node remembers having counted among those keeping latest state.
+pub(crate) const LATEST_COUNTED_CACHE: usize = 65_536;
 
 /// Logs a failed command and turns it into the error callers see.
 pub(crate) fn unavailable(e: &RedisError) -> EngineError {

@@ -25,7 +25,11 @@ impl HistoryStore for RedisEngine {
         let reply = self
             .eval(
                 &self.read_script,
-                vec![self.key(channel, "m"), self.key(channel, "h")],
+                vec![
+                    self.key(channel, "m"),
+                    self.key(channel, "h"),
+                    self.key(channel, "l"),
+                ],
                 vec![
                     herald_core::new_epoch().as_str().to_owned(),
                     Self::ms(self.config.channel_state_ttl),
@@ -70,6 +74,72 @@ impl HistoryStore for RedisEngine {
             reset: None,
         })
     }
+
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
+        let reply = self
+            .eval(
+                &self.latest_script,
+                vec![
+                    self.key(channel, "m"),
+                    self.key(channel, "h"),
+                    self.key(channel, "l"),
+                ],
+                vec![
+                    herald_core::new_epoch().as_str().to_owned(),
+                    Self::ms(self.config.channel_state_ttl),
+                ],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let malformed = EngineError::Unavailable("redis engine gave a malformed latest state");
+        let mut parts = reply.into_array().into_iter();
+        let (Some(epoch), Some(top), Some(fields)) = (
+            parts
+                .next()
+                .and_then(|v| v.as_str().and_then(|e| Epoch::parse(&e).ok())),
+            parts.next().and_then(|v| v.as_u64()),
+            parts.next(),
+        ) else {
+            return Err(malformed);
+        };
+        let mut publications = Vec::new();
+        let mut fields = fields.into_array().into_iter();
+        while let (Some(event), Some(value)) = (fields.next(), fields.next()) {
+            let p = decode_latest(channel, &epoch, &event, &value).ok_or(
+                EngineError::Unavailable("redis engine gave a malformed latest state entry"),
+            )?;
+            publications.push(p);
+        }
+        publications.sort_by_key(|p| p.position.offset);
+        Ok(HistoryPage {
+            publications,
+            top: StreamPosition::new(epoch, top),
+            reset: None,
+        })
+    }
+}
+
+/// Decodes one latest-state field: the event name, and `offset time expiry\ndata`.
+fn decode_latest(
+    channel: &ChannelName,
+    epoch: &Epoch,
+    event: &Value,
+    value: &Value,
+) -> Option<Arc<Publication>> {
+    let event = EventName::parse(&event.as_str()?).ok()?;
+    let value = value.as_str()?;
+    let (head, data) = value.split_once('\n')?;
+    let mut head = head.split(' ');
+    let offset = head.next()?.parse().ok()?;
+    let time = head.next()?.parse().ok()?;
+    let data = RawValue::from_string(data.to_owned()).ok()?;
+    Some(Arc::new(Publication::new(
+        channel.clone(),
+        event,
+        data,
+        StreamPosition::new(epoch.clone(), offset),
+        time,
+    )))
 }
 
 /// Decodes one XRANGE entry: `[id, [e, event, d, data, c, time, x, expiry]]`.

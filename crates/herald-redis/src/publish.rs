@@ -1,12 +1,12 @@
 //! Publishing through Redis: one script assigns the offset, appends to the channel's stream
 //! and PUBLISHes (see `scripts.rs`); presence events go straight to pub/sub.
 
-use crate::engine::{unavailable, RedisEngine};
+use crate::engine::{unavailable, RedisEngine, LATEST_COUNTED_CACHE};
 use async_trait::async_trait;
 use fred::interfaces::{ClientLike, PubsubInterface};
 use herald_core::{
-    Broker, ChannelName, EngineError, EngineStatus, EventName, PresenceEvent, PresenceKind,
-    Publication, Retention,
+    Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, PresenceEvent,
+    PresenceKind, Publication, Retention, LATEST_STATE_BOUND, MAX_LATEST_EVENTS,
 };
 use herald_protocol::{Epoch, StreamPosition};
 use serde_json::value::RawValue;
@@ -28,7 +28,20 @@ impl RedisEngine {
         if !self.remote.health().accepts_publishes() {
             return Err(EngineError::Unavailable("redis engine not ready"));
         }
-        let mut keys = vec![self.key(channel, "m"), self.key(channel, "h")];
+        let latest = retention.latest;
+        let mode = match latest.mode {
+            LatestState::Off => "",
+            LatestState::Last => "last",
+            LatestState::PerEvent => "per_event",
+        };
+        if latest.mode != LatestState::Off {
+            self.count_latest(channel, retention).await?;
+        }
+        let mut keys = vec![
+            self.key(channel, "m"),
+            self.key(channel, "h"),
+            self.key(channel, "l"),
+        ];
         let mut args = vec![
             herald_core::new_epoch().as_str().to_owned(),
             Self::ms(self.config.channel_state_ttl.max(retention.ttl)),
@@ -38,6 +51,9 @@ impl RedisEngine {
             data.get().to_owned(),
             self.pubsub_channel(channel),
             if self.sharded { "SPUBLISH" } else { "PUBLISH" }.to_owned(),
+            mode.to_owned(),
+            latest.ttl.map_or_else(|| "0".to_owned(), Self::ms),
+            MAX_LATEST_EVENTS.to_string(),
         ];
         if let Some((id, window)) = dedupe {
             keys.push(self.key(channel, "i"));
@@ -72,6 +88,57 @@ impl RedisEngine {
             StreamPosition::new(epoch, offset),
             time,
         ))))
+    }
+}
+
+impl RedisEngine {
+    /// Counts `channel` among the channels keeping latest state (a zset shared by every node,
+    /// scored by when the state expires), or refuses when one more would pass
+    /// `channels.max_latest_state_channels`. A channel whose state lasts until replaced is
+    /// counted once per node; one with a TTL on every publish, which moves its expiry.
+    async fn count_latest(
+        &self,
+        channel: &ChannelName,
+        retention: Retention,
+    ) -> Result<(), EngineError> {
+        let forever = retention.latest.ttl.is_none();
+        let cached = || {
+            self.latest_counted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if forever && cached().contains(channel) {
+            return Ok(());
+        }
+        let expiry = match retention.latest.ttl {
+            None => "+inf".to_owned(),
+            Some(ttl) => (herald_core::now_ms()
+                + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2))
+            .to_string(),
+        };
+        let counted = self
+            .eval(
+                &self.count_latest_script,
+                vec![format!("{}:latest", self.config.prefix)],
+                vec![
+                    channel.as_str().to_owned(),
+                    expiry,
+                    retention.max_latest_channels.to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if counted.as_u64() != Some(1) {
+            return Err(EngineError::LimitReached(LATEST_STATE_BOUND));
+        }
+        if forever {
+            let mut set = cached();
+            if set.len() >= LATEST_COUNTED_CACHE {
+                set.clear();
+            }
+            set.insert(channel.clone());
+        }
+        Ok(())
     }
 }
 

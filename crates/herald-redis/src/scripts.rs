@@ -10,9 +10,10 @@ macro_rules! now_ms {
     };
 }
 
-/// Ensures the channel's epoch exists (creating it, and dropping any stale stream, when it
-/// does not), drops expired history from the head of the stream, and refreshes the meta TTL.
-/// Leaves `e` (epoch) and `t` (top offset) as Lua locals.
+/// Ensures the channel's epoch exists (creating it, and dropping any stale stream and latest
+/// state, when it does not), drops expired history from the head of the stream, and refreshes
+/// the meta TTL, unless the channel keeps latest state (whose publish set the meta's TTL to
+/// outlive it). Leaves `e` (epoch) and `t` (top offset) as Lua locals.
 macro_rules! channel_state {
     () => {
         r#"
@@ -21,12 +22,12 @@ local t
 if not e then
   e = ARGV[1]
   t = 0
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'e', e, 't', 0)
 else
   t = tonumber(redis.call('HGET', KEYS[1], 't'))
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 for _ = 1, 1000 do
   local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
   if #head == 0 or tonumber(head[1][2][8]) > now then break end
@@ -40,18 +41,23 @@ end
 /// For a worker's stream entry, its id is recorded in the channel's dedupe set in the same
 /// step, and an id already recorded is not published again.
 ///
-/// KEYS: meta, stream, [dedupe set]
+/// The channel's latest state (`latest_state`) is a hash, one field per event name (one field
+/// in all for `last`), each `offset time expiry` and a newline before the data; `expiry` 0
+/// keeps it until replaced. While it exists the meta hash lives as long as it does.
+///
+/// KEYS: meta, stream, latest, [dedupe set]
 /// ARGV: new epoch, state ttl ms, history size, history ttl ms, event, data, pub/sub channel,
-///       publish command (PUBLISH or SPUBLISH), [entry id, dedupe window ms]
+///       publish command (PUBLISH or SPUBLISH), latest mode ("", "last" or "per_event"),
+///       latest ttl ms (0: until replaced), most event names kept, [entry id, dedupe window ms]
 /// Returns `{epoch, offset, time}`, or `{}` when the entry was already published.
 pub(crate) const PUBLISH: &str = concat!(
     now_ms!(),
     r#"
-if KEYS[3] then
-  if redis.call('ZADD', KEYS[3], 'NX', now, ARGV[9]) == 0 then return {} end
-  local window = tonumber(ARGV[10])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-  redis.call('PEXPIRE', KEYS[3], window)
+if KEYS[4] then
+  if redis.call('ZADD', KEYS[4], 'NX', now, ARGV[12]) == 0 then return {} end
+  local window = tonumber(ARGV[13])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[4], window)
 end
 "#,
     channel_state!(),
@@ -63,14 +69,80 @@ if size > 0 then
     'e', ARGV[5], 'd', ARGV[6], 'c', now, 'x', now + tonumber(ARGV[4]))
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
+local mode = ARGV[9]
+if mode ~= '' then
+  local lttl = tonumber(ARGV[10])
+  local expiry = 0
+  if lttl > 0 then expiry = now + lttl end
+  if mode == 'last' then
+    redis.call('DEL', KEYS[3])
+  elseif redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[11]) then
+    -- A new name beyond the bound replaces the one published longest ago.
+    local oldest, lowest = nil, nil
+    local all = redis.call('HGETALL', KEYS[3])
+    for i = 1, #all, 2 do
+      local off = tonumber(string.match(all[i + 1], '^(%d+)'))
+      if not lowest or off < lowest then oldest, lowest = all[i], off end
+    end
+    if oldest then redis.call('HDEL', KEYS[3], oldest) end
+  end
+  redis.call('HSET', KEYS[3], ARGV[5], t .. ' ' .. now .. ' ' .. expiry .. '\n' .. ARGV[6])
+  if lttl > 0 then
+    local keep = math.max(lttl, tonumber(ARGV[2]))
+    redis.call('PEXPIRE', KEYS[3], lttl)
+    redis.call('PEXPIRE', KEYS[1], keep)
+  else
+    redis.call('PERSIST', KEYS[3])
+    redis.call('PERSIST', KEYS[1])
+  end
+end
 redis.call(ARGV[8], ARGV[7], 'P ' .. e .. ' ' .. t .. ' ' .. now .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
 return {e, t, now}
 "#
 );
 
+/// Read the channel's latest state.
+///
+/// KEYS: meta, stream, latest
+/// ARGV: new epoch, state ttl ms
+/// Returns `{epoch, top, [event, value, ...]}` with the values not yet expired.
+pub(crate) const READ_LATEST: &str = concat!(
+    now_ms!(),
+    channel_state!(),
+    r#"
+local out = {}
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local expiry = tonumber(string.match(all[i + 1], '^%d+ %d+ (%d+)'))
+  if expiry == 0 or expiry > now then
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return {e, t, out}
+"#
+);
+
+/// Counts a channel among those keeping latest state, unless that would pass the bound.
+///
+/// KEYS: the node-wide zset of channels keeping latest state (score: when their state expires)
+/// ARGV: channel, expiry ms (or "+inf"), bound
+/// Returns 1 when counted (or already), 0 when the bound is reached.
+pub(crate) const LATEST_COUNT: &str = concat!(
+    now_ms!(),
+    r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"#
+);
+
 /// Read history.
 ///
-/// KEYS: meta, stream
+/// KEYS: meta, stream, latest
 /// ARGV: new epoch, state ttl ms, since offset (or "" for the newest), limit
 /// Returns `{epoch, top, oldest offset kept (top + 1 when none), entries}`; entries as
 /// returned by XRANGE, oldest first.

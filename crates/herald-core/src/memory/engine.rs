@@ -5,7 +5,8 @@
 use super::presence::MemoryPresenceStore;
 use crate::{
     Broker, ChannelName, EngineError, EngineParts, EventName, HistoryPage, HistoryQuery,
-    HistoryStore, Hub, NodeParts, Outgoing, PresenceEvent, Publication, Retention,
+    HistoryStore, Hub, KeepLatest, LatestState, NodeParts, Outgoing, PresenceEvent, Publication,
+    Retention, LATEST_STATE_BOUND, MAX_LATEST_EVENTS,
 };
 use async_trait::async_trait;
 use herald_protocol::{Epoch, StreamPosition};
@@ -51,13 +52,41 @@ struct ChannelState {
     top: u64,
     ring: VecDeque<(Instant, Arc<Publication>)>,
     touched: Instant,
+    /// Latest state. Boxed: most channels keep none.
+    latest: Option<Box<Latest>>,
 }
+
+/// A channel's latest state, oldest first, each with its expiry (`None`: until replaced).
+#[derive(Debug, Default)]
+struct Latest(Vec<(Option<Instant>, Arc<Publication>)>);
 
 impl ChannelState {
     fn trim_expired(&mut self, now: Instant) {
         while self.ring.front().is_some_and(|(exp, _)| *exp <= now) {
             self.ring.pop_front();
         }
+        if let Some(latest) = &mut self.latest {
+            latest.0.retain(|(exp, _)| exp.is_none_or(|e| e > now));
+        }
+    }
+
+    /// Whether the channel keeps latest state (after [`Self::trim_expired`]).
+    fn keeps_latest(&self) -> bool {
+        self.latest.as_ref().is_some_and(|l| !l.0.is_empty())
+    }
+
+    /// Records `p` as latest state per `keep`.
+    fn keep_latest(&mut self, keep: KeepLatest, p: &Arc<Publication>, now: Instant) {
+        let latest = &mut self.latest.get_or_insert_with(Box::default).0;
+        if keep.mode == LatestState::Last {
+            latest.clear();
+        }
+        latest.retain(|(_, q)| q.event != p.event);
+        if latest.len() >= MAX_LATEST_EVENTS {
+            // Oldest first: the name published longest ago gives way.
+            latest.remove(0);
+        }
+        latest.push((keep.ttl.map(|t| now + t), p.clone()));
     }
 
     fn position(&self) -> StreamPosition {
@@ -75,6 +104,8 @@ pub struct MemoryEngine {
     hub: Arc<Hub>,
     config: MemoryEngineConfig,
     channels: AtomicUsize,
+    /// Channels keeping latest state.
+    latest_channels: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,6 +121,7 @@ impl MemoryEngine {
             hub,
             config,
             channels: AtomicUsize::new(0),
+            latest_channels: AtomicUsize::new(0),
         }
     }
 
@@ -135,6 +167,7 @@ impl MemoryEngine {
             top: 0,
             ring: VecDeque::new(),
             touched: Instant::now(),
+            latest: None,
         }));
         shard.insert(channel.clone(), slot.clone());
         Ok(slot)
@@ -147,8 +180,15 @@ impl MemoryEngine {
             let mut shard = lock(shard);
             shard.retain(|channel, slot| {
                 let mut st = lock(slot);
+                let had_latest = st.keeps_latest();
                 st.trim_expired(now);
+                if had_latest && !st.keeps_latest() {
+                    st.latest = None;
+                    self.latest_channels.fetch_sub(1, Relaxed);
+                }
+                // A channel keeping latest state keeps its epoch and offset with it.
                 let keep = !st.ring.is_empty()
+                    || st.keeps_latest()
                     || now.duration_since(st.touched) < self.config.idle_channel_ttl
                     || self.hub.subscribers(channel) > 0;
                 if !keep {
@@ -162,6 +202,11 @@ impl MemoryEngine {
     /// Channels with state.
     pub fn channel_count(&self) -> usize {
         self.channels.load(Relaxed)
+    }
+
+    /// Channels keeping latest state.
+    pub fn latest_channel_count(&self) -> usize {
+        self.latest_channels.load(Relaxed)
     }
 }
 
@@ -177,7 +222,22 @@ impl Broker for MemoryEngine {
         let slot = self.slot(&channel)?;
         let mut st = lock(&slot);
         let now = Instant::now();
+        let had_latest = st.keeps_latest();
         st.trim_expired(now);
+        let keeps_latest = retention.latest.mode != LatestState::Off;
+        if had_latest && !st.keeps_latest() {
+            // Expired since the last sweep: counted again below if it is kept anew.
+            self.latest_channels.fetch_sub(1, Relaxed);
+        }
+        if keeps_latest && !st.keeps_latest() {
+            // Checked before the offset is taken, so a refusal leaves no trace.
+            let counted = self.latest_channels.fetch_update(Relaxed, Relaxed, |n| {
+                (n < retention.max_latest_channels).then_some(n + 1)
+            });
+            if counted.is_err() {
+                return Err(EngineError::LimitReached(LATEST_STATE_BOUND));
+            }
+        }
         st.top += 1;
         st.touched = now;
         let publication = Arc::new(Publication::new(
@@ -193,6 +253,9 @@ impl Broker for MemoryEngine {
             while st.ring.len() > retention.size {
                 st.ring.pop_front();
             }
+        }
+        if keeps_latest {
+            st.keep_latest(retention.latest, &publication, now);
         }
         // Fan-out happens under the channel's lock so delivery order equals offset order.
         self.hub.fan_out(
@@ -260,6 +323,21 @@ impl HistoryStore for MemoryEngine {
             reset,
         })
     }
+
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
+        let slot = self.slot(channel)?;
+        let mut st = lock(&slot);
+        st.trim_expired(Instant::now());
+        let publications = st
+            .latest
+            .as_ref()
+            .map_or_else(Vec::new, |l| l.0.iter().map(|(_, p)| p.clone()).collect());
+        Ok(HistoryPage {
+            publications,
+            top: st.position(),
+            reset: None,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -279,10 +357,7 @@ mod tests {
         RawValue::from_string("{}".into()).unwrap()
     }
 
-    const KEEP3: Retention = Retention {
-        size: 3,
-        ttl: Duration::from_secs(60),
-    };
+    const KEEP3: Retention = Retention::history(3, Duration::from_secs(60));
 
     #[tokio::test(start_paused = true)]
     async fn offsets_history_and_resets() {

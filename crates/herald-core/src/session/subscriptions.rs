@@ -4,11 +4,57 @@
 use super::state::{PendingSub, Session, Sub, MAX_REPLAY};
 use super::types::{Emit, SessionError};
 use crate::{
-    Action, ChannelName, EngineError, HistoryPage, HistoryQuery, Identity, Outgoing, PresenceEvent,
-    PresenceKind,
+    Action, ChannelName, EngineError, HistoryPage, HistoryQuery, HistoryStore, Identity,
+    LatestState, Outgoing, PresenceEvent, PresenceKind, ResetReason,
 };
 use std::future::Future;
 use std::pin::Pin;
+
+/// What a new subscriber first receives: with `since`, what it missed (or a reset); without,
+/// the channel's latest state where the namespace keeps it, else nothing; and the channel's
+/// position either way.
+///
+/// A resume that history can no longer cover on a channel keeping latest state is answered
+/// with the latest state published after `since` instead of a reset: what the client skipped
+/// was replaced by what it now receives. Only when that state reaches the channel's position,
+/// so nothing the state does not stand for is passed over.
+async fn read_for_subscribe(
+    history: &dyn HistoryStore,
+    channel: &ChannelName,
+    since: Option<StreamPosition>,
+    latest: bool,
+) -> Result<HistoryPage, EngineError> {
+    let Some(since) = since else {
+        if latest {
+            return history.latest(channel).await;
+        }
+        let query = HistoryQuery {
+            since: None,
+            limit: 0,
+        };
+        return history.read(channel, query).await;
+    };
+    let query = HistoryQuery {
+        since: Some(since.clone()),
+        limit: MAX_REPLAY,
+    };
+    let page = history.read(channel, query).await?;
+    if !latest || page.reset != Some(ResetReason::BeyondRetention) {
+        return Ok(page);
+    }
+    let mut state = history.latest(channel).await?;
+    let reaches_top = state
+        .publications
+        .last()
+        .is_some_and(|p| p.position == state.top);
+    if state.top.epoch != since.epoch || !reaches_top {
+        return Ok(page);
+    }
+    state
+        .publications
+        .retain(|p| p.position.offset > since.offset);
+    Ok(state)
+}
 
 /// A subscribe whose checks passed and whose engine part is to run: `read` (broker subscribe,
 /// then the history read) borrows nothing from the session; `done` finishes it.
@@ -124,17 +170,7 @@ impl Session {
             Some(g) => self.permit_granted(&channel, g)?,
         }
         self.charge_subscribe()?;
-        let options = self.node.channels.options(&channel);
-        let query = match &since {
-            Some(p) => HistoryQuery {
-                since: Some(p.clone()),
-                limit: MAX_REPLAY,
-            },
-            None => HistoryQuery {
-                since: None,
-                limit: usize::from(options.latest_state),
-            },
-        };
+        let latest = self.node.channels.options(&channel).latest_state != LatestState::Off;
         // Register first: anything published from here on is queued in the outbox, and the
         // history read covers what came before. Duplicates are dropped by offset.
         self.node
@@ -151,9 +187,10 @@ impl Session {
         // read starts only once the engine delivers the channel to this node.
         let (broker, history) = (self.node.broker.clone(), self.node.history.clone());
         let name = channel.clone();
+        let from = since.clone();
         let read = Box::pin(async move {
             broker.subscribe(&name).await?;
-            history.read(&name, query).await
+            read_for_subscribe(&*history, &name, from, latest).await
         });
         Ok(Joining {
             read,

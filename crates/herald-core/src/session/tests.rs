@@ -258,3 +258,137 @@ fn a_line_break_between_json_tokens_becomes_a_space() {
     let v: serde_json::Value = serde_json::from_str(data.get()).unwrap();
     assert_eq!(v, serde_json::json!({"a": 1, "b": "x\ny"}));
 }
+
+/// A node over a memory engine (returned too, for its sweeper) with `options` for every channel.
+fn node_with(options: NamespaceOptions, max_latest: usize) -> (Node, Arc<MemoryEngine>) {
+    let stats = Arc::new(Stats::default());
+    let hub = Arc::new(Hub::new(stats.clone()));
+    let engine = Arc::new(MemoryEngine::new(
+        hub.clone(),
+        MemoryEngineConfig::default(),
+    ));
+    let channels = Arc::new(ChannelsConfig {
+        defaults: options,
+        max_latest_state_channels: max_latest,
+        ..ChannelsConfig::default()
+    });
+    let publisher = Arc::new(Publisher::new(
+        engine.clone(),
+        channels.clone(),
+        PublisherLimits {
+            max_data_bytes: 1024,
+        },
+        stats.clone(),
+    ));
+    let node = Node {
+        hub,
+        broker: engine.clone(),
+        history: engine.clone(),
+        presence: Arc::new(MemoryPresenceStore::default()),
+        publisher,
+        channels,
+        stats,
+        user_rates: Arc::new(crate::KeyedBuckets::new(0, 60.0, 1000)),
+    };
+    (node, engine)
+}
+
+async fn publish_event(node: &Node, channel: &str, event: &str) -> Arc<Publication> {
+    let data = RawValue::from_string(format!("\"{event}\"")).unwrap();
+    let p = node.publisher.prepare(channel, Some(event), data).unwrap();
+    node.publisher.publish(p).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn latest_state_outlives_history_and_the_idle_channel_ttl() {
+    let (node, engine) = node_with(
+        NamespaceOptions {
+            history_size: 10,
+            history_ttl: std::time::Duration::from_secs(60),
+            latest_state: crate::LatestState::Last,
+            ..NamespaceOptions::default()
+        },
+        10,
+    );
+    publish_event(&node, "room", "paused").await;
+    let last = publish_event(&node, "room", "playing").await;
+    // Long after history expired and the idle channel would have been forgotten.
+    tokio::time::advance(std::time::Duration::from_secs(3 * 3600)).await;
+    engine.sweep();
+    assert_eq!(engine.channel_count(), 1, "kept with its latest state");
+    let (mut s, _outbox) = Session::new(node.clone(), Transport::Sse, SessionLimits::default());
+    let mut out = Vec::new();
+    let position = s.subscribe("room", None, None, &mut out).await.unwrap();
+    assert_eq!(offsets(&out), ["2"]);
+    assert_eq!(position, last.position, "same epoch, current offset");
+    // The next publication continues the same epoch: no reset for anyone.
+    let next = publish_event(&node, "room", "paused").await;
+    assert_eq!(next.position.epoch, last.position.epoch);
+    assert_eq!(next.position.offset, 3);
+}
+
+#[tokio::test]
+async fn per_event_latest_state_resumes_after_a_cut_without_reset_or_duplicates() {
+    let (node, _engine) = node_with(
+        NamespaceOptions {
+            history_size: 1,
+            latest_state: crate::LatestState::PerEvent,
+            ..NamespaceOptions::default()
+        },
+        10,
+    );
+    for event in ["queue", "status", "tts", "queue", "status", "tts"] {
+        publish_event(&node, "widget", event).await;
+    }
+    let (mut s, _outbox) = Session::new(node.clone(), Transport::Sse, SessionLimits::default());
+    let mut out = Vec::new();
+    let position = s.subscribe("widget", None, None, &mut out).await.unwrap();
+    assert_eq!(
+        offsets(&out),
+        ["4", "5", "6"],
+        "one per event name, oldest first"
+    );
+    assert_eq!(position.offset, 6);
+    let Emit::Publication(first) = &out[0] else {
+        unreachable!()
+    };
+    let cut = first.position.clone();
+    s.close().await;
+
+    // Cut right after the first push; history holds only offset 6.
+    let (mut s, _outbox) = Session::new(node.clone(), Transport::Sse, SessionLimits::default());
+    let mut out = Vec::new();
+    let position = s
+        .subscribe("widget", Some(cut), None, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets(&out),
+        ["5", "6"],
+        "no reset, the other two, no duplicate"
+    );
+    assert_eq!(position.offset, 6);
+    assert_eq!(node.stats.resets.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn channels_keeping_latest_state_are_bounded_and_refusals_counted() {
+    let (node, engine) = node_with(
+        NamespaceOptions {
+            latest_state: crate::LatestState::Last,
+            ..NamespaceOptions::default()
+        },
+        1,
+    );
+    publish_event(&node, "a", "x").await;
+    publish_event(&node, "a", "y").await;
+    let data = RawValue::from_string("1".into()).unwrap();
+    let p = node.publisher.prepare("b", None, data).unwrap();
+    let refused = node.publisher.publish(p).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("max_latest_state_channels"),
+        "{refused}"
+    );
+    assert_eq!(node.stats.refused.latest_state_channels.load(Relaxed), 1);
+    assert_eq!(engine.latest_channel_count(), 1);
+}
