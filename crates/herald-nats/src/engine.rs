@@ -59,6 +59,8 @@ pub struct NatsEngine {
     pub(crate) latest_stream: Stream,
     /// The channels keeping latest state, one key each (`latest.rs`).
     pub(crate) latest_channels: kv::Store,
+    /// The stream of `latest_channels`, whose message count is the number of channels.
+    pub(crate) latest_channels_stream: Stream,
     /// Channels this node has counted in `latest_channels`.
     pub(crate) latest_counted: Mutex<std::collections::HashSet<ChannelName>>,
     pub(crate) presence: Arc<NatsPresence>,

@@ -115,13 +115,13 @@ impl NatsEngine {
         )
         .await?;
         if known.is_none() {
-            let status = call(
+            let info = call(
                 self.timeout(),
                 "nats latest count read failed",
-                self.latest_channels.status(),
+                self.latest_channels_stream.get_info(),
             )
             .await?;
-            if status.values() >= retention.max_latest_channels as u64 {
+            if info.state.messages >= retention.max_latest_channels as u64 {
                 return Err(EngineError::LimitReached(LATEST_STATE_BOUND));
             }
             call(

@@ -56,7 +56,7 @@
 //!   never used and the next offset is 1; an empty subject without one means the channel was
 //!   forgotten and starts over under a new epoch (subscribers are told with a reset).
 //!   A channel that is only read keeps the epoch its read created for `channel_state_ttl`.
-//! - namespaces with `history_size` 0 (and no latest state) still append every publication, as
+//! - namespaces with `history_size` 0 (with latest state or not) still append every publication, as
 //!   headers with an empty payload, to a stream with `max_messages_per_subject` = 1: the last
 //!   message is the channel's position, and no history is ever served from it.
 //!
@@ -83,8 +83,15 @@
 //! A canary makes a core NATS round trip every 500 ms; the engine is ready while it does, and
 //! `Broker::publish` fails fast with `EngineError::Unavailable` while it is not. Every NATS call
 //! is bounded by `command_timeout`. Counters: `recoveries`, `recovered_publications`,
-//! `publish_retries` (appends that lost the race to another node), `slow_consumers` and
-//! `bad_messages` (fan-out messages that were not Herald's).
+//! `publish_retries` (appends that lost the race to another node), `slow_consumers`,
+//! `bad_messages` (fan-out messages that were not Herald's) and `latest_failures` (publications
+//! in history whose latest state could not be written; the state stays at the one before).
+//!
+//! # Latest state
+//!
+//! Kept apart from history in stream `{PREFIX}_LATEST`; see `latest.rs`. A channel whose history
+//! subject is empty continues from its latest state's position before it consults
+//! `{PREFIX}_EPOCHS`, so the state keeps the channel's epoch and offset.
 //!
 //! A publication acknowledged by JetStream but whose fan-out was lost (the publishing node died
 //! in between) reaches subscribers with the channel's next publication, through the gap fill.

@@ -85,8 +85,17 @@ impl NatsEngine {
         let epochs =
             ensure_bucket(&js, format!("{upper}_EPOCHS"), config.channel_state_ttl).await?;
         let latest_stream = ensure_latest_stream(&js, &config).await?;
-        let latest_channels =
-            ensure_bucket(&js, format!("{upper}_LATEST_CHANNELS"), Duration::ZERO).await?;
+        let latest_bucket = format!("{upper}_LATEST_CHANNELS");
+        let latest_channels = ensure_bucket(&js, latest_bucket.clone(), Duration::ZERO).await?;
+        let latest_channels_stream =
+            js.get_stream(format!("KV_{latest_bucket}"))
+                .await
+                .map_err(|e| {
+                    EngineError::start(
+                        format!("cannot open the stream of key-value bucket {latest_bucket}"),
+                        e,
+                    )
+                })?;
         let bucket = format!("{upper}_PRESENCE");
         let presence_kv = ensure_bucket(&js, bucket.clone(), config.presence_lease).await?;
         let presence_stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
@@ -125,6 +134,7 @@ impl NatsEngine {
             epochs,
             latest_stream,
             latest_channels,
+            latest_channels_stream,
             latest_counted: Mutex::new(std::collections::HashSet::new()),
             presence,
             remote,

@@ -6,8 +6,8 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use herald_core::{
     outbox, ChannelName, ChannelsConfig, ConnId, EngineError, EngineParts, EventName, HistoryPage,
-    HistoryQuery, Hub, NamespaceOptions, NodeParts, Outbox, OutboxLimits, Outgoing, PresenceEvent,
-    PresenceKind, Publication, PublisherLimits, ResetReason, Retention, Stats,
+    HistoryQuery, Hub, LatestState, NamespaceOptions, NodeParts, Outbox, OutboxLimits, Outgoing,
+    PresenceEvent, PresenceKind, Publication, PublisherLimits, ResetReason, Retention, Stats,
 };
 use herald_nats::{NatsEngine, NatsEngineConfig};
 use herald_protocol::{Epoch, Member, StreamPosition};
@@ -608,4 +608,99 @@ async fn connect_refuses_what_it_cannot_honour() {
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn latest_state_is_shared_kept_apart_from_history_and_keeps_the_position() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let mut channels = ChannelsConfig {
+        max_latest_state_channels: 2,
+        ..ChannelsConfig::default()
+    };
+    channels.namespaces.insert(
+        "w".to_owned(),
+        NamespaceOptions {
+            history_size: 1,
+            latest_state: LatestState::PerEvent,
+            ..NamespaceOptions::default()
+        },
+    );
+    let (a, b) = (
+        node_with(&server, &channels, Duration::from_secs(30)).await,
+        node_with(&server, &channels, Duration::from_secs(30)).await,
+    );
+    let keep = Retention {
+        latest: channels.namespaces["w"].keep_latest(),
+        max_latest_channels: 2,
+        ..Retention::history(1, Duration::from_secs(600))
+    };
+    let c = ch("w:stream");
+    let send = |node: &Node, event: &str| {
+        let data = RawValue::from_string(format!("\"{event}\"")).unwrap();
+        let event = EventName::parse(event).unwrap();
+        let c = c.clone();
+        let broker = node.engine.broker.clone();
+        async move { broker.publish(c, event, data, keep).await.unwrap() }
+    };
+    // Two nodes publish; each event name's newest is the state, whichever node wrote it.
+    for (i, event) in ["queue", "status", "tts", "queue", "status", "tts"]
+        .into_iter()
+        .enumerate()
+    {
+        send(if i % 2 == 0 { &a } else { &b }, event).await;
+    }
+    let state = b.engine.history.latest(&c).await.unwrap();
+    assert_eq!(
+        offsets_of(&state),
+        vec![4, 5, 6],
+        "one per name, oldest first"
+    );
+    assert_eq!(state.top.offset, 6);
+    let epoch = state.top.epoch.clone();
+
+    // History forgets the channel (its subject purged, its epoch entry gone): the latest state
+    // keeps the position, so the next publication continues the same epoch.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let history = js.get_stream("HERALD_H_77").await.unwrap();
+    history.purge().await.unwrap();
+    let epochs = js.get_stream("KV_HERALD_EPOCHS").await.unwrap();
+    epochs.purge().await.unwrap();
+    let page = read(&a, &c, None, 10).await;
+    assert_eq!(
+        (page.top.epoch.clone(), page.top.offset),
+        (epoch.clone(), 6)
+    );
+    let next = send(&b, "status").await;
+    assert_eq!(
+        (next.position.epoch.clone(), next.position.offset),
+        (epoch, 7)
+    );
+    assert_eq!(
+        offsets_of(&a.engine.history.latest(&c).await.unwrap()),
+        vec![4, 6, 7]
+    );
+
+    // The bound on channels keeping latest state is shared by the nodes.
+    send(&a, "x").await;
+    let other = ch("w:other");
+    let data = RawValue::from_string("1".into()).unwrap();
+    b.engine
+        .broker
+        .publish(other, EventName::message(), data, keep)
+        .await
+        .unwrap();
+    let third = ch("w:third");
+    let data = RawValue::from_string("1".into()).unwrap();
+    let refused = a
+        .engine
+        .broker
+        .publish(third, EventName::message(), data, keep)
+        .await;
+    assert!(
+        matches!(refused, Err(EngineError::LimitReached(what)) if what.contains("max_latest")),
+        "{refused:?}"
+    );
 }

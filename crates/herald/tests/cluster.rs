@@ -441,6 +441,78 @@ async fn engine_outage_is_loud_and_lossless(kind: Kind, outage: Outage) {
     }
 }
 
+/// Per-event latest state shared by two nodes: read on another node long after history expired
+/// (and, on Redis, after the channel's state TTL), resumed right after the first push without a
+/// reset or duplicate, and continued in the same epoch.
+async fn latest_state_lasts_across_nodes(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let extra = r#"
+[channels.namespaces.w]
+history_size = 1
+history_ttl = "1s"
+latest_state = "per_event"
+"#;
+    let config = config(&backend, extra).replace(
+        "presence_lease = \"2s\"",
+        "presence_lease = \"2s\"\nchannel_state_ttl = \"1s\"",
+    );
+    let a = TestServer::start(&config).await;
+    let b = TestServer::start(&config).await;
+    for event in ["queue", "status", "tts", "queue", "status", "tts"] {
+        a.publish("w:stream", Some(event), json!(event)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    let mut sse = Sse::connect(&b, &["w:stream"], None).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let e = sse.next().await.expect("a latest-state push");
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        got.push((e.event, v["offset"].as_u64().unwrap(), e.id));
+    }
+    let names: Vec<(&str, u64)> = got.iter().map(|(e, o, _)| (e.as_str(), *o)).collect();
+    assert_eq!(names, [("queue", 4), ("status", 5), ("tts", 6)]);
+    let epoch = got[2].2.split('-').next().unwrap().to_owned();
+    assert_eq!(
+        got[2].2,
+        format!("{epoch}-6"),
+        "the id ends at the channel's position"
+    );
+
+    // Cut right after the first push, resumed with its id on the other node.
+    let mut resumed = Sse::connect(&a, &["w:stream"], Some(&got[0].2)).await;
+    let (e1, v1) = resumed.next_json().await;
+    let (e2, v2) = resumed.next_json().await;
+    assert_eq!((e1.as_str(), v1["offset"].clone()), ("status", json!(5)));
+    assert_eq!((e2.as_str(), v2["offset"].clone()), ("tts", json!(6)));
+
+    // The next publication continues the same epoch, and reaches both without a reset.
+    let next = b.publish("w:stream", Some("queue"), json!("again")).await;
+    assert_eq!(
+        (next["epoch"].as_str().unwrap(), next["offset"].clone()),
+        (epoch.as_str(), json!(7))
+    );
+    assert_eq!(sse.next_json().await.1["offset"], 7);
+    let (event, v) = resumed.next_json().await;
+    assert_eq!(
+        (event.as_str(), v["offset"].clone()),
+        ("queue", json!(7)),
+        "no reset, no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn redis_latest_state_lasts_across_nodes() {
+    latest_state_lasts_across_nodes(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_latest_state_lasts_across_nodes() {
+    latest_state_lasts_across_nodes(Kind::Nats).await;
+}
+
 #[test]
 fn silent_loss_accounting() {
     use Seen::{Reset, Seq};
