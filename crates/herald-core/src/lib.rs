@@ -21,6 +21,7 @@ mod publication;
 mod publisher;
 mod rate;
 mod remote;
+pub mod roster;
 mod secret;
 mod session;
 mod stats;
@@ -38,7 +39,7 @@ pub use hub::Hub;
 pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
 pub use namespace::{
     Access, Action, ChannelsConfig, Denied, KeepLatest, LatestState, NamespaceOptions,
-    MAX_LATEST_EVENTS,
+    PresenceMode, MAX_LATEST_EVENTS,
 };
 pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};

@@ -22,8 +22,11 @@ pub struct NamespaceOptions {
     /// How long latest state is kept after its publication; 0s keeps it until replaced.
     #[serde(with = "humantime_serde")]
     pub latest_state_ttl: Duration,
-    /// Track who is subscribed and push join/leave events.
-    pub presence: bool,
+    /// Who is subscribed, and what subscribers are told: nothing (`false`), each connection's
+    /// join and leave (`true`), each user's (`"users"`), or totals (`"counts"`).
+    pub presence: PresenceMode,
+    /// Most subscribers one channel may hold (a room's cap), across the engine; 0 for no limit.
+    pub max_subscribers: usize,
     /// Who may subscribe. Unset: anyone while no authentication is configured, and only
     /// holders of a grant once it is ("closed unless marked public").
     pub subscribe: Option<Access>,
@@ -42,6 +45,69 @@ pub struct NamespaceOptions {
     /// The part of a channel name after the namespace names the user who owns the channel
     /// (`alerts:user_789` belongs to `user_789`), with the rules of a `name#user` channel.
     pub user_scoped: bool,
+}
+
+/// What a channel tracks of its subscribers, and tells them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PresenceRepr", into = "PresenceRepr")]
+pub enum PresenceMode {
+    /// Nothing (`false`).
+    #[default]
+    Off,
+    /// Every connection is a member; its join and leave are pushed (`true` or `"connections"`).
+    Connections,
+    /// Every user is a member however many connections it holds: `join` with its first,
+    /// `leave` after its last; connections without a token are counted apart (`"users"`).
+    Users,
+    /// Totals only, on request and pushed periodically; no join or leave (`"counts"`).
+    Counts,
+}
+
+impl PresenceMode {
+    /// Whether the channel's members are tracked at all.
+    pub fn tracked(self) -> bool {
+        self != Self::Off
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum PresenceRepr {
+    Flag(bool),
+    Named(PresenceName),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PresenceName {
+    Off,
+    Connections,
+    Users,
+    Counts,
+}
+
+impl From<PresenceRepr> for PresenceMode {
+    fn from(r: PresenceRepr) -> Self {
+        match r {
+            PresenceRepr::Flag(false) | PresenceRepr::Named(PresenceName::Off) => Self::Off,
+            PresenceRepr::Flag(true) | PresenceRepr::Named(PresenceName::Connections) => {
+                Self::Connections
+            }
+            PresenceRepr::Named(PresenceName::Users) => Self::Users,
+            PresenceRepr::Named(PresenceName::Counts) => Self::Counts,
+        }
+    }
+}
+
+impl From<PresenceMode> for PresenceRepr {
+    fn from(m: PresenceMode) -> Self {
+        match m {
+            PresenceMode::Off => Self::Flag(false),
+            PresenceMode::Connections => Self::Flag(true),
+            PresenceMode::Users => Self::Named(PresenceName::Users),
+            PresenceMode::Counts => Self::Named(PresenceName::Counts),
+        }
+    }
 }
 
 /// What latest state a channel keeps for new subscribers.
@@ -180,7 +246,8 @@ impl Default for NamespaceOptions {
             history_ttl: Duration::from_secs(600),
             latest_state: LatestState::Off,
             latest_state_ttl: Duration::ZERO,
-            presence: false,
+            presence: PresenceMode::Off,
+            max_subscribers: 0,
             subscribe: None,
             publish: Access::None,
             read_history: None,
@@ -224,6 +291,9 @@ pub struct ChannelsConfig {
     pub defaults: NamespaceOptions,
     /// Options per namespace (the text before the first `:` of a channel name).
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// How often subscribers of a `presence = "counts"` channel are sent its totals.
+    #[serde(with = "humantime_serde")]
+    pub presence_counts_interval: Duration,
     /// Most channels that keep latest state at once, across the engine; a publication that
     /// would add one more is refused (503) and counted (`refused.latest_state_channels`).
     pub max_latest_state_channels: usize,
@@ -238,6 +308,7 @@ impl Default for ChannelsConfig {
         Self {
             defaults: NamespaceOptions::default(),
             namespaces: BTreeMap::new(),
+            presence_counts_interval: Duration::from_secs(5),
             max_latest_state_channels: 100_000,
             closed: false,
         }
@@ -367,6 +438,9 @@ impl ChannelsConfig {
                     "{path}.history_ttl must be more than 0s when history_size > 0"
                 ));
             }
+        }
+        if self.presence_counts_interval < Duration::from_millis(100) {
+            out.push("channels.presence_counts_interval must be at least 100ms".to_owned());
         }
         for name in self.namespaces.keys() {
             let ok = !name.is_empty()

@@ -4,8 +4,8 @@
 use crate::{ChannelName, EventName};
 use bytes::{BufMut, Bytes};
 use herald_protocol::{
-    write_sse_id, Member, ServerPush, StreamPosition, MAX_EPOCH_BYTES, SSE_EVENT_JOIN,
-    SSE_EVENT_LEAVE,
+    write_sse_id, Member, PresenceCounts, ServerPush, StreamPosition, MAX_EPOCH_BYTES,
+    SSE_EVENT_COUNTS, SSE_EVENT_JOIN, SSE_EVENT_LEAVE,
 };
 use serde_json::value::RawValue;
 use std::sync::OnceLock;
@@ -141,13 +141,16 @@ fn write_sse_fields(event: &str, json: &[u8], v: &mut impl BufMut) {
     v.put_u8(b'\n');
 }
 
-/// Whether a member joined or left.
+/// Whether a member joined or left (or, node-local, a channel's totals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceKind {
     /// Subscribed.
     Join,
     /// Unsubscribed or disconnected.
     Leave,
+    /// A `presence = "counts"` channel's totals, sent by each node to its own subscribers
+    /// (never through the engine).
+    Counts,
 }
 
 /// A presence change on a channel, encoded once like a publication.
@@ -157,8 +160,10 @@ pub struct PresenceEvent {
     pub channel: ChannelName,
     /// Join or leave.
     pub kind: PresenceKind,
-    /// Who.
+    /// Who (empty for totals).
     pub member: Member,
+    /// The totals, for [`PresenceKind::Counts`].
+    pub counts: PresenceCounts,
     encoded: OnceLock<(Bytes, Bytes)>,
     sse: OnceLock<Bytes>,
 }
@@ -170,8 +175,23 @@ impl PresenceEvent {
             channel,
             kind,
             member,
+            counts: PresenceCounts::default(),
             encoded: OnceLock::new(),
             sse: OnceLock::new(),
+        }
+    }
+
+    /// A channel's totals for its subscribers on this node.
+    pub fn counts(channel: ChannelName, counts: PresenceCounts) -> Self {
+        let member = Member {
+            conn_id: String::new(),
+            user_id: None,
+            info: None,
+            transport: String::new(),
+        };
+        Self {
+            counts,
+            ..Self::new(channel, PresenceKind::Counts, member)
         }
     }
 
@@ -182,6 +202,10 @@ impl PresenceEvent {
             let push = match self.kind {
                 PresenceKind::Join => ServerPush::Join { channel, member },
                 PresenceKind::Leave => ServerPush::Leave { channel, member },
+                PresenceKind::Counts => ServerPush::Counts {
+                    channel,
+                    counts: &self.counts,
+                },
             };
             push.to_ws_frame()
         })
@@ -203,6 +227,7 @@ impl PresenceEvent {
             let event = match self.kind {
                 PresenceKind::Join => SSE_EVENT_JOIN,
                 PresenceKind::Leave => SSE_EVENT_LEAVE,
+                PresenceKind::Counts => SSE_EVENT_COUNTS,
             };
             let mut v = sse_fields(event, self.json()).to_vec();
             v.push(b'\n');

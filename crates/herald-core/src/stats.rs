@@ -148,6 +148,8 @@ counters! {
         too_large,
         /// Subscriptions refused by `connection.max_channels`.
         too_many_channels,
+        /// Subscriptions refused because the channel held its namespace's `max_subscribers`.
+        channel_full,
         /// Rate checks let through unmetered because the rate map was full.
         rate_map_full,
         /// Publications refused because one more channel would keep latest state beyond

@@ -132,6 +132,8 @@ impl Broker for NatsEngine {
         let kind = match event.kind {
             PresenceKind::Join => "j",
             PresenceKind::Leave => "l",
+            // Totals are node-local: each node reads and sends its own.
+            PresenceKind::Counts => return Ok(()),
         };
         let mut headers = HeaderMap::new();
         headers.insert(KIND, kind);

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     PublishForbidden,
     /// Presence is not enabled for this namespace.
     PresenceDisabled,
+    /// The channel holds its namespace's `max_subscribers`.
+    ChannelFull,
     /// A credential is missing or refused: the HTTP API's key, a connection token, Telegram
     /// initData; or the channel needs a token and the connection has none.
     Unauthorized,
@@ -71,6 +73,7 @@ impl ErrorCode {
             Self::TooManyChannels => "too_many_channels",
             Self::PublishForbidden => "publish_forbidden",
             Self::PresenceDisabled => "presence_disabled",
+            Self::ChannelFull => "channel_full",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",

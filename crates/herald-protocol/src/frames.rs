@@ -15,6 +15,8 @@ pub const SSE_EVENT_DISCONNECT: &str = "herald.disconnect";
 pub const SSE_EVENT_JOIN: &str = "herald.join";
 /// SSE event type announcing a presence leave.
 pub const SSE_EVENT_LEAVE: &str = "herald.leave";
+/// SSE event type of a `presence = "counts"` channel's periodic totals.
+pub const SSE_EVENT_COUNTS: &str = "herald.counts";
 /// Event names starting with this prefix are reserved for Herald's own pushes.
 pub const RESERVED_EVENT_PREFIX: &str = "herald.";
 
@@ -198,7 +200,8 @@ impl ClientRequest {
 /// A presence member.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
-    /// The connection id.
+    /// The connection id (empty, and left out, for a user in a `presence = "users"` channel).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
     pub conn_id: String,
     /// The user id, once the connection is authenticated.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -206,7 +209,8 @@ pub struct Member {
     /// Public information about the user, from the token's `info` claim.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<serde_json::Value>,
-    /// `ws` or `sse`.
+    /// `ws` or `sse` (empty, and left out, for a user).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
     pub transport: String,
 }
 
@@ -259,6 +263,37 @@ pub enum ServerPush<'a> {
         /// Who.
         member: &'a Member,
     },
+    /// A `presence = "counts"` channel's totals.
+    Counts {
+        /// Channel name.
+        channel: &'a str,
+        /// The totals.
+        #[serde(flatten)]
+        counts: &'a PresenceCounts,
+    },
+}
+
+/// A channel's presence totals.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceCounts {
+    /// Connections subscribed.
+    pub connections: u64,
+    /// Distinct users among them.
+    pub users: u64,
+    /// Connections without a token.
+    pub anonymous: u64,
+}
+
+/// A user in a `presence = "users"` channel: one entry however many connections it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserPresence {
+    /// The user id.
+    pub user_id: String,
+    /// Public information about the user, from the token's `info` claim.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub info: Option<serde_json::Value>,
+    /// The user's connections subscribed to the channel.
+    pub connections: u64,
 }
 
 /// The body of an error, on HTTP and in WebSocket error replies.

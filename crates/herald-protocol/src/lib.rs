@@ -15,9 +15,9 @@ mod wsframe;
 pub use close::CloseCode;
 pub use errors::ErrorCode;
 pub use frames::{
-    ClientRequest, ErrorBody, Member, Request, RequestError, ResetChannel, ServerPush,
-    RESERVED_EVENT_PREFIX, SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_JOIN,
-    SSE_EVENT_LEAVE, SSE_EVENT_RESET,
+    ClientRequest, ErrorBody, Member, PresenceCounts, Request, RequestError, ResetChannel,
+    ServerPush, UserPresence, RESERVED_EVENT_PREFIX, SSE_EVENT_CONNECTED, SSE_EVENT_COUNTS,
+    SSE_EVENT_DISCONNECT, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
 };
 pub use position::{
     format_sse_id, parse_sse_id, write_sse_id, Epoch, EpochError, SseIdError, StreamPosition,

@@ -2,7 +2,7 @@
 //! `connected` hello and the `disconnect` notice. Every reply is one of these types, so the
 //! shape of each is written down once (docs/protocol.md) and checked by the compiler.
 
-use crate::{ErrorCode, Member, StreamPosition};
+use crate::{ErrorCode, Member, PresenceCounts, StreamPosition, UserPresence};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -41,12 +41,29 @@ pub enum ReplyResult {
     },
     /// `history` (and the HTTP API's `GET /api/history`).
     History(HistoryResult),
-    /// `presence`.
+    /// `presence` on a `presence = true` channel.
     Presence {
         /// Channel name.
         channel: String,
         /// Who is subscribed.
         members: Vec<Member>,
+    },
+    /// `presence` on a `presence = "users"` channel.
+    PresenceUsers {
+        /// Channel name.
+        channel: String,
+        /// The users subscribed, each once.
+        users: Vec<UserPresence>,
+        /// Connections without a token, counted apart.
+        anonymous: u64,
+    },
+    /// `presence` on a `presence = "counts"` channel.
+    PresenceCounts {
+        /// Channel name.
+        channel: String,
+        /// The totals.
+        #[serde(flatten)]
+        counts: PresenceCounts,
     },
     /// `unsubscribe`, `ping`.
     Empty {},

@@ -26,6 +26,8 @@ pub struct RedisEngine {
     /// subscriptions, recovery.
     pub(crate) remote: Arc<Remote>,
     pub(crate) presence: Arc<RedisPresence>,
+    /// Namespace options: how a dead node's members are announced.
+    pub(crate) channels: Arc<herald_core::ChannelsConfig>,
     pub(crate) publish_script: Lua,
     pub(crate) read_script: Lua,
     pub(crate) latest_script: Lua,

@@ -5,9 +5,7 @@
 use crate::engine::RedisEngine;
 use fred::interfaces::EventInterface;
 use fred::prelude::Value;
-use herald_core::{
-    Broker, ChannelName, EventName, Outgoing, PresenceEvent, PresenceKind, Publication,
-};
+use herald_core::{ChannelName, EventName, Outgoing, PresenceEvent, PresenceKind, Publication};
 use herald_protocol::{Epoch, Member, StreamPosition};
 use serde_json::value::RawValue;
 use std::sync::atomic::Ordering::Relaxed;
@@ -112,8 +110,11 @@ async fn presence_loop(engine: Arc<RedisEngine>, token: CancellationToken) {
             _ = tick.tick() => {}
         }
         for (channel, member) in engine.presence.refresh().await {
-            let event = PresenceEvent::new(channel, PresenceKind::Leave, member);
-            if let Err(e) = engine.publish_presence(event).await {
+            let mode = engine.channels.options(&channel).presence;
+            let told =
+                herald_core::roster::gone(&*engine.presence, &*engine, &channel, member, mode)
+                    .await;
+            if let Err(e) = told {
                 tracing::debug!(error = %e, "Announcing an expired presence member failed.");
             }
         }

@@ -160,6 +160,8 @@ impl Broker for RedisEngine {
         let tag = match event.kind {
             PresenceKind::Join => "J ",
             PresenceKind::Leave => "L ",
+            // Totals are node-local: each node reads and sends its own.
+            PresenceKind::Counts => return Ok(()),
         };
         let member = serde_json::to_string(&event.member)
             .map_err(|_| EngineError::Unavailable("presence member is not serializable"))?;

@@ -33,7 +33,7 @@ impl RedisEngine {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<EngineParts, EngineError> {
-        let engine = Self::connect(config, node.hub.clone()).await?;
+        let engine = Self::connect(config, node.hub.clone(), node.channels.clone()).await?;
         let publisher = node.publisher(engine.clone());
         loops::spawn(&engine, &shutdown, tracker);
         if engine.config.ingest {
@@ -50,7 +50,11 @@ impl RedisEngine {
     }
 
     /// Connects both clients and checks the round trip once.
-    async fn connect(config: RedisEngineConfig, hub: Arc<Hub>) -> Result<Arc<Self>, EngineError> {
+    async fn connect(
+        config: RedisEngineConfig,
+        hub: Arc<Hub>,
+        channels: Arc<herald_core::ChannelsConfig>,
+    ) -> Result<Arc<Self>, EngineError> {
         let fred_config = FredConfig::from_url(&config.url)
             .map_err(|e| EngineError::start("engine.url is not a Redis URL", e))?;
         // Hosts only: the URL may carry a password.
@@ -100,6 +104,7 @@ impl RedisEngine {
             subscriber,
             remote: Remote::new::<Self>(hub),
             presence,
+            channels,
             publish_script: Lua::new(scripts::PUBLISH),
             read_script: Lua::new(scripts::READ),
             latest_script: Lua::new(scripts::READ_LATEST),

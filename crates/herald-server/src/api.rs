@@ -316,7 +316,8 @@ pub(crate) async fn presence(
     let q = query(raw.as_deref());
     only(&q, &["channel"])?;
     let channel = channel_param(&q)?;
-    if !app.node.channels.options(&channel).presence {
+    let mode = app.node.channels.options(&channel).presence;
+    if !mode.tracked() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PresenceDisabled,
@@ -332,9 +333,9 @@ pub(crate) async fn presence(
         .members(&channel)
         .await
         .map_err(unavailable)?;
-    Ok(Json(
-        json!({"channel": channel.as_str(), "members": members}),
-    ))
+    Ok(Json(json!(herald_core::roster::presence_result(
+        &channel, mode, members
+    ))))
 }
 
 /// `GET /api/stats`.

@@ -58,6 +58,12 @@ pub(crate) async fn build(
         EngineConfig::Redis(r) => RedisEngine::start(r.clone(), &node, token, tracker).await?,
         EngineConfig::Nats(n) => NatsEngine::start(n.clone(), &node, token, tracker).await?,
     };
+    tracker.spawn(herald_core::roster::push_counts(
+        hub.clone(),
+        channels.clone(),
+        presence.clone(),
+        root.clone(),
+    ));
     Ok(Node {
         hub,
         broker,

@@ -503,6 +503,106 @@ latest_state = "per_event"
     );
 }
 
+const USERS_SECRET: &str = "cluster-presence-secret-0123456789abcdef";
+
+fn token_for(user: &str) -> String {
+    let claims = json!({
+        "sub": user,
+        "exp": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600,
+        "info": {"name": user},
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(USERS_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Presence by user across two nodes: one user with a tab on each node is one member, its
+/// `leave` comes only after both tabs closed.
+async fn presence_by_user_across_nodes(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let extra = format!(
+        r#"
+[channels.namespaces.people]
+presence = "users"
+subscribe = "public"
+
+[auth.token]
+hmac_secrets = ["{USERS_SECRET}"]
+"#
+    );
+    let config = config(&backend, &extra);
+    let a = TestServer::start(&config).await;
+    let b = TestServer::start(&config).await;
+    let mut watcher = ws_subscribe(&a, "people:party", None).await;
+    let mut tab1 = Ws::connect_url(&format!("{}?token={}", a.ws_url(), token_for("alice"))).await;
+    let r = tab1
+        .request(json!({"op": "subscribe", "channel": "people:party"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let joined = watcher.next_push().await;
+    assert_eq!(joined["push"], "join", "{joined}");
+    assert_eq!(
+        joined["member"],
+        json!({"user_id": "alice", "info": {"name": "alice"}})
+    );
+    let url = format!(
+        "{}/sse?channel=people:party&token={}",
+        b.url,
+        token_for("alice")
+    );
+    let resp = b.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut tab2 = Sse::from_response(resp);
+    tab2.wait_raw(b"herald.connected").await;
+    // Alice's second tab is not news; the list shows her once, with two connections.
+    let listed = watcher
+        .request(json!({"op": "presence", "channel": "people:party"}))
+        .await;
+    assert_eq!(
+        listed["result"],
+        json!({"channel": "people:party", "anonymous": 1, "users": [
+            {"user_id": "alice", "info": {"name": "alice"}, "connections": 2}
+        ]}),
+        "{listed}"
+    );
+    drop(tab1);
+    let mut bob = Ws::connect_url(&format!("{}?token={}", b.ws_url(), token_for("bob"))).await;
+    bob.request(json!({"op": "subscribe", "channel": "people:party"}))
+        .await;
+    let next = watcher.next_push().await;
+    assert_eq!(
+        (next["push"].clone(), next["member"]["user_id"].clone()),
+        (json!("join"), json!("bob")),
+        "no leave while alice has a tab: {next}"
+    );
+    drop(tab2);
+    let next = watcher.next_push().await;
+    assert_eq!(
+        (next["push"].clone(), next["member"]["user_id"].clone()),
+        (json!("leave"), json!("alice")),
+        "{next}"
+    );
+}
+
+#[tokio::test]
+async fn redis_presence_by_user_across_nodes() {
+    presence_by_user_across_nodes(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_presence_by_user_across_nodes() {
+    presence_by_user_across_nodes(Kind::Nats).await;
+}
+
 #[tokio::test]
 async fn redis_latest_state_lasts_across_nodes() {
     latest_state_lasts_across_nodes(Kind::Redis).await;

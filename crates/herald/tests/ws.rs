@@ -312,3 +312,63 @@ async fn a_client_close_is_answered_with_a_close_frame() {
     let pong_from_server = server.get("/health/live").await.0;
     assert_eq!(pong_from_server, 200);
 }
+
+#[tokio::test]
+async fn a_counts_channel_sends_totals_not_members_and_a_capped_one_refuses_the_extra() {
+    let server = TestServer::start(
+        r#"
+[channels]
+presence_counts_interval = "150ms"
+
+[channels.namespaces.hall]
+presence = "counts"
+max_subscribers = 2
+"#,
+    )
+    .await;
+    let mut first = Ws::connect(&server).await;
+    let r = first
+        .request(json!({"op": "subscribe", "channel": "hall:main"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let totals = first.next_push().await;
+    assert_eq!(
+        totals,
+        json!({"push": "counts", "channel": "hall:main", "connections": 1, "users": 0, "anonymous": 1})
+    );
+    let mut sse = common::Sse::connect(&server, &["hall:main"], None).await;
+    let e = loop {
+        let e = sse.next().await.expect("an event");
+        if e.event == "herald.counts" {
+            break e;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(v["connections"], 2, "{v}");
+    let next = first.next_push().await;
+    assert_eq!(
+        (next["push"].clone(), next["connections"].clone()),
+        (json!("counts"), json!(2)),
+        "totals, never a join: {next}"
+    );
+    let r = first
+        .request(json!({"op": "presence", "channel": "hall:main"}))
+        .await;
+    assert_eq!(
+        r["result"],
+        json!({"channel": "hall:main", "connections": 2, "users": 0, "anonymous": 2})
+    );
+    // The third is refused, over both transports.
+    let (status, body) = server.get("/sse?channel=hall:main").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("channel_full")),
+        "{body}"
+    );
+    let mut third = Ws::connect(&server).await;
+    let r = third
+        .request(json!({"op": "subscribe", "channel": "hall:main"}))
+        .await;
+    assert_eq!(r["error"]["code"], "channel_full", "{r}");
+    assert_eq!(server.stats().await["refused"]["channel_full"], 2);
+}

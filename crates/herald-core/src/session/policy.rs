@@ -195,7 +195,7 @@ impl Session {
     pub(super) fn may_read_presence(&self, channel: &str) -> Result<ChannelName, SessionError> {
         let channel = ChannelName::parse(channel)?;
         self.permit(Action::Presence, &channel)?;
-        if !self.node.channels.options(&channel).presence {
+        if !self.node.channels.options(&channel).presence.tracked() {
             return Err(SessionError::PresenceDisabled(
                 channel.namespace().to_owned(),
             ));

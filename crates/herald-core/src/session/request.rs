@@ -193,15 +193,13 @@ impl Session {
                 Err(e) => Handled::Done(failed(&e)),
                 Ok(name) => {
                     let presence = self.node.presence.clone();
+                    let mode = self.node.channels.options(&name).presence;
                     Handled::Wait(Pending::reply(async move {
                         answer(
                             presence
                                 .members(&name)
                                 .await
-                                .map(|members| ReplyResult::Presence {
-                                    channel: name.to_string(),
-                                    members,
-                                })
+                                .map(|members| crate::roster::presence_result(&name, mode, members))
                                 .map_err(SessionError::from),
                         )
                     }))

@@ -13,7 +13,9 @@ use std::sync::Arc;
 pub(super) struct Sub {
     pub(super) channel: ChannelName,
     pub(super) position: StreamPosition,
-    pub(super) presence: bool,
+    /// How its members are tracked and told (a capped channel without presence tracks them
+    /// as `Counts`, telling no one).
+    pub(super) presence: crate::PresenceMode,
     /// Granted by a subscription token rather than the connection's own token.
     pub(super) by_subscription_token: bool,
     /// The member announced at join (where the namespace has presence), so the leave names

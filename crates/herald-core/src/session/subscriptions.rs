@@ -4,8 +4,8 @@
 use super::state::{PendingSub, Session, Sub, MAX_REPLAY};
 use super::types::{Emit, SessionError};
 use crate::{
-    Action, ChannelName, EngineError, HistoryPage, HistoryQuery, HistoryStore, Identity,
-    LatestState, Outgoing, PresenceEvent, PresenceKind, ResetReason,
+    roster, Action, ChannelName, EngineError, HistoryPage, HistoryQuery, HistoryStore, Identity,
+    LatestState, Outgoing, PresenceMode, ResetReason,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -247,8 +247,31 @@ impl Session {
             out.extend(page.publications.into_iter().map(Emit::Publication));
             page.top
         };
-        let presence = self.node.channels.options(&channel).presence;
-        let member = presence.then(|| self.member());
+        let options = self.node.channels.options(&channel);
+        // A capped channel tracks its members even where nobody is told of them.
+        let presence = match options.presence {
+            PresenceMode::Off if options.max_subscribers > 0 => PresenceMode::Counts,
+            mode => mode,
+        };
+        if options.max_subscribers > 0 {
+            let max = options.max_subscribers;
+            let full = match self.node.presence.members(&channel).await {
+                Ok(members) => members.len() >= max,
+                Err(e) => {
+                    self.release(&channel).await;
+                    return Err(e.into());
+                }
+            };
+            if full {
+                self.release(&channel).await;
+                self.node.stats.refused.channel_full.fetch_add(1, Relaxed);
+                return Err(SessionError::ChannelFull {
+                    channel: channel.to_string(),
+                    max,
+                });
+            }
+        }
+        let member = presence.tracked().then(|| self.member());
         // Grow one at a time at first: most connections hold one or two channels, and a
         // first push would otherwise reserve room for four.
         if self.subs.len() == self.subs.capacity() {
@@ -265,11 +288,14 @@ impl Session {
             self.accept(Outgoing::Publication(p), out).await;
         }
         if let Some(member) = member {
-            self.node.presence.join(&channel, &member).await?;
-            self.node
-                .broker
-                .publish_presence(PresenceEvent::new(channel, PresenceKind::Join, member))
-                .await?;
+            roster::join(
+                &*self.node.presence,
+                &*self.node.broker,
+                &channel,
+                member,
+                presence,
+            )
+            .await?;
         }
         Ok(position)
     }
@@ -302,27 +328,21 @@ impl Session {
 
     pub(super) async fn leave(&self, sub: &Sub) {
         self.release(&sub.channel).await;
-        if sub.presence {
+        if sub.presence.tracked() {
             let member = sub
                 .member
                 .as_deref()
                 .cloned()
                 .unwrap_or_else(|| self.member());
-            let left = self
-                .node
-                .presence
-                .leave(&sub.channel, &member.conn_id)
-                .await;
-            let told = self
-                .node
-                .broker
-                .publish_presence(PresenceEvent::new(
-                    sub.channel.clone(),
-                    PresenceKind::Leave,
-                    member,
-                ))
-                .await;
-            if let Err(error) = left.and(told) {
+            let left = roster::leave(
+                &*self.node.presence,
+                &*self.node.broker,
+                &sub.channel,
+                member,
+                sub.presence,
+            )
+            .await;
+            if let Err(error) = left {
                 tracing::warn!(channel = %sub.channel, error = %error, "Presence leave failed.");
             }
         }

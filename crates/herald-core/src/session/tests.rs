@@ -392,3 +392,127 @@ async fn channels_keeping_latest_state_are_bounded_and_refusals_counted() {
     assert_eq!(node.stats.refused.latest_state_channels.load(Relaxed), 1);
     assert_eq!(engine.latest_channel_count(), 1);
 }
+
+fn person(user: &str) -> crate::Identity {
+    crate::Identity {
+        user: Arc::from(user),
+        info: Some(Arc::from(
+            RawValue::from_string(format!("{{\"name\":\"{user}\"}}")).unwrap(),
+        )),
+        subscribe: crate::Grants::default(),
+        publish: crate::Grants::default(),
+        expires_at: None,
+        session_start: None,
+    }
+}
+
+/// A session of `user` (anonymous with None) subscribed to `channel`.
+async fn member_of(
+    node: &Node,
+    channel: &str,
+    user: Option<&str>,
+) -> Result<Session, SessionError> {
+    let (mut s, _outbox) = Session::new(node.clone(), Transport::Ws, SessionLimits::default());
+    if let Some(u) = user {
+        s.authenticate(person(u)).await.unwrap();
+    }
+    s.subscribe(channel, None, None, &mut Vec::new()).await?;
+    Ok(s)
+}
+
+/// The presence pushes queued so far: (join or leave, user, whether it names a connection).
+async fn presence_pushes(outbox: &mut crate::Outbox) -> Vec<(String, String, bool)> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(20), outbox.recv(&mut buf)).await;
+    buf.into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Presence(e) => Some((
+                format!("{:?}", e.kind),
+                e.member.user_id.clone().unwrap_or_default(),
+                !e.member.conn_id.is_empty(),
+            )),
+            Outgoing::Publication(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn presence_by_user_joins_with_the_first_tab_and_leaves_after_the_last() {
+    let (node, _engine) = node_with(
+        NamespaceOptions {
+            presence: crate::PresenceMode::Users,
+            ..NamespaceOptions::default()
+        },
+        10,
+    );
+    let (mut watcher, mut seen) =
+        Session::new(node.clone(), Transport::Sse, SessionLimits::default());
+    watcher
+        .subscribe("room", None, None, &mut Vec::new())
+        .await
+        .unwrap();
+    assert!(
+        presence_pushes(&mut seen).await.is_empty(),
+        "anonymous: no join"
+    );
+    let tab1 = member_of(&node, "room", Some("alice")).await.unwrap();
+    let tab2 = member_of(&node, "room", Some("alice")).await.unwrap();
+    let mut bob = member_of(&node, "room", Some("bob")).await.unwrap();
+    let join = |u: &str| ("Join".to_owned(), u.to_owned(), false);
+    let leave = |u: &str| ("Leave".to_owned(), u.to_owned(), false);
+    assert_eq!(
+        presence_pushes(&mut seen).await,
+        vec![join("alice"), join("bob")],
+        "people, not tabs"
+    );
+    let listed = crate::roster::presence_result(
+        &ChannelName::parse("room").unwrap(),
+        crate::PresenceMode::Users,
+        node.presence
+            .members(&ChannelName::parse("room").unwrap())
+            .await
+            .unwrap(),
+    );
+    let listed = serde_json::to_value(&listed).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!({"channel": "room", "anonymous": 1, "users": [
+            {"user_id": "alice", "info": {"name": "alice"}, "connections": 2},
+            {"user_id": "bob", "info": {"name": "bob"}, "connections": 1},
+        ]})
+    );
+    tab1.close().await;
+    assert!(
+        presence_pushes(&mut seen).await.is_empty(),
+        "alice still has a tab"
+    );
+    tab2.close().await;
+    bob.unsubscribe("room").await.unwrap();
+    assert_eq!(
+        presence_pushes(&mut seen).await,
+        vec![leave("alice"), leave("bob")]
+    );
+}
+
+#[tokio::test]
+async fn a_full_channel_refuses_subscribers_until_one_leaves() {
+    let (node, _engine) = node_with(
+        NamespaceOptions {
+            max_subscribers: 2,
+            ..NamespaceOptions::default()
+        },
+        10,
+    );
+    let first = member_of(&node, "room", None).await.unwrap();
+    let _second = member_of(&node, "room", Some("b")).await.unwrap();
+    let refused = member_of(&node, "room", Some("c")).await.err().unwrap();
+    assert_eq!(refused.code(), herald_protocol::ErrorCode::ChannelFull);
+    assert!(refused.to_string().contains("at most 2"), "{refused}");
+    assert_eq!(node.stats.refused.channel_full.load(Relaxed), 1);
+    assert_eq!(
+        node.hub.subscribers(&ChannelName::parse("room").unwrap()),
+        2
+    );
+    first.close().await;
+    member_of(&node, "room", Some("c")).await.unwrap();
+}

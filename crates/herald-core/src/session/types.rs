@@ -91,6 +91,14 @@ pub enum SessionError {
     /// Presence is off for the namespace.
     #[error("presence is not enabled for namespace {0:?}")]
     PresenceDisabled(String),
+    /// The channel holds its namespace's `max_subscribers`.
+    #[error("channel {channel:?} is full: it holds at most {max} subscribers")]
+    ChannelFull {
+        /// The channel.
+        channel: String,
+        /// Its namespace's `max_subscribers`.
+        max: usize,
+    },
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -152,6 +160,7 @@ impl SessionError {
             Self::NotSubscribed(_) => ErrorCode::NotSubscribed,
             Self::TooManyChannels(_) => ErrorCode::TooManyChannels,
             Self::PresenceDisabled(_) => ErrorCode::PresenceDisabled,
+            Self::ChannelFull { .. } => ErrorCode::ChannelFull,
             Self::Publish(e) => publish_error_code(e),
             Self::RateLimited(_)
             | Self::NamespaceRateLimited { .. }

@@ -149,11 +149,27 @@ fn engine_is_chosen_by_file_or_flags_with_its_own_keys() {
 
 #[test]
 fn namespaces_and_sizes_parse() {
-    let f = file("[connection]\noutbox_bytes = \"2MiB\"\n[channels.namespaces.chat]\nhistory_size = 50\npresence = true\nhistory_ttl = \"1h\"\n");
+    let f = file("[connection]\noutbox_bytes = \"2MiB\"\n[channels.namespaces.chat]\nhistory_size = 50\npresence = true\nhistory_ttl = \"1h\"\nlatest_state = \"per_event\"\n[channels.namespaces.room]\npresence = \"users\"\nlatest_state = true\n[channels.namespaces.hall]\npresence = \"counts\"\n");
     let c = load(Some(&f.0), &Overrides::default()).unwrap();
     assert_eq!(c.connection.outbox_bytes.as_u64(), 2 * 1024 * 1024);
     let chat = &c.channels.namespaces["chat"];
-    assert!(chat.presence);
+    assert_eq!(chat.presence, herald_core::PresenceMode::Connections);
+    assert_eq!(chat.latest_state, herald_core::LatestState::PerEvent);
+    let room = &c.channels.namespaces["room"];
+    assert_eq!(room.presence, herald_core::PresenceMode::Users);
+    assert_eq!(room.latest_state, herald_core::LatestState::Last);
+    assert_eq!(
+        c.channels.namespaces["hall"].presence,
+        herald_core::PresenceMode::Counts
+    );
+    // Printed back as written: booleans stay booleans.
+    let printed = toml::to_string(&c.channels).unwrap();
+    assert!(printed.contains("presence = true"), "{printed}");
+    assert!(printed.contains("presence = \"users\""), "{printed}");
+    assert!(
+        printed.contains("latest_state = \"per_event\""),
+        "{printed}"
+    );
     assert_eq!(chat.history_size, 50);
     assert_eq!(chat.history_ttl.as_secs(), 3600);
 }
