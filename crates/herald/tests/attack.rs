@@ -59,6 +59,10 @@ publish_per_minute = 30
 
 [channels.namespaces.watch]
 subscribe = "granted"
+
+[channels.namespaces.alerts]
+subscribe = "authenticated"
+user_scoped = true
 "#
     )
 }
@@ -312,6 +316,44 @@ async fn bad_tokens_are_refused_with_their_reason_and_bystanders_keep_receiving(
         .as_u64()
         .unwrap();
     assert_eq!(refused, 3 * cases.len() as u64);
+}
+
+#[tokio::test]
+async fn a_user_scoped_channel_is_read_by_its_user_alone() {
+    let server = TestServer::start(&config()).await;
+    let owner = hs256(&claims("user_789", json!({})));
+    let other = hs256(&claims("user_1", json!({"channels": ["*"]})));
+    let (status, body) = sse_status(&server, &["alerts:user_789"], None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, body) = sse_status(&server, &["alerts:user_789"], Some(&other)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("forbidden")),
+        "a wildcard grant opens no one else's"
+    );
+    let mut ws = Ws::connect_url(&ws_url_with(&server, &other)).await;
+    let r = ws
+        .request(json!({"op": "subscribe", "channel": "alerts:user_789"}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    // The owner reads what a worker publishes there.
+    let mut mine = sse_with(&server, &["alerts:user_789"], &owner).await;
+    mine.wait_raw(b"id: ").await;
+    server
+        .publish(
+            "alerts:user_789",
+            Some("alert"),
+            json!({"text": "job done"}),
+        )
+        .await;
+    let (event, v) = mine.next_json().await;
+    assert_eq!(
+        (event.as_str(), &v["data"]["text"]),
+        ("alert", &json!("job done"))
+    );
 }
 
 #[tokio::test]
