@@ -123,7 +123,7 @@ impl Publisher {
         }
         // A line break can only be whitespace between JSON tokens (a string holds none raw), but
         // it would end an SSE `data:` line: each becomes a space, which means the same JSON.
-        let data = if data.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+        let data = if memchr::memchr2(b'\n', b'\r', data.get().as_bytes()).is_some() {
             RawValue::from_string(data.get().replace(['\n', '\r'], " "))
                 .map_err(|e| PublishError::BadData(e.to_string()))?
         } else {
