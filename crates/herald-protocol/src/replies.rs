@@ -18,6 +18,9 @@ pub enum ReplyResult {
         position: StreamPosition,
         /// Whether `since` was given and everything after it was replayed.
         recovered: bool,
+        /// How many publications (a replay, or latest state) follow this reply before live
+        /// ones: a client cut before they all arrived resumes from the last it received.
+        replayed: usize,
     },
     /// `auth`.
     Authenticated {

@@ -191,9 +191,30 @@ async fn open(
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
     let mut first = BytesMut::from(format!("retry: {}\n", app.retry_ms()).as_bytes());
-    // Positions before replay: what the client already had, or the live start.
-    if let Some(p) = positions {
-        st.ids = p;
+    // Positions before replay: what the client already had; on a fresh stream the live start,
+    // or, on a channel whose latest state follows, just before its first push, so the id never
+    // moves backwards and a stream cut before the pushes resumes with them.
+    match positions {
+        Some(p) => st.ids = p,
+        None => {
+            let mut seen = vec![false; st.ids.len()];
+            let channels: Vec<_> = st
+                .session
+                .as_ref()
+                .map_or_else(Vec::new, |s| s.channels().cloned().collect());
+            for e in &emits {
+                let Emit::Publication(p) = e else { continue };
+                if let Some(i) = channels.iter().position(|c| *c == p.channel) {
+                    if !seen[i] {
+                        seen[i] = true;
+                        st.ids[i] = StreamPosition::new(
+                            p.position.epoch.clone(),
+                            p.position.offset.saturating_sub(1),
+                        );
+                    }
+                }
+            }
+        }
     }
     push_id(&mut first, &st.ids);
     first.extend_from_slice(b"\n");

@@ -305,11 +305,18 @@ impl Session {
             } => {
                 let from = out.len();
                 let position = self.finish_subscribe(done, read, out).await;
-                answer(position.map(|position| ReplyResult::Subscribed {
-                    recovered: resumed
-                        && !out[from..].iter().any(|e| matches!(e, Emit::Reset { .. })),
-                    channel,
-                    position,
+                let pushed = &out[from..];
+                answer(position.map(|position| {
+                    ReplyResult::Subscribed {
+                        recovered: resumed
+                            && !pushed.iter().any(|e| matches!(e, Emit::Reset { .. })),
+                        replayed: pushed
+                            .iter()
+                            .filter(|e| matches!(e, Emit::Publication(_)))
+                            .count(),
+                        channel,
+                        position,
+                    }
                 }))
             }
         }
