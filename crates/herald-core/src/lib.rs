@@ -17,6 +17,7 @@ mod namespace;
 mod node;
 mod outbox;
 mod parts;
+mod proxy;
 mod publication;
 mod publisher;
 mod rate;
@@ -44,6 +45,7 @@ pub use namespace::{
 pub use node::Node;
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use parts::{EngineParts, NodeParts};
+pub use proxy::{AppProxy, ProxyCall, ProxyVerdict};
 pub use publication::{PresenceEvent, PresenceKind, Publication};
 pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
 pub use rate::{KeyedBuckets, Take, TokenBucket};

@@ -42,6 +42,12 @@ pub struct NamespaceOptions {
     /// Most of those publishes at once (the bucket's size; it refills at `publish_per_minute`).
     /// 0: the whole minute's worth.
     pub publish_burst: u32,
+    /// Each client publish is first sent to this URL of the app's backend, which allows it,
+    /// replaces its data, or refuses it (see `proxy.rs`).
+    pub publish_proxy: Option<String>,
+    /// Each client subscribe is first sent to this URL of the app's backend, which allows or
+    /// refuses it.
+    pub subscribe_proxy: Option<String>,
     /// The part of a channel name after the namespace names the user who owns the channel
     /// (`alerts:user_789` belongs to `user_789`), with the rules of a `name#user` channel.
     pub user_scoped: bool,
@@ -254,6 +260,8 @@ impl Default for NamespaceOptions {
             read_presence: None,
             publish_per_minute: 0,
             publish_burst: 0,
+            publish_proxy: None,
+            subscribe_proxy: None,
             user_scoped: false,
         }
     }
@@ -413,6 +421,13 @@ impl ChannelsConfig {
         }
     }
 
+    /// Whether any namespace names a publish or subscribe proxy.
+    pub fn uses_proxy(&self) -> bool {
+        std::iter::once(&self.defaults)
+            .chain(self.namespaces.values())
+            .any(|o| o.publish_proxy.is_some() || o.subscribe_proxy.is_some())
+    }
+
     /// Every problem with these options.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -432,6 +447,18 @@ impl ChannelsConfig {
                 out.push(format!(
                     "{path}.publish_burst needs publish_per_minute (the rate it refills at)"
                 ));
+            }
+            for (key, url) in [
+                ("publish_proxy", &o.publish_proxy),
+                ("subscribe_proxy", &o.subscribe_proxy),
+            ] {
+                if let Some(url) = url {
+                    if !url.starts_with("http://") || url.len() <= "http://".len() {
+                        out.push(format!(
+                            "{path}.{key} must be an http:// URL of the app's backend, not {url:?}"
+                        ));
+                    }
+                }
             }
             if o.history_size > 0 && o.history_ttl.is_zero() {
                 out.push(format!(

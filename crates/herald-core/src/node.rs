@@ -2,7 +2,8 @@
 //! HTTP API, the transports and sessions.
 
 use crate::{
-    Broker, ChannelsConfig, HistoryStore, Hub, KeyedBuckets, PresenceStore, Publisher, Stats,
+    AppProxy, Broker, ChannelsConfig, HistoryStore, Hub, KeyedBuckets, PresenceStore, Publisher,
+    Stats,
 };
 use std::sync::Arc;
 
@@ -26,4 +27,7 @@ pub struct Node {
     /// Client publish buckets per namespace and user (`publish_per_minute`), shared by every
     /// connection of the node.
     pub user_rates: Arc<KeyedBuckets>,
+    /// Asks the app's backend about client publishes and subscribes where a namespace names a
+    /// proxy; `None` when the node has none configured.
+    pub proxy: Option<Arc<dyn AppProxy>>,
 }

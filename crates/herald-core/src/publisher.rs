@@ -60,6 +60,16 @@ impl Prepared {
         &self.channel
     }
 
+    /// The event name.
+    pub fn event(&self) -> &EventName {
+        &self.event
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &RawValue {
+        &self.data
+    }
+
     /// The parts, for an engine that publishes outside [`Publisher::publish`] (such as a
     /// queue consumer that must acknowledge in the same step).
     pub fn into_parts(self) -> (ChannelName, EventName, Box<RawValue>) {

@@ -150,6 +150,11 @@ counters! {
         too_many_channels,
         /// Subscriptions refused because the channel held its namespace's `max_subscribers`.
         channel_full,
+        /// Client publishes and subscribes the app's backend refused.
+        proxy_refused,
+        /// Client publishes and subscribes refused because the app's backend gave no usable
+        /// answer (down, slow, an error, too many calls in flight).
+        proxy_failed,
         /// Rate checks let through unmetered because the rate map was full.
         rate_map_full,
         /// Publications refused because one more channel would keep latest state beyond

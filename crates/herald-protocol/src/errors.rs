@@ -35,6 +35,8 @@ pub enum ErrorCode {
     PresenceDisabled,
     /// The channel holds its namespace's `max_subscribers`.
     ChannelFull,
+    /// The app's backend (a namespace's publish or subscribe proxy) refused the request.
+    Refused,
     /// A credential is missing or refused: the HTTP API's key, a connection token, Telegram
     /// initData; or the channel needs a token and the connection has none.
     Unauthorized,
@@ -74,6 +76,7 @@ impl ErrorCode {
             Self::PublishForbidden => "publish_forbidden",
             Self::PresenceDisabled => "presence_disabled",
             Self::ChannelFull => "channel_full",
+            Self::Refused => "refused",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",

@@ -49,9 +49,10 @@ pub(crate) fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::PresenceDisabled => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::PublishForbidden | ErrorCode::Forbidden | ErrorCode::ChannelFull => {
-            StatusCode::FORBIDDEN
-        }
+        ErrorCode::PublishForbidden
+        | ErrorCode::Forbidden
+        | ErrorCode::ChannelFull
+        | ErrorCode::Refused => StatusCode::FORBIDDEN,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,

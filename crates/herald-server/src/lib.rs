@@ -6,6 +6,7 @@
 
 mod admission;
 mod api;
+mod app_proxy;
 mod auth;
 mod client_addr;
 mod config;
@@ -24,6 +25,7 @@ mod tokens;
 mod write_timeouts;
 mod ws;
 
+pub use app_proxy::{signature, HttpProxy, ProxyConfig};
 pub use config::{exact_size, ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
 pub use error::ApiError;
 pub use listener::serve;

@@ -64,6 +64,12 @@ pub(crate) async fn build(
         presence.clone(),
         root.clone(),
     ));
+    let proxy = if channels.uses_proxy() {
+        herald_server::HttpProxy::new(&config.proxy)
+            .map(|p| Arc::new(p) as Arc<dyn herald_core::AppProxy>)
+    } else {
+        None
+    };
     Ok(Node {
         hub,
         broker,
@@ -73,6 +79,7 @@ pub(crate) async fn build(
         channels,
         stats,
         user_rates: Arc::new(KeyedBuckets::new(0, 60.0, USER_RATE_KEYS)),
+        proxy,
     })
 }
 

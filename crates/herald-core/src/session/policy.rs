@@ -5,8 +5,8 @@
 use super::state::Session;
 use super::types::SessionError;
 use crate::{
-    Action, ChannelName, Denied, Grants, HistoryPage, HistoryQuery, Identity, Prepared,
-    Publication, Take,
+    Action, AppProxy, ChannelName, Denied, Grants, HistoryPage, HistoryQuery, Identity, Prepared,
+    ProxyCall, ProxyVerdict, Publication, Publisher, Stats, Take,
 };
 use herald_protocol::{Member, StreamPosition};
 use serde_json::value::RawValue;
@@ -165,7 +165,22 @@ impl Session {
         data: Box<RawValue>,
     ) -> Result<Arc<Publication>, SessionError> {
         let prepared = self.prepare_publish(channel, event, data)?;
-        Ok(self.node.publisher.publish(prepared).await?)
+        let proxy = self.publish_proxy_call(&prepared);
+        let (publisher, stats) = (self.node.publisher.clone(), self.node.stats.clone());
+        publish_through(publisher, stats, prepared, proxy).await
+    }
+
+    /// The call to the namespace's publish proxy for `prepared`, if it has one.
+    pub(super) fn publish_proxy_call(
+        &self,
+        prepared: &Prepared,
+    ) -> Option<(Arc<dyn AppProxy>, ProxyCall)> {
+        self.proxy_call(
+            ProxyOp::Publish,
+            prepared.channel(),
+            Some(prepared.event().as_str()),
+            Some(prepared.data()),
+        )
     }
 
     /// The check before a history read: the channel, if the connection may read it.
@@ -208,4 +223,82 @@ impl Session {
         let channel = self.may_read_presence(channel)?;
         Ok(self.node.presence.members(&channel).await?)
     }
+}
+
+/// Which proxy a request goes to first.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ProxyOp {
+    Publish,
+    Subscribe,
+}
+
+impl Session {
+    /// The call to make before `op` on `channel`, where its namespace names a proxy for it and
+    /// the node has one.
+    pub(super) fn proxy_call(
+        &self,
+        op: ProxyOp,
+        channel: &ChannelName,
+        event: Option<&str>,
+        data: Option<&RawValue>,
+    ) -> Option<(Arc<dyn AppProxy>, ProxyCall)> {
+        let options = self.node.channels.options(channel);
+        let (url, name) = match op {
+            ProxyOp::Publish => (options.publish_proxy.as_ref()?, "publish"),
+            ProxyOp::Subscribe => (options.subscribe_proxy.as_ref()?, "subscribe"),
+        };
+        let proxy = self.node.proxy.clone()?;
+        let call = ProxyCall {
+            url: url.clone(),
+            op: name,
+            channel: channel.clone(),
+            event: event.map(str::to_owned),
+            data: data.map(ToOwned::to_owned),
+            user: self.identity.as_ref().map(|i| i.user.to_string()),
+            conn_id: self.conn_id.to_string(),
+        };
+        Some((proxy, call))
+    }
+}
+
+/// Asks the app's backend; `Ok(Some(data))` when it replaced a publish's data. A refusal or a
+/// failure is counted.
+pub(super) async fn consult(
+    proxy: &dyn AppProxy,
+    call: ProxyCall,
+    stats: &Stats,
+) -> Result<Option<Box<RawValue>>, SessionError> {
+    match proxy.ask(call).await {
+        ProxyVerdict::Allow => Ok(None),
+        ProxyVerdict::AllowWith(data) => Ok(Some(data)),
+        ProxyVerdict::Refuse(reason) => {
+            stats.refused.proxy_refused.fetch_add(1, Relaxed);
+            Err(SessionError::ProxyRefused(reason))
+        }
+        ProxyVerdict::Failed(why) => {
+            stats.refused.proxy_failed.fetch_add(1, Relaxed);
+            Err(SessionError::ProxyFailed(why))
+        }
+    }
+}
+
+/// Publishes `prepared`, asking the app's backend first where `proxy` is given (its
+/// replacement data goes through the same checks as the client's).
+pub(super) async fn publish_through(
+    publisher: Arc<Publisher>,
+    stats: Arc<Stats>,
+    prepared: Prepared,
+    proxy: Option<(Arc<dyn AppProxy>, ProxyCall)>,
+) -> Result<Arc<Publication>, SessionError> {
+    let prepared = match proxy {
+        None => prepared,
+        Some((proxy, call)) => match consult(&*proxy, call, &stats).await? {
+            None => prepared,
+            Some(data) => {
+                let (channel, event, _) = prepared.into_parts();
+                publisher.prepare(channel.as_str(), Some(event.as_str()), data)?
+            }
+        },
+    };
+    Ok(publisher.publish(prepared).await?)
 }

@@ -8,12 +8,12 @@
 //! [`Session::complete`] for the reply. A subscribe in flight is registered in the hub already;
 //! what arrives for its channel meanwhile is held and delivered, in order, once it finishes.
 
+use super::policy::publish_through;
 use super::state::Session;
 use super::subscriptions::JoinDone;
 use super::types::{Emit, SessionError};
 use crate::{
-    Authenticator, ChannelName, EngineError, HistoryPage, HistoryQuery, Identity, UserGuard,
-    UserLimiter,
+    Authenticator, ChannelName, HistoryPage, HistoryQuery, Identity, UserGuard, UserLimiter,
 };
 use herald_protocol::{HistoryResult, Reply, ReplyResult, Request};
 use serde_json::value::RawValue;
@@ -60,8 +60,8 @@ pub enum Completion {
     Subscribed {
         /// What finishing needs.
         done: JoinDone,
-        /// The engine's answer.
-        read: Result<HistoryPage, EngineError>,
+        /// The engine's answer (or the app's refusal).
+        read: Result<HistoryPage, SessionError>,
         /// The channel as the client named it.
         channel: String,
         /// Whether the client gave a position to resume from.
@@ -141,19 +141,18 @@ impl Session {
             } => match self.prepare_publish(&channel, event.as_deref(), data) {
                 Err(e) => Handled::Done(failed(&e)),
                 Ok(prepared) => {
-                    let publisher = self.node.publisher.clone();
+                    let proxy = self.publish_proxy_call(&prepared);
+                    let (publisher, stats) = (self.node.publisher.clone(), self.node.stats.clone());
                     Handled::Wait(Pending::reply(async move {
                         answer(
-                            publisher
-                                .publish(prepared)
+                            publish_through(publisher, stats, prepared, proxy)
                                 .await
                                 .map(|p| ReplyResult::Published {
                                     channel: p.channel.to_string(),
                                     offset: p.position.offset,
                                     epoch: p.position.epoch.to_string(),
                                     time: p.time_ms,
-                                })
-                                .map_err(SessionError::from),
+                                }),
                         )
                     }))
                 }

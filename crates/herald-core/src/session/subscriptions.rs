@@ -1,6 +1,7 @@
 //! Subscriptions: joining (register, then read history, so nothing falls between), leaving,
 //! adopting a token (which may revoke), and closing.
 
+use super::policy::{consult, ProxyOp};
 use super::state::{PendingSub, Session, Sub, MAX_REPLAY};
 use super::types::{Emit, SessionError};
 use crate::{
@@ -60,7 +61,7 @@ async fn read_for_subscribe(
 /// then the history read) borrows nothing from the session; `done` finishes it.
 pub struct Joining {
     /// The engine's part.
-    pub read: Pin<Box<dyn Future<Output = Result<HistoryPage, EngineError>> + Send + 'static>>,
+    pub read: Pin<Box<dyn Future<Output = Result<HistoryPage, SessionError>> + Send + 'static>>,
     /// What [`Session::finish_subscribe`] needs.
     pub done: JoinDone,
 }
@@ -188,9 +189,14 @@ impl Session {
         let (broker, history) = (self.node.broker.clone(), self.node.history.clone());
         let name = channel.clone();
         let from = since.clone();
+        let proxy = self.proxy_call(ProxyOp::Subscribe, &channel, None, None);
+        let stats = self.node.stats.clone();
         let read = Box::pin(async move {
+            if let Some((proxy, call)) = proxy {
+                consult(&*proxy, call, &stats).await?;
+            }
             broker.subscribe(&name).await?;
-            read_for_subscribe(&*history, &name, from, latest).await
+            Ok(read_for_subscribe(&*history, &name, from, latest).await?)
         });
         Ok(Joining {
             read,
@@ -208,7 +214,7 @@ impl Session {
     pub async fn finish_subscribe(
         &mut self,
         done: JoinDone,
-        read: Result<HistoryPage, EngineError>,
+        read: Result<HistoryPage, SessionError>,
         out: &mut Vec<Emit>,
     ) -> Result<StreamPosition, SessionError> {
         let JoinDone {
@@ -237,7 +243,7 @@ impl Session {
             Ok(page) => page,
             Err(e) => {
                 self.release(&channel).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let position = if since.is_some() {

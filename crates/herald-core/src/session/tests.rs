@@ -38,6 +38,7 @@ fn node(history_size: usize) -> Node {
         channels,
         stats,
         user_rates: Arc::new(crate::KeyedBuckets::new(0, 60.0, 1000)),
+        proxy: None,
     }
 }
 
@@ -289,6 +290,7 @@ fn node_with(options: NamespaceOptions, max_latest: usize) -> (Node, Arc<MemoryE
         channels,
         stats,
         user_rates: Arc::new(crate::KeyedBuckets::new(0, 60.0, 1000)),
+        proxy: None,
     };
     (node, engine)
 }

@@ -91,6 +91,12 @@ pub enum SessionError {
     /// Presence is off for the namespace.
     #[error("presence is not enabled for namespace {0:?}")]
     PresenceDisabled(String),
+    /// The app's backend refused it, with this reason.
+    #[error("refused by the app: {0}")]
+    ProxyRefused(String),
+    /// The app's backend gave no usable answer.
+    #[error("the app's backend did not answer: {0}")]
+    ProxyFailed(String),
     /// The channel holds its namespace's `max_subscribers`.
     #[error("channel {channel:?} is full: it holds at most {max} subscribers")]
     ChannelFull {
@@ -161,6 +167,8 @@ impl SessionError {
             Self::TooManyChannels(_) => ErrorCode::TooManyChannels,
             Self::PresenceDisabled(_) => ErrorCode::PresenceDisabled,
             Self::ChannelFull { .. } => ErrorCode::ChannelFull,
+            Self::ProxyRefused(_) => ErrorCode::Refused,
+            Self::ProxyFailed(_) => ErrorCode::Unavailable,
             Self::Publish(e) => publish_error_code(e),
             Self::RateLimited(_)
             | Self::NamespaceRateLimited { .. }

@@ -11,7 +11,7 @@ use herald_core::memory::MemoryEngineConfig;
 use herald_core::{ChannelsConfig, OutboxLimits, SessionLimits};
 use herald_nats::NatsEngineConfig;
 use herald_redis::RedisEngineConfig;
-use herald_server::{AuthConfig, ServerConfig, SseConfig, WsConfig};
+use herald_server::{AuthConfig, ProxyConfig, ServerConfig, SseConfig, WsConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) channels: ChannelsConfig,
     pub(crate) engine: EngineConfig,
     pub(crate) auth: AuthConfig,
+    pub(crate) proxy: ProxyConfig,
     pub(crate) log: LogConfig,
 }
 
@@ -277,6 +278,7 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
         channels: section(&checked, "channels", &mut problems),
         engine: section(&checked, "engine", &mut problems),
         auth: section(&checked, "auth", &mut problems),
+        proxy: section(&checked, "proxy", &mut problems),
         log: section(&checked, "log", &mut problems),
     };
     problems.extend(config.problems());
@@ -369,6 +371,7 @@ impl Config {
         out.extend(self.auth.problems(self.server.listen));
         out.extend(self.ws.problems());
         out.extend(self.channels.problems());
+        out.extend(self.proxy.problems(self.channels.uses_proxy()));
         if self.connection.max_channels == 0 {
             out.push("connection.max_channels must be at least 1".to_owned());
         }
