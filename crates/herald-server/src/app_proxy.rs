@@ -82,14 +82,19 @@ pub struct HttpProxy {
 }
 
 impl HttpProxy {
-    /// A proxy client per `config`; `None` without a secret.
-    pub fn new(config: &ProxyConfig) -> Option<Self> {
-        Some(Self {
-            client: reqwest::Client::builder()
-                .timeout(config.timeout)
-                .build()
-                .ok()?,
-            secret: config.secret.clone()?,
+    /// A proxy client per `config`, which must hold a secret.
+    pub fn new(config: &ProxyConfig) -> Result<Self, String> {
+        let secret = config
+            .secret
+            .clone()
+            .ok_or_else(|| "proxy.secret is not set".to_owned())?;
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            secret,
             timeout: config.timeout,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         })

@@ -196,7 +196,7 @@ async fn open(
     // moves backwards and a stream cut before the pushes resumes with them.
     match positions {
         Some(p) => st.ids = p,
-        None => {
+        None if !emits.is_empty() => {
             let mut seen = vec![false; st.ids.len()];
             let channels: Vec<_> = st
                 .session
@@ -215,6 +215,7 @@ async fn open(
                 }
             }
         }
+        None => {}
     }
     push_id(&mut first, &st.ids);
     first.extend_from_slice(b"\n");

@@ -65,8 +65,8 @@ pub(crate) async fn build(
         root.clone(),
     ));
     let proxy = if channels.uses_proxy() {
-        herald_server::HttpProxy::new(&config.proxy)
-            .map(|p| Arc::new(p) as Arc<dyn herald_core::AppProxy>)
+        let proxy = herald_server::HttpProxy::new(&config.proxy).map_err(anyhow::Error::msg)?;
+        Some(Arc::new(proxy) as Arc<dyn herald_core::AppProxy>)
     } else {
         None
     };
