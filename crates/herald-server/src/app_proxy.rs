@@ -88,8 +88,11 @@ impl HttpProxy {
             .secret
             .clone()
             .ok_or_else(|| "proxy.secret is not set".to_owned())?;
+        // Only the named URL is called: no redirects, and no HTTP_PROXY from the environment.
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))?;
         Ok(Self {

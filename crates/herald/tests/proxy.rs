@@ -71,6 +71,12 @@ async fn answer(mut conn: TcpStream, seen: Arc<Seen>) {
         seen.bad_signatures.fetch_add(1, Relaxed);
     }
     let call: Value = serde_json::from_slice(body).unwrap();
+    if call["channel"] == "chat:down" {
+        let _ = conn
+            .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        return;
+    }
     let reply = match (
         call["op"].as_str().unwrap(),
         call["channel"].as_str().unwrap(),
@@ -201,9 +207,20 @@ subscribe_proxy = "{url}/subscribe"
         .unwrap()
         .contains("members only"));
 
+    // A backend that fails: SSE is told to try later (a browser retries that), not refused.
+    let mut down = Sse::connect(&server, &["chat:down"], None).await;
+    let ended = down.until_end().await;
+    let last = ended.last().expect("a disconnect event");
+    assert_eq!(last.event, "herald.disconnect");
+    let v: Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(
+        (v["code"].clone(), v["reconnect"].clone()),
+        (json!(4005), json!(true))
+    );
+
     let refused = within(WAIT, server.stats()).await["refused"].clone();
     assert_eq!(refused["proxy_refused"], 3, "{refused}");
-    assert_eq!(refused["proxy_failed"], 1, "{refused}");
+    assert_eq!(refused["proxy_failed"], 2, "{refused}");
     assert_eq!(seen.bad_signatures.load(Relaxed), 0);
     assert!(seen.calls.load(Relaxed) >= 8);
 }

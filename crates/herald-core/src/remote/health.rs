@@ -3,7 +3,7 @@
 
 use crate::{EngineStatus, LatencySummary};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,19 +26,14 @@ pub enum LinkState {
 /// canary task is doing.
 pub const READY_FOR: Duration = Duration::from_millis(1500);
 
-/// How many canaries in a row must fail before publishing is refused. One late canary (a busy
-/// node, a scheduler hiccup) says little; three in a row (about three seconds) say the engine is
-/// gone. Until then a publish to a dead engine still fails on its own, on a refused connection
-/// or its command timeout.
-pub(crate) const PUBLISH_GATE_FAILURES: u32 = 3;
-
 /// Health and counters of a remote engine, updated lock-free from its tasks.
 #[derive(Debug)]
 pub struct EngineHealth {
     kind: &'static str,
     ready: AtomicBool,
-    /// Canaries failed since the last one that came back; `u32::MAX` before the first came back.
-    failed_in_row: AtomicU32,
+    /// Publishing is refused: no canary has come back since start-up, or since the engine's
+    /// client reported its connection lost.
+    publish_blocked: AtomicBool,
     /// When `EngineHealth::new` ran; `vouched_until_ms` counts from it.
     born: Instant,
     /// Milliseconds after `born` until which the last successful canary vouches for the engine.
@@ -57,7 +52,7 @@ impl EngineHealth {
         Self {
             kind,
             ready: AtomicBool::new(false),
-            failed_in_row: AtomicU32::new(u32::MAX),
+            publish_blocked: AtomicBool::new(true),
             born: Instant::now(),
             vouched_until_ms: AtomicU64::new(0),
             state: AtomicU8::new(LinkState::Connecting as u8),
@@ -79,28 +74,24 @@ impl EngineHealth {
         self.ready.load(Relaxed) && self.now_ms() <= self.vouched_until_ms.load(Relaxed)
     }
 
-    /// Whether publishing may go to the engine: a canary has come back since start-up, and
-    /// fewer than [`PUBLISH_GATE_FAILURES`] have failed since. Publishing is gated on this rather
-    /// than on [`EngineHealth::is_ready`]: a canary delayed by a busy node must not refuse
-    /// publications to a working engine, and a publish to an engine that went silent fails on its
-    /// own command timeout (503) anyway.
+    /// Whether publishing may go to the engine: a canary has come back since start-up and since
+    /// the engine's client last reported its connection lost ([`EngineHealth::link_lost`]).
+    /// A late or failed canary refuses nothing: on a busy node (a loaded machine, a burst of
+    /// fan-out) the round trip can take seconds while the engine answers commands, and a
+    /// publish to an engine that is really gone fails on its own, on a refused connection or
+    /// its command timeout (503).
     pub fn accepts_publishes(&self) -> bool {
-        self.failed_in_row.load(Relaxed) < PUBLISH_GATE_FAILURES
+        !self.publish_blocked.load(Relaxed)
     }
 
     /// Records a canary result.
     pub fn set_ready(&self, ready: bool) {
         if ready {
-            self.failed_in_row.store(0, Relaxed);
+            self.publish_blocked.store(false, Relaxed);
             let until = self
                 .now_ms()
                 .saturating_add(u64::try_from(READY_FOR.as_millis()).unwrap_or(u64::MAX));
             self.vouched_until_ms.store(until, Relaxed);
-        } else {
-            // Saturating, and never back to `u32::MAX` (the "never came back" mark) by wrapping.
-            let _ = self
-                .failed_in_row
-                .fetch_update(Relaxed, Relaxed, |n| n.checked_add(1));
         }
         let was = self.ready.swap(ready, Relaxed);
         if was != ready {
@@ -117,7 +108,7 @@ impl EngineHealth {
     pub fn link_lost(&self) {
         self.set_state(LinkState::Disconnected);
         self.set_ready(false);
-        let _ = self.failed_in_row.fetch_max(PUBLISH_GATE_FAILURES, Relaxed);
+        self.publish_blocked.store(true, Relaxed);
     }
 
     /// Records the connection state.
@@ -209,15 +200,15 @@ mod tests {
     }
 
     #[test]
-    fn publishing_is_refused_only_after_several_canaries_failed_in_a_row() {
+    fn late_canaries_refuse_no_publish_and_a_lost_link_does_until_one_comes_back() {
         let h = EngineHealth::new("test", &[]);
         h.set_ready(true);
-        for _ in 1..PUBLISH_GATE_FAILURES {
+        for _ in 0..10 {
             h.set_ready(false);
             assert!(!h.is_ready(), "readiness follows the last canary");
-            assert!(h.accepts_publishes(), "one late canary refuses nothing");
+            assert!(h.accepts_publishes(), "a late canary refuses nothing");
         }
-        h.set_ready(false);
+        h.link_lost();
         assert!(!h.accepts_publishes());
         h.set_ready(true);
         assert!(h.accepts_publishes(), "one round trip opens it again");

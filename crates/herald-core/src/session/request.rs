@@ -1,8 +1,9 @@
 //! One WebSocket request in, one typed reply out. The transport parses the frame and writes the
 //! reply; everything between is here.
 //!
-//! `auth` and `unsubscribe` are answered in turn. Requests that wait on the engine once their
-//! checks have passed (`subscribe`, `publish`, `history`, `presence`) become a [`Pending`]
+//! `auth` and `unsubscribe` are answered in turn. Requests that wait on the engine (or on the
+//! app's backend, where a namespace names a proxy) once their checks have passed (`subscribe`,
+//! `publish`, `history`, `presence`) become a [`Pending`]
 //! future that holds no borrow of the session: the transport keeps delivering and reading while
 //! it runs, with a bound on how many it holds at once (`ws.rs`), and hands its [`Completion`] to
 //! [`Session::complete`] for the reply. A subscribe in flight is registered in the hub already;
