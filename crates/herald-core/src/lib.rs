@@ -42,7 +42,7 @@ pub use namespace::{
     Access, Action, ChannelsConfig, Denied, KeepLatest, LatestState, NamespaceOptions,
     PresenceMode, MAX_LATEST_EVENTS,
 };
-pub use node::Node;
+pub use node::{ClientRules, Node};
 pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use parts::{EngineParts, NodeParts};
 pub use proxy::{AppProxy, ProxyCall, ProxyVerdict};

@@ -24,9 +24,16 @@ pub struct Node {
     pub channels: Arc<ChannelsConfig>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// Client publish buckets per namespace and user (`publish_per_minute`), shared by every
-    /// connection of the node.
-    pub user_rates: Arc<KeyedBuckets>,
+    /// What client requests are checked against beyond their permission, shared by every
+    /// connection of the node. One pointer: every session holds a `Node`.
+    pub clients: Arc<ClientRules>,
+}
+
+/// What client requests are checked against beyond their permission.
+#[derive(Debug)]
+pub struct ClientRules {
+    /// Client publish buckets per namespace and user (`publish_per_minute`).
+    pub user_rates: KeyedBuckets,
     /// Asks the app's backend about client publishes and subscribes where a namespace names a
     /// proxy; `None` when the node has none configured.
     pub proxy: Option<Arc<dyn AppProxy>>,

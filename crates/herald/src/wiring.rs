@@ -7,7 +7,8 @@ use crate::{shutdown, tasks};
 use anyhow::Context;
 use herald_core::memory::MemoryEngine;
 use herald_core::{
-    ChannelsConfig, EngineParts, Hub, KeyedBuckets, Node, NodeParts, PublisherLimits, Stats,
+    ChannelsConfig, ClientRules, EngineParts, Hub, KeyedBuckets, Node, NodeParts, PublisherLimits,
+    Stats,
 };
 use herald_nats::NatsEngine;
 use herald_redis::RedisEngine;
@@ -78,8 +79,10 @@ pub(crate) async fn build(
         publisher,
         channels,
         stats,
-        user_rates: Arc::new(KeyedBuckets::new(0, 60.0, USER_RATE_KEYS)),
-        proxy,
+        clients: Arc::new(ClientRules {
+            user_rates: KeyedBuckets::new(0, 60.0, USER_RATE_KEYS),
+            proxy,
+        }),
     })
 }
 

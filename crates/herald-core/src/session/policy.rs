@@ -140,7 +140,11 @@ impl Session {
                 None => format!("{}\n#{}", name.namespace(), self.conn_id),
             };
             let refused = &self.node.stats.refused;
-            let take = self.node.user_rates.take_burst(&key, per_user, burst);
+            let take = self
+                .node
+                .clients
+                .user_rates
+                .take_burst(&key, per_user, burst);
             if take == Take::Overflow {
                 refused.rate_map_full.fetch_add(1, Relaxed);
             }
@@ -247,7 +251,7 @@ impl Session {
             ProxyOp::Publish => (options.publish_proxy.as_ref()?, "publish"),
             ProxyOp::Subscribe => (options.subscribe_proxy.as_ref()?, "subscribe"),
         };
-        let proxy = self.node.proxy.clone()?;
+        let proxy = self.node.clients.proxy.clone()?;
         let call = ProxyCall {
             url: url.clone(),
             op: name,

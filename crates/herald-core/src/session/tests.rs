@@ -37,8 +37,10 @@ fn node(history_size: usize) -> Node {
         publisher,
         channels,
         stats,
-        user_rates: Arc::new(crate::KeyedBuckets::new(0, 60.0, 1000)),
-        proxy: None,
+        clients: Arc::new(crate::ClientRules {
+            user_rates: crate::KeyedBuckets::new(0, 60.0, 1000),
+            proxy: None,
+        }),
     }
 }
 
@@ -289,8 +291,10 @@ fn node_with(options: NamespaceOptions, max_latest: usize) -> (Node, Arc<MemoryE
         publisher,
         channels,
         stats,
-        user_rates: Arc::new(crate::KeyedBuckets::new(0, 60.0, 1000)),
-        proxy: None,
+        clients: Arc::new(crate::ClientRules {
+            user_rates: crate::KeyedBuckets::new(0, 60.0, 1000),
+            proxy: None,
+        }),
     };
     (node, engine)
 }
