@@ -109,14 +109,7 @@ pub async fn join(
         PresenceMode::Users if first_of_user => user_member(&member),
         _ => None,
     };
-    match announce {
-        Some(who) => {
-            broker
-                .publish_presence(PresenceEvent::new(channel.clone(), PresenceKind::Join, who))
-                .await
-        }
-        None => Ok(()),
-    }
+    tell(broker, channel, PresenceKind::Join, announce).await
 }
 
 /// Removes `member` from `channel` and tells its subscribers what `mode` asks for.
@@ -152,14 +145,20 @@ pub async fn gone(
         }
         _ => None,
     };
-    match announce {
+    tell(broker, channel, PresenceKind::Leave, announce).await
+}
+
+/// Pushes `who`'s join or leave to `channel`'s subscribers on every node (nothing for `None`).
+async fn tell(
+    broker: &dyn Broker,
+    channel: &ChannelName,
+    kind: PresenceKind,
+    who: Option<Member>,
+) -> Result<(), EngineError> {
+    match who {
         Some(who) => {
             broker
-                .publish_presence(PresenceEvent::new(
-                    channel.clone(),
-                    PresenceKind::Leave,
-                    who,
-                ))
+                .publish_presence(PresenceEvent::new(channel.clone(), kind, who))
                 .await
         }
         None => Ok(()),

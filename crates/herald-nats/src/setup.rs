@@ -82,28 +82,14 @@ impl NatsEngine {
             namespaces.insert(name.clone(), ns);
         }
         let upper = config.prefix.to_uppercase();
-        let epochs =
+        let (epochs, _) =
             ensure_bucket(&js, format!("{upper}_EPOCHS"), config.channel_state_ttl).await?;
         let latest_stream = ensure_latest_stream(&js, &config).await?;
-        let latest_bucket = format!("{upper}_LATEST_CHANNELS");
-        let latest_channels = ensure_bucket(&js, latest_bucket.clone(), Duration::ZERO).await?;
-        let latest_channels_stream =
-            js.get_stream(format!("KV_{latest_bucket}"))
-                .await
-                .map_err(|e| {
-                    EngineError::start(
-                        format!("cannot open the stream of key-value bucket {latest_bucket}"),
-                        e,
-                    )
-                })?;
+        let (latest_channels, latest_channels_stream) =
+            ensure_bucket(&js, format!("{upper}_LATEST_CHANNELS"), Duration::ZERO).await?;
         let bucket = format!("{upper}_PRESENCE");
-        let presence_kv = ensure_bucket(&js, bucket.clone(), config.presence_lease).await?;
-        let presence_stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
-            EngineError::start(
-                format!("cannot open the stream of key-value bucket {bucket}"),
-                e,
-            )
-        })?;
+        let (presence_kv, presence_stream) =
+            ensure_bucket(&js, bucket.clone(), config.presence_lease).await?;
         let presence = Arc::new(NatsPresence::new(
             presence_kv,
             presence_stream,
@@ -177,23 +163,12 @@ async fn ensure_stream(
         discard: DiscardPolicy::Old,
         ..Default::default()
     };
-    js.create_or_update_stream(stream_config)
-        .await
-        .map_err(|e| {
-            EngineError::start(
-                format!(
-                    "cannot create or update JetStream stream {stream_name} for {label} \
-                     (is JetStream enabled on the NATS server?)"
-                ),
-                e,
-            )
-        })?;
-    let stream = js.get_stream(&stream_name).await.map_err(|e| {
-        EngineError::start(
-            format!("cannot open JetStream stream {stream_name} for {label}"),
-            e,
-        )
-    })?;
+    let stream = put_stream(
+        js,
+        stream_config,
+        &format!("JetStream stream {stream_name} for {label}"),
+    )
+    .await?;
     Ok(Namespace {
         stream,
         token,
@@ -221,27 +196,36 @@ async fn ensure_latest_stream(
         discard: DiscardPolicy::Old,
         ..Default::default()
     };
-    js.create_or_update_stream(stream_config)
-        .await
-        .map_err(|e| {
-            EngineError::start(
-                format!("cannot create or update JetStream stream {name}"),
-                e,
-            )
-        })?;
-    js.get_stream(&name)
-        .await
-        .map_err(|e| EngineError::start(format!("cannot open JetStream stream {name}"), e))
+    put_stream(js, stream_config, &format!("JetStream stream {name}")).await
 }
 
-/// Creates or updates a key-value bucket keeping one value per key for `max_age`. The bucket's
+/// Creates or updates the stream `config` describes and opens it; `what` names it in errors.
+async fn put_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    what: &str,
+) -> Result<stream::Stream, EngineError> {
+    let name = config.name.clone();
+    js.create_or_update_stream(config).await.map_err(|e| {
+        EngineError::start(
+            format!("cannot create or update {what} (is JetStream enabled on the NATS server?)"),
+            e,
+        )
+    })?;
+    js.get_stream(&name)
+        .await
+        .map_err(|e| EngineError::start(format!("cannot open {what}"), e))
+}
+
+/// Creates or updates a key-value bucket keeping one value per key for `max_age`; returns it
+/// and its stream. The bucket's
 /// stream is configured directly (as async-nats would for a key-value bucket): the client's own
 /// bucket creation queries account details that nats-server 2.9 does not report.
 async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: String,
     max_age: Duration,
-) -> Result<kv::Store, EngineError> {
+) -> Result<(kv::Store, stream::Stream), EngineError> {
     let stream_config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -254,19 +238,12 @@ async fn ensure_bucket(
         discard: DiscardPolicy::New,
         ..Default::default()
     };
-    js.create_or_update_stream(stream_config)
+    let stream = put_stream(js, stream_config, &format!("key-value bucket {bucket}")).await?;
+    let store = js
+        .get_key_value(bucket.as_str())
         .await
-        .map_err(|e| {
-            EngineError::start(
-                format!(
-                    "cannot create or update key-value bucket {bucket} (is JetStream enabled?)"
-                ),
-                e,
-            )
-        })?;
-    js.get_key_value(bucket.as_str())
-        .await
-        .map_err(|e| EngineError::start(format!("cannot open key-value bucket {bucket}"), e))
+        .map_err(|e| EngineError::start(format!("cannot open key-value bucket {bucket}"), e))?;
+    Ok((store, stream))
 }
 
 /// Connection events: state, readiness, reconnects (followed by a re-subscription and a

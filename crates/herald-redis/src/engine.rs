@@ -56,6 +56,24 @@ impl RedisEngine {
         format!("{}:{{{}}}:{suffix}", self.config.prefix, channel.as_str())
     }
 
+    /// The keys every channel script starts with: meta, stream (history), latest state.
+    pub(crate) fn channel_keys(&self, channel: &ChannelName) -> Vec<String> {
+        vec![
+            self.key(channel, "m"),
+            self.key(channel, "h"),
+            self.key(channel, "l"),
+        ]
+    }
+
+    /// The arguments every channel script starts with (`channel_state!`): a fresh epoch for a
+    /// channel without one, and how long the channel's state is kept.
+    pub(crate) fn state_args(&self) -> [String; 2] {
+        [
+            herald_core::new_epoch().as_str().to_owned(),
+            Self::ms(self.config.channel_state_ttl),
+        ]
+    }
+
     pub(crate) fn pubsub_channel(&self, channel: &ChannelName) -> String {
         self.key(channel, "p")
     }

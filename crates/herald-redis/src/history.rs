@@ -25,17 +25,12 @@ impl HistoryStore for RedisEngine {
         let reply = self
             .eval(
                 &self.read_script,
-                vec![
-                    self.key(channel, "m"),
-                    self.key(channel, "h"),
-                    self.key(channel, "l"),
-                ],
-                vec![
-                    herald_core::new_epoch().as_str().to_owned(),
-                    Self::ms(self.config.channel_state_ttl),
-                    since,
-                    query.limit.to_string(),
-                ],
+                self.channel_keys(channel),
+                [
+                    self.state_args().to_vec(),
+                    vec![since, query.limit.to_string()],
+                ]
+                .concat(),
             )
             .await
             .map_err(|e| unavailable(&e))?;
@@ -79,15 +74,8 @@ impl HistoryStore for RedisEngine {
         let reply = self
             .eval(
                 &self.latest_script,
-                vec![
-                    self.key(channel, "m"),
-                    self.key(channel, "h"),
-                    self.key(channel, "l"),
-                ],
-                vec![
-                    herald_core::new_epoch().as_str().to_owned(),
-                    Self::ms(self.config.channel_state_ttl),
-                ],
+                self.channel_keys(channel),
+                self.state_args().to_vec(),
             )
             .await
             .map_err(|e| unavailable(&e))?;

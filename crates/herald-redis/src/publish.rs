@@ -37,11 +37,7 @@ impl RedisEngine {
         if latest.mode != LatestState::Off {
             self.count_latest(channel, retention).await?;
         }
-        let mut keys = vec![
-            self.key(channel, "m"),
-            self.key(channel, "h"),
-            self.key(channel, "l"),
-        ];
+        let mut keys = self.channel_keys(channel);
         let mut args = vec![
             herald_core::new_epoch().as_str().to_owned(),
             Self::ms(self.config.channel_state_ttl.max(retention.ttl)),

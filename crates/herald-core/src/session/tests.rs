@@ -8,40 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 fn node(history_size: usize) -> Node {
-    let stats = Arc::new(Stats::default());
-    let hub = Arc::new(Hub::new(stats.clone()));
-    let engine = Arc::new(MemoryEngine::new(
-        hub.clone(),
-        MemoryEngineConfig::default(),
-    ));
-    let channels = Arc::new(ChannelsConfig {
-        defaults: NamespaceOptions {
-            history_size,
-            ..NamespaceOptions::default()
-        },
-        ..ChannelsConfig::default()
-    });
-    let publisher = Arc::new(Publisher::new(
-        engine.clone(),
-        channels.clone(),
-        PublisherLimits {
-            max_data_bytes: 1024,
-        },
-        stats.clone(),
-    ));
-    Node {
-        hub,
-        broker: engine.clone(),
-        history: engine,
-        presence: Arc::new(MemoryPresenceStore::default()),
-        publisher,
-        channels,
-        stats,
-        clients: Arc::new(crate::ClientRules {
-            user_rates: crate::KeyedBuckets::new(0, 60.0, 1000),
-            proxy: None,
-        }),
-    }
+    let options = NamespaceOptions {
+        history_size,
+        ..NamespaceOptions::default()
+    };
+    node_with(options, ChannelsConfig::default().max_latest_state_channels).0
 }
 
 async fn publish(node: &Node, n: usize) {
