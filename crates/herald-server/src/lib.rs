@@ -14,6 +14,7 @@ mod direct;
 mod error;
 mod gate;
 mod health;
+mod instrumented;
 mod lifecycle;
 mod limits;
 mod listener;

@@ -7,6 +7,7 @@
 
 use crate::admission::{Held, Knock};
 use crate::error::status_for;
+use crate::instrumented::InstrumentStream;
 use crate::timer::ConnTimer;
 use crate::{ApiError, App};
 use axum::body::{Body, Bytes};
@@ -248,36 +249,6 @@ async fn open(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
-}
-
-trait InstrumentStream: Sized {
-    fn instrument_stream(self, span: tracing::Span) -> Instrumented<Self>;
-}
-
-impl<S> InstrumentStream for S {
-    fn instrument_stream(self, span: tracing::Span) -> Instrumented<Self> {
-        Instrumented { inner: self, span }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct Instrumented<S> {
-        #[pin]
-        inner: S,
-        span: tracing::Span,
-    }
-}
-
-impl<S: futures_util::Stream> futures_util::Stream for Instrumented<S> {
-    type Item = S::Item;
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
-        let this = self.project();
-        let _guard = this.span.enter();
-        this.inner.poll_next(cx)
-    }
 }
 
 fn push_id(out: &mut BytesMut, ids: &[StreamPosition]) {

@@ -12,23 +12,20 @@
 use crate::admission::{Held, Knock};
 use crate::gate::ReadGate;
 use crate::timer::ConnTimer;
-use crate::{ApiError, App};
+use crate::App;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::{
-    Completion, Emit, Handled, Outbox, Outgoing, RequestContext, Session, Transport,
-};
-use herald_protocol::{ws_text_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, ServerPush};
+use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
+use herald_protocol::{ws_text_frame, CloseCode, Disconnect, ServerPush};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -42,65 +39,13 @@ const READ_BUFFER_BYTES: usize = 256;
 /// is not read until one is answered (backpressure, not an error).
 const MAX_IN_FLIGHT: usize = 16;
 
+mod requests;
+mod upgrade;
+
+use requests::{handle_text, next_reply, Answer, InFlight, WsCtx};
+use upgrade::{check_upgrade, not_upgrade};
+
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-fn not_upgrade(status: StatusCode, why: &str) -> Response {
-    ApiError::new(
-        status,
-        ErrorCode::BadRequest,
-        format!("not a WebSocket upgrade: {why}"),
-    )
-    .into_response()
-}
-
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Checks the upgrade request (RFC 6455 §4.2.1); returns the `Sec-WebSocket-Accept` value.
-fn check_upgrade(req: &Request) -> Result<HeaderValue, (StatusCode, &'static str)> {
-    if req.method() != Method::GET {
-        return Err((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "the request method must be GET",
-        ));
-    }
-    let h = req.headers();
-    if !header_has_token(h, header::CONNECTION, "upgrade") {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "`Connection` header did not include `upgrade`",
-        ));
-    }
-    if !header_has_token(h, header::UPGRADE, "websocket") {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "`Upgrade` header did not include `websocket`",
-        ));
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "`Sec-WebSocket-Version` header did not include `13`",
-        ));
-    }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "`Sec-WebSocket-Key` header missing",
-        ));
-    };
-    // Invariant: the accept key is base64, always a valid header value.
-    Ok(HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 header value"))
-}
 
 pub(crate) async fn handler(State(app): State<App>, mut req: Request) -> Response {
     let accept = match check_upgrade(&req) {
@@ -484,86 +429,5 @@ async fn send_emits(
 fn count_write_failure(e: &std::io::Error) {
     if e.kind() == std::io::ErrorKind::TimedOut {
         crate::write_timeouts::write_timed_out();
-    }
-}
-
-/// What an open WebSocket's task needs of the [`App`]: a few pointers, not the whole `App`
-/// (every idle connection holds this for its whole life).
-struct WsCtx {
-    shared: std::sync::Arc<crate::Shared>,
-    ws: std::sync::Arc<crate::WsConfig>,
-    auth: std::sync::Arc<crate::AuthConfig>,
-    /// `sse.retry`, the base of the delay a closing node asks for.
-    retry: std::time::Duration,
-}
-
-impl WsCtx {
-    fn new(app: &App) -> Self {
-        Self {
-            shared: app.shared.clone(),
-            ws: app.ws.clone(),
-            auth: app.auth.clone(),
-            retry: app.sse.retry,
-        }
-    }
-
-    /// When a connection authenticated as `identity` must end (see [`App::expiry`]).
-    fn expiry(&self, identity: &herald_core::Identity) -> Option<Instant> {
-        crate::tokens::expiry(identity, self.auth.token.leeway)
-    }
-}
-
-/// What one text frame asks for: a reply now, or a request in flight with its id.
-enum Answer {
-    Now(String),
-    Later(u64, herald_core::Pending),
-}
-
-/// Parses one text frame and hands it to the session. Boxed by the caller, so the parsed
-/// request takes no room in the connection's future.
-async fn handle_text(
-    app: &WsCtx,
-    session: &mut Session,
-    user_slot: &mut Option<herald_core::UserGuard>,
-    text: &str,
-) -> Answer {
-    {
-        let req = match ClientRequest::parse(text) {
-            Ok(r) => r,
-            Err(e) => return Answer::Now(ServerPush::error(e.id, e.code, &e.message)),
-        };
-        let ctx = RequestContext {
-            tokens: app
-                .shared
-                .tokens
-                .as_deref()
-                .map(|t| t as &dyn herald_core::Authenticator),
-            users: &app.shared.per_user,
-            user_slot,
-        };
-        let id = req.id;
-        match session.request(req.request, ctx).await {
-            Handled::Done(reply) => Answer::Now(reply.to_json(id)),
-            Handled::Wait(pending) => Answer::Later(id, pending),
-        }
-    }
-}
-
-type InFlight = FuturesUnordered<
-    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Box<Completion>)> + Send>>,
->;
-
-/// The next request in flight the engine answered; pending while none is (a closure over the
-/// set, polled by `select!`, so the connection's future holds no future of its own for it).
-fn next_reply(
-    cx: &mut std::task::Context<'_>,
-    in_flight: &mut Option<InFlight>,
-) -> std::task::Poll<(u64, Box<Completion>)> {
-    match in_flight.as_mut() {
-        Some(f) if !f.is_empty() => match f.poll_next_unpin(cx) {
-            std::task::Poll::Ready(Some(done)) => std::task::Poll::Ready(done),
-            _ => std::task::Poll::Pending,
-        },
-        _ => std::task::Poll::Pending,
     }
 }
