@@ -20,8 +20,8 @@ pub use frames::{
     SSE_EVENT_DISCONNECT, SSE_EVENT_JOIN, SSE_EVENT_LEAVE, SSE_EVENT_RESET,
 };
 pub use position::{
-    format_sse_id, parse_sse_id, write_sse_id, Epoch, EpochError, SseIdError, StreamPosition,
-    MAX_EPOCH_BYTES, MAX_SSE_ID_BYTES,
+    format_sse_id, parse_channel_position, parse_sse_id, write_sse_id, Epoch, EpochError,
+    SseIdError, StreamPosition, MAX_EPOCH_BYTES, MAX_SSE_ID_BYTES,
 };
 pub use replies::{Connected, Disconnect, HistoryResult, Reply, ReplyResult};
 pub use sse::{SseDecoder, SseEvent};

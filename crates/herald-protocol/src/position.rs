@@ -188,6 +188,20 @@ pub fn parse_sse_id(id: &str, channels: usize) -> Result<Vec<StreamPosition>, Ss
     Ok(out)
 }
 
+/// Reads one item of an SSE request's `since` parameter: `CHANNEL~EPOCH-OFFSET`, the offset in
+/// base36 as in an SSE id (`~` appears in neither a channel name nor a position). Returns the
+/// channel name unchecked, and its position.
+pub fn parse_channel_position(item: &str) -> Result<(&str, StreamPosition), SseIdError> {
+    if item.len() > MAX_SSE_ID_BYTES {
+        return Err(SseIdError::TooLong);
+    }
+    let (channel, position) = item.rsplit_once('~').ok_or(SseIdError::Malformed)?;
+    let (epoch, offset) = position.split_once('-').ok_or(SseIdError::Malformed)?;
+    let epoch = Epoch::parse(epoch).map_err(|_| SseIdError::Malformed)?;
+    let offset = parse_base36(offset)?;
+    Ok((channel, StreamPosition { epoch, offset }))
+}
+
 fn push_base36(mut n: u64, out: &mut impl BufMut) {
     let mut buf = [0u8; 13];
     let mut i = buf.len();
@@ -228,6 +242,21 @@ fn parse_base36(s: &str) -> Result<u64, SseIdError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_since_item_is_a_channel_and_a_position() {
+        let (ch, p) = parse_channel_position("chat:lobby~yeorkhmi-2x").unwrap();
+        assert_eq!(ch, "chat:lobby");
+        assert_eq!((p.epoch.as_str(), p.offset), ("yeorkhmi", 105));
+        for bad in ["chat", "chat~", "chat~e1", "chat~E1-1", "chat~e1-", "~"] {
+            assert!(parse_channel_position(bad).is_err(), "{bad}");
+        }
+        let long = format!("{}~e1-1", "a".repeat(MAX_SSE_ID_BYTES));
+        assert!(matches!(
+            parse_channel_position(&long),
+            Err(SseIdError::TooLong)
+        ));
+    }
+
     use super::*;
 
     fn pos(e: &str, o: u64) -> StreamPosition {

@@ -136,6 +136,10 @@ pub struct Connected {
     pub time: u64,
     /// How often the server pings (WebSocket) or sends a keep-alive (SSE), in milliseconds.
     pub ping_interval_ms: u64,
+    /// SSE only, when the request resumed any channel: per channel in request order, whether
+    /// it resumed from its position with nothing missed (a reset follows for those that did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<Vec<bool>>,
 }
 
 /// Sent just before the server ends a connection on purpose.

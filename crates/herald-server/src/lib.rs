@@ -20,6 +20,7 @@ mod limits;
 mod listener;
 mod repoll;
 mod scratch;
+mod sdk;
 mod sse;
 mod timer;
 mod tokens;
@@ -177,6 +178,7 @@ pub fn router(app: App) -> Router {
         .route("/auth/refresh", post(tokens::refresh))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/sdk/herald.js", get(sdk::bundle))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(cors)

@@ -32,6 +32,7 @@ impl App {
             node: self.shared.node_id.to_string(),
             time: herald_core::now_ms(),
             ping_interval_ms: millis(interval),
+            recovered: None,
         }
     }
 

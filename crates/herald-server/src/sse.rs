@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use herald_core::{Emit, Outbox, Outgoing, Publication, Session, Transport};
 use herald_protocol::{
-    parse_sse_id, write_sse_id, CloseCode, Disconnect, ErrorCode, ServerPush, StreamPosition,
-    SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_RESET,
+    parse_channel_position, parse_sse_id, write_sse_id, CloseCode, Disconnect, ErrorCode,
+    ServerPush, StreamPosition, SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_RESET,
 };
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -45,6 +45,36 @@ pub(crate) async fn handler(
     }
 }
 
+/// Where each channel of the request resumes: the last event id (header, else `lastEventId`)
+/// holds one position per channel and wins for all of them; without it, a channel resumes from
+/// its `since` item, if it has one. A `since` item must name a channel of the request, once.
+fn positions(
+    channels: &[String],
+    last_id: Option<&str>,
+    since: Vec<(String, StreamPosition)>,
+) -> Result<Vec<Option<StreamPosition>>, ApiError> {
+    let mut out: Vec<Option<StreamPosition>> = vec![None; channels.len()];
+    for (channel, position) in since {
+        let Some(i) = channels.iter().position(|c| *c == channel) else {
+            return Err(bad_position(format!(
+                "`since` names `{}`, which is not a `channel` of the request",
+                channel.escape_debug()
+            )));
+        };
+        if out[i].replace(position).is_some() {
+            return Err(bad_position(format!(
+                "`since` names `{}` twice",
+                channel.escape_debug()
+            )));
+        }
+    }
+    if let Some(id) = last_id {
+        let from_id = parse_sse_id(id, channels.len()).map_err(|e| bad_position(e.to_string()))?;
+        return Ok(from_id.into_iter().map(Some).collect());
+    }
+    Ok(out)
+}
+
 fn bad_position(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadPosition, message)
 }
@@ -59,11 +89,23 @@ async fn open(
     let mut query_id = None;
     let mut query_token = None;
     let mut payload = false;
+    let mut since: Vec<(String, StreamPosition)> = Vec::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "channel" => channels.extend(v.split(',').map(str::to_owned)),
             "lastEventId" | "last_event_id" => query_id = Some(v.into_owned()),
             "token" => query_token = Some(v.into_owned()),
+            "since" => {
+                for item in v.split(',') {
+                    let (channel, position) = parse_channel_position(item).map_err(|e| {
+                        bad_position(format!(
+                            "`since` item `{}`: {e}; write CHANNEL~EPOCH-OFFSET",
+                            item.escape_debug()
+                        ))
+                    })?;
+                    since.push((channel.to_owned(), position));
+                }
+            }
             "format" => {
                 payload = match &*v {
                     "payload" => true,
@@ -77,12 +119,10 @@ async fn open(
                 }
             }
             k if k.starts_with('_') => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{}`; allowed: channel, lastEventId, token, format",
-                    other.escape_debug()
-                )))
-            }
+            other => return Err(ApiError::bad_request(format!(
+                "unknown query parameter `{}`; allowed: channel, lastEventId, since, token, format",
+                other.escape_debug()
+            ))),
         }
     }
     if channels.is_empty() {
@@ -114,12 +154,7 @@ async fn open(
     let last_id = header_id
         .filter(|s| !s.is_empty())
         .or(query_id.filter(|s| !s.is_empty()));
-    let positions = match &last_id {
-        Some(id) => {
-            Some(parse_sse_id(id, channels.len()).map_err(|e| bad_position(e.to_string()))?)
-        }
-        None => None,
-    };
+    let positions = positions(&channels, last_id.as_deref(), since)?;
     let client = app.client_addr(peer, headers);
     let admitted = match app.admit(Knock {
         transport: Transport::Sse,
@@ -150,7 +185,7 @@ async fn open(
     );
     let mut emits = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
-        let since = positions.as_ref().map(|p| p[i].clone());
+        let since = positions[i].clone();
         if let Err(e) = session.subscribe(channel, since, None, &mut emits).await {
             session.close().await;
             if e.code() == ErrorCode::Unavailable {
@@ -195,28 +230,42 @@ async fn open(
     // Positions before replay: what the client already had; on a fresh stream the live start,
     // or, on a channel whose latest state follows, just before its first push, so the id never
     // moves backwards and a stream cut before the pushes resumes with them.
-    match positions {
-        Some(p) => st.ids = p,
-        None if !emits.is_empty() => {
-            let mut seen = vec![false; st.ids.len()];
-            let channels: Vec<_> = st
-                .session
-                .as_ref()
-                .map_or_else(Vec::new, |s| s.channels().cloned().collect());
-            for e in &emits {
-                let Emit::Publication(p) = e else { continue };
-                if let Some(i) = channels.iter().position(|c| *c == p.channel) {
-                    if !seen[i] {
-                        seen[i] = true;
+    // Both in request order: whether the client sent a position, and whether a reset follows.
+    let mut sent = vec![false; st.ids.len()];
+    let mut reset = vec![false; st.ids.len()];
+    let mut pushed = vec![false; st.ids.len()];
+    for (i, p) in positions.into_iter().enumerate() {
+        if let Some(p) = p {
+            sent[i] = true;
+            st.ids[i] = p;
+        }
+    }
+    if !emits.is_empty() {
+        for e in &emits {
+            let named = |c: &str| channels.iter().position(|n| n == c);
+            match e {
+                Emit::Publication(p) => {
+                    let Some(i) = named(p.channel.as_str()) else {
+                        continue;
+                    };
+                    if !sent[i] && !pushed[i] {
+                        pushed[i] = true;
                         st.ids[i] = StreamPosition::new(
                             p.position.epoch.clone(),
                             p.position.offset.saturating_sub(1),
                         );
                     }
                 }
+                Emit::Reset { channels: rc, .. } => {
+                    for r in rc {
+                        if let Some(i) = named(r.channel.as_str()) {
+                            reset[i] = true;
+                        }
+                    }
+                }
+                Emit::Presence(_) => {}
             }
         }
-        None => {}
     }
     push_id(&mut first, &st.ids);
     first.extend_from_slice(b"\n");
@@ -224,11 +273,11 @@ async fn open(
     first.extend_from_slice(b"event: ");
     first.extend_from_slice(SSE_EVENT_CONNECTED.as_bytes());
     first.extend_from_slice(b"\ndata: ");
-    first.extend_from_slice(
-        app.hello(session_id, app.sse.keepalive)
-            .to_json()
-            .as_bytes(),
-    );
+    let mut hello = app.hello(session_id, app.sse.keepalive);
+    if sent.contains(&true) {
+        hello.recovered = Some(sent.iter().zip(&reset).map(|(s, r)| *s && !r).collect());
+    }
+    first.extend_from_slice(hello.to_json().as_bytes());
     first.extend_from_slice(b"\n\n");
     st.emits = emits;
     let replay = st.encode();
