@@ -232,11 +232,17 @@ mod tests {
             node: "n1".into(),
             time: 5,
             ping_interval_ms: 25_000,
+            recovered: None,
         };
         assert_eq!(
             hello.to_push_json(),
             r#"{"push":"connected","conn_id":"c1","node":"n1","time":5,"ping_interval_ms":25000}"#
         );
+        let resumed = Connected {
+            recovered: Some(vec![true, false]),
+            ..hello
+        };
+        assert!(resumed.to_json().ends_with(r#""recovered":[true,false]}"#));
         let bye = Disconnect {
             code: 4000,
             reason: "server shutdown".into(),

@@ -119,10 +119,12 @@ async fn open(
                 }
             }
             k if k.starts_with('_') => {}
-            other => return Err(ApiError::bad_request(format!(
+            other => {
+                return Err(ApiError::bad_request(format!(
                 "unknown query parameter `{}`; allowed: channel, lastEventId, since, token, format",
                 other.escape_debug()
-            ))),
+            )))
+            }
         }
     }
     if channels.is_empty() {

@@ -247,3 +247,76 @@ async fn payload_only_sse_carries_the_bare_payload_and_resumes_after_a_cut() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
 }
+
+#[tokio::test]
+async fn since_resumes_channels_the_last_event_id_does_not_cover() {
+    let server = TestServer::start("").await;
+    let mut epoch = String::new();
+    for i in 1..=3 {
+        epoch = server.publish("a", None, json!(i)).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    server.publish("b", None, json!("old")).await;
+
+    // `a` resumes after offset 1, `b` starts fresh; the hello says which recovered.
+    let mut sse = sse_with(
+        &server,
+        &format!("channel=a&channel=b&since=a~{epoch}-1"),
+        None,
+    )
+    .await;
+    let (_, first) = sse.next_json().await;
+    let (_, second) = sse.next_json().await;
+    assert_eq!(
+        (first["data"].clone(), second["data"].clone()),
+        (json!(2), json!(3))
+    );
+    let hello = sse.hello.clone().expect("the hello");
+    assert_eq!(hello["recovered"], json!([true, false]));
+    server.publish("b", None, json!("new")).await;
+    let (_, live) = sse.next_json().await;
+    assert_eq!(
+        (live["channel"].clone(), live["data"].clone()),
+        (json!("b"), json!("new"))
+    );
+    drop(sse);
+
+    // A last event id covers every channel and wins over a stale `since` (a browser's own
+    // reconnect of an EventSource opened with one).
+    let mut sse = sse_with(
+        &server,
+        &format!("channel=a&since=a~{epoch}-0"),
+        Some(&format!("{epoch}-2")),
+    )
+    .await;
+    let (_, only) = sse.next_json().await;
+    assert_eq!(
+        only["offset"],
+        json!(3),
+        "resumed from the header's position"
+    );
+    drop(sse);
+
+    // A `since` beyond what the channel kept is a reset, not an error.
+    let mut sse = sse_with(&server, "channel=a&since=a~zz-5", None).await;
+    let (event, reset) = sse.next_json().await;
+    assert_eq!(
+        (event.as_str(), reset["reason"].clone()),
+        ("herald.reset", json!("epoch_changed"))
+    );
+    assert_eq!(sse.hello.clone().unwrap()["recovered"], json!([false]));
+    drop(sse);
+
+    for bad in [
+        "channel=a&since=a".to_owned(),
+        format!("channel=a&since=b~{epoch}-1"),
+        format!("channel=a&since=a~{epoch}-1,a~{epoch}-2"),
+        "channel=a&since=a~EE-1".to_owned(),
+    ] {
+        let (status, body) = server.get(&format!("/sse?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(body["error"]["code"], "bad_position", "{bad}");
+    }
+}

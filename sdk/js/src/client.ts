@@ -115,6 +115,7 @@ export class HeraldClient {
   private attempt = 0;
   private reopen = false;
   private waiters: Array<() => void> = [];
+  private keepalive = 0;
 
   /** Touches no global until `connect()`, so it can be built during server-side rendering. */
   constructor(readonly options: ClientOptions) {
@@ -655,6 +656,7 @@ export class HeraldClient {
   /** The hello: the stream's first id (already read) says where each channel starts, and
    * `recovered` which resumed channels missed nothing (a reset follows for the others). */
   private sseHello(attempt: number, hello: Hello & { recovered?: boolean[] }, id: string): void {
+    this.keepalive = hello.ping_interval_ms;
     const ids = parseSseId(id) ?? [];
     this.sseChannels.forEach((name, i) => {
       const chan = this.chans.get(name);
@@ -698,8 +700,9 @@ export class HeraldClient {
       () => {},
     );
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-    const keepalive = 15000;
     const watch = (): void => {
+      // The hello's interval is the server's keep-alive (sse.keepalive).
+      const keepalive = this.keepalive || 15000;
       this.timers.beat = setTimeout(() => {
         if (attempt !== this.attempt) return;
         // Chunks arrive even in a throttled tab, so silence measured by the clock is real.
