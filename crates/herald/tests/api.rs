@@ -309,3 +309,31 @@ async fn disconnect_by_connection_id_and_by_channel() {
         .await;
     assert_eq!((status, &v["disconnected"]), (200, &json!(0)));
 }
+
+#[tokio::test]
+async fn the_browser_client_is_served_with_a_validator() {
+    let server = TestServer::start("").await;
+    let url = format!("{}/sdk/herald.js", server.url);
+    let resp = server.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(h["cache-control"], "public, max-age=300");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("HeraldClient"), "the SDK bundle");
+    assert_eq!(
+        body,
+        include_str!("../../herald-server/assets/herald.js"),
+        "the committed bundle"
+    );
+    let again = server
+        .http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.text().await.unwrap().is_empty());
+}

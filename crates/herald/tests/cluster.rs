@@ -38,9 +38,17 @@ presence = true
 async fn nodes(backend: &Backend, n: usize) -> Vec<TestServer> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(TestServer::start(&config(backend, "")).await);
+        out.push(started(&config(backend, "")).await);
     }
     out
+}
+
+/// A node, once ready. A node refuses publishes until its engine's first canary has come back
+/// (503, "not ready"), which a loaded machine can delay past a test's first request.
+async fn started(config: &str) -> TestServer {
+    let node = TestServer::start(config).await;
+    wait_get(&node, "/health/ready", "the node ready", |s, _| s == 200).await;
+    node
 }
 
 /// Polls `GET path` until `pred(status, body)` holds.
@@ -459,8 +467,8 @@ latest_state = "per_event"
         "presence_lease = \"2s\"",
         "presence_lease = \"2s\"\nchannel_state_ttl = \"1s\"",
     );
-    let a = TestServer::start(&config).await;
-    let b = TestServer::start(&config).await;
+    let a = started(&config).await;
+    let b = started(&config).await;
     for event in ["queue", "status", "tts", "queue", "status", "tts"] {
         a.publish("w:stream", Some(event), json!(event)).await;
     }
@@ -541,8 +549,8 @@ hmac_secrets = ["{USERS_SECRET}"]
 "#
     );
     let config = config(&backend, &extra);
-    let a = TestServer::start(&config).await;
-    let b = TestServer::start(&config).await;
+    let a = started(&config).await;
+    let b = started(&config).await;
     let mut watcher = ws_subscribe(&a, "people:party", None).await;
     let mut tab1 = Ws::connect_url(&format!("{}?token={}", a.ws_url(), token_for("alice"))).await;
     let r = tab1
@@ -761,8 +769,8 @@ async fn redis_cluster_spreads_channels_over_shards() {
         "[engine]\nkind = \"redis\"\nurl = \"{}\"\n[channels.defaults]\nhistory_size = 100\n",
         cluster.url()
     );
-    let a = TestServer::start(&config).await;
-    let b = TestServer::start(&config).await;
+    let a = started(&config).await;
+    let b = started(&config).await;
     // Enough channels that every shard owns some.
     let channels: Vec<String> = (0..12).map(|i| format!("shard-{i}")).collect();
     let names: Vec<&str> = channels.iter().map(String::as_str).collect();
@@ -914,8 +922,8 @@ async fn redis_cluster_failover_keeps_subscribers_receiving() {
         })
         .find(|(_, owner)| *owner != 0)
         .expect("a channel on another shard");
-    let a = TestServer::start(&config).await;
-    let b = TestServer::start(&config).await;
+    let a = started(&config).await;
+    let b = started(&config).await;
     let mut sse = Sse::connect(&a, &[&channel], None).await;
     sse.wait_raw(b"id: ").await;
     let mut ws = ws_subscribe(&b, &channel, None).await;

@@ -126,14 +126,20 @@ test("SSE read with fetch: the same cuts, each publication once", async (t) => {
   await page.close();
 });
 
-test("SSE through EventSource, as OBS widgets use it: the same cuts, each publication once", async (t) => {
+test("WebSocket refused by the proxy, fallback forced onto EventSource as OBS widgets use it: the same cuts, each publication once", async (t) => {
   if (!browserOrSkip(t)) return;
-  const page = await open({ transport: "sse", sse: "eventsource", events: ["m"] }, ["es:a", "es:b"]);
-  await throughCuts(t, page, ["es:a", "es:b"], "sse");
-  await page.close();
+  proxy.refuseUpgrades = true;
+  try {
+    const page = await open({ sse: "eventsource", events: ["m"] }, ["es:a", "es:b"]);
+    await throughCuts(t, page, ["es:a", "es:b"], "sse");
+    assert.ok(await page.evaluate(() => window.rec.trace.includes("open sse")), "it fell back");
+    await page.close();
+  } finally {
+    proxy.refuseUpgrades = false;
+  }
 });
 
-test("WebSocket refused by the proxy: falls back to SSE, loses nothing, and goes back when it can", async (t) => {
+test("WebSocket refused by the proxy: falls back to SSE read with fetch, loses nothing, and goes back when it can", async (t) => {
   if (!browserOrSkip(t)) return;
   proxy.refuseUpgrades = true;
   try {
@@ -208,6 +214,10 @@ test("React StrictMode: two components on one channel make one subscription; unm
   assert.deepEqual(got.A, [1, 2, 3]);
   assert.deepEqual(got.B, [1, 2, 3, 4, 5]);
   assert.equal((await herald.stats()).subscriptions, 1);
+  await page.evaluate(() => window.unmountApp());
+  await until("no connection left after the provider unmounted", async () => {
+    const s = await herald.stats();
+    return s.subscriptions === 0 && s.connections.total === 0;
+  });
   await page.close();
-  await until("no subscription left after the page closed", async () => (await herald.stats()).subscriptions === 0);
 });

@@ -24,7 +24,7 @@ function App() {
 
 window.mountApp = (url) => {
   const client = new HeraldClient({ url });
-  createRoot(document.getElementById("root")).render(
-    h(StrictMode, null, h(HeraldProvider, { client }, h(App))),
-  );
+  const root = createRoot(document.getElementById("root"));
+  root.render(h(StrictMode, null, h(HeraldProvider, { client }, h(App))));
+  window.unmountApp = () => root.unmount();
 };

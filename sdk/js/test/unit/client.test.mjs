@@ -200,3 +200,41 @@ test("publish over SSE is refused as unavailable, not lost silently", async () =
   await assert.rejects(c.publish("a", "m", 1), { code: "unavailable_over_sse" });
   c.disconnect();
 });
+
+test("back online or visible again: the remaining backoff is skipped", async () => {
+  const handlers = {};
+  globalThis.addEventListener = (type, fn) => (handlers[type] = fn);
+  globalThis.removeEventListener = (type) => delete handlers[type];
+  globalThis.document = {
+    visibilityState: "hidden",
+    addEventListener: (type, fn) => (handlers[type] = fn),
+    removeEventListener: (type) => delete handlers[type],
+  };
+  try {
+    const { c } = client({ backoff: { minDelay: 600000, maxDelay: 600000 } });
+    c.connect();
+    await tick();
+    last().hello();
+    await tick();
+    last().drop();
+    await tick();
+    assert.equal(c.state, "disconnected");
+    handlers.visibilitychange();
+    assert.equal(FakeSocket.all.length, 1, "a hidden tab waits");
+    globalThis.document.visibilityState = "visible";
+    handlers.visibilitychange();
+    await tick();
+    assert.equal(FakeSocket.all.length, 2, "visible again: reconnected at once");
+    last().drop();
+    await tick();
+    handlers.online();
+    await tick();
+    assert.equal(FakeSocket.all.length, 3, "online again: reconnected at once");
+    c.disconnect();
+    assert.deepEqual(Object.keys(handlers), [], "disconnect() removes its listeners");
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+    delete globalThis.document;
+  }
+});
