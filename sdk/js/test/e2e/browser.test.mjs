@@ -65,7 +65,10 @@ async function open(options, channels) {
   const page = await browser.newPage();
   page.on("pageerror", (e) => console.error("page error:", e));
   await page.goto(pages.url);
-  await page.evaluate(([u, o, c]) => window.begin(u, o, c), [proxy.url, options, channels]);
+  // Cuts come faster than a connection becomes stable (10 s), so the backoff would climb to
+  // its 20 s ceiling; keep it short for the test.
+  const opts = { backoff: { maxDelay: 2000 }, ...options };
+  await page.evaluate(([u, o, c]) => window.begin(u, o, c), [proxy.url, opts, channels]);
   await until("connected", () => page.evaluate(() => window.client.state === "connected"));
   return page;
 }
@@ -76,21 +79,23 @@ const rec = (page) => page.evaluate(() => window.rec);
 async function throughCuts(t, page, channels, transport) {
   const pub = publisher(herald, channels);
   const drops = async () => (await rec(page)).states.filter((s) => s === "disconnected").length;
-  for (const cut of ["fin", "rst", "mid", "refuse"]) {
-    await sleep(400);
-    const before = await drops();
-    if (cut === "mid") proxy.midFrame = true;
-    else if (cut === "refuse") await proxy.refuse(800);
-    else proxy.cut(cut);
-    await until(`cut by ${cut}`, async () => (await drops()) > before);
-    await until(`reconnected after ${cut}`, () => page.evaluate(() => window.client.state === "connected"));
-  }
-  await sleep(300);
-  await pub.stop();
-  const total = Object.values(pub.acked).reduce((a, b) => a + b, 0);
   try {
+    for (const cut of ["fin", "rst", "mid", "refuse"]) {
+      await sleep(400);
+      const before = await drops();
+      if (cut === "mid") proxy.midFrame = true;
+      else if (cut === "refuse") await proxy.refuse(800);
+      else proxy.cut(cut);
+      await until(`cut by ${cut}`, async () => (await drops()) > before);
+      await until(`reconnected after ${cut}`, () => page.evaluate(() => window.client.state === "connected"));
+    }
+    await sleep(300);
+    await pub.stop();
+    const total = Object.values(pub.acked).reduce((a, b) => a + b, 0);
     await until("every publication", async () => (await rec(page)).log.filter((e) => e.t === "pub").length >= total);
   } finally {
+    // Stopped in any case, so nothing publishes after the test; a publish error shows above.
+    await pub.stop().catch(() => {});
     const r = await rec(page);
     const seen = (ch) => r.log.filter((e) => e.ch === ch).map((e) => e.o);
     const state = await page.evaluate(() => [window.client.state, window.client.transport, window.client.duplicates]);
@@ -104,6 +109,7 @@ async function throughCuts(t, page, channels, transport) {
   }
   await sleep(200);
   const r = await rec(page);
+  const total = Object.values(pub.acked).reduce((a, b) => a + b, 0);
   assert.deepEqual(checkLog(r.log, pub.acked), [], "no reset: history covered every cut");
   assert.equal(r.log.length, total, "nothing more than what was published");
   assert.ok(r.recovered.includes(transport), `a resume over ${transport} reported as recovered`);
