@@ -10,6 +10,7 @@ mod channel;
 mod conn_id;
 mod counts;
 mod engine;
+mod histogram;
 mod hub;
 mod identity;
 pub mod memory;
@@ -36,6 +37,7 @@ pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
     LatencySummary, PresenceStore, ResetReason, Retention, LATEST_STATE_BOUND,
 };
+pub use histogram::{Histogram, HistogramSnapshot, Percentiles, BUCKETS_US};
 pub use hub::Hub;
 pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
 pub use namespace::{
@@ -58,7 +60,9 @@ pub use session::{
     history_result, publish_error_code, Completion, Emit, Handled, JoinDone, Joining, Pending,
     RequestContext, Session, SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,
 };
-pub use stats::{Refusals, RefusalsSnapshot, Stats, StatsSnapshot};
+pub use stats::{
+    transport_index, ConnectionCounts, Refusals, RefusalsSnapshot, Stats, StatsSnapshot,
+};
 
 /// A new random epoch: 8 base36 characters.
 pub fn new_epoch() -> herald_protocol::Epoch {

@@ -1,6 +1,8 @@
 //! Node-wide counters and gauges behind `GET /api/stats`, kept as relaxed atomics so the hot
 //! path pays one add per fan-out.
 
+use crate::Transport;
+use herald_protocol::CloseCode;
 use serde::Serialize;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -27,6 +29,81 @@ pub struct Stats {
     pub connections_rejected: AtomicU64,
     /// What limits and permissions refused.
     pub refused: Refusals,
+    /// Connections accepted and closed, by transport and close code.
+    pub connections: ConnectionCounts,
+    /// Reset notices by reason: beyond retention, epoch changed.
+    resets_by_reason: [AtomicU64; 2],
+    /// Resumes that ended in a reset (a part of `resumes`).
+    pub resume_resets: AtomicU64,
+}
+
+impl Stats {
+    /// Counts one reset notice.
+    pub fn reset(&self, reason: crate::ResetReason) {
+        self.resets.fetch_add(1, Relaxed);
+        let i = match reason {
+            crate::ResetReason::BeyondRetention => 0,
+            crate::ResetReason::EpochChanged => 1,
+        };
+        self.resets_by_reason[i].fetch_add(1, Relaxed);
+    }
+
+    /// Reset notices by reason: `(beyond_retention, epoch_changed)`.
+    pub fn resets_by_reason(&self) -> (u64, u64) {
+        (
+            self.resets_by_reason[0].load(Relaxed),
+            self.resets_by_reason[1].load(Relaxed),
+        )
+    }
+}
+
+/// Connections accepted and closed per transport (index: [`transport_index`]); closes by the
+/// server's close code (index in [`CloseCode::ALL`]) or, in the last slot, ended by the peer
+/// (a client that closed or went away, or a failed write).
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    accepted: [AtomicU64; 2],
+    closed: [[AtomicU64; CloseCode::ALL.len() + 1]; 2],
+}
+
+/// The counters' index of a transport.
+pub fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::Sse => 0,
+        Transport::Ws => 1,
+    }
+}
+
+impl ConnectionCounts {
+    /// A connection was accepted.
+    pub fn accepted(&self, t: Transport) {
+        self.accepted[transport_index(t)].fetch_add(1, Relaxed);
+    }
+
+    /// A connection closed: with the server's `code`, or by its peer (`None`).
+    pub fn closed(&self, t: Transport, code: Option<CloseCode>) {
+        let i = code.map_or(CloseCode::ALL.len(), |c| {
+            CloseCode::ALL.iter().position(|&x| x == c).unwrap_or(0)
+        });
+        self.closed[transport_index(t)][i].fetch_add(1, Relaxed);
+    }
+
+    /// Accepted so far on `t`.
+    pub fn accepted_count(&self, t: Transport) -> u64 {
+        self.accepted[transport_index(t)].load(Relaxed)
+    }
+
+    /// Closed so far on `t`: `(code, count)` for each close code, then `(None, count)` for
+    /// closes by the peer.
+    pub fn closed_counts(&self, t: Transport) -> Vec<(Option<CloseCode>, u64)> {
+        let row = &self.closed[transport_index(t)];
+        CloseCode::ALL
+            .iter()
+            .map(|c| Some(*c))
+            .chain([None])
+            .zip(row.iter().map(|a| a.load(Relaxed)))
+            .collect()
+    }
 }
 
 impl Default for Stats {
@@ -42,6 +119,9 @@ impl Default for Stats {
             resets: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             refused: Refusals::default(),
+            connections: ConnectionCounts::default(),
+            resets_by_reason: Default::default(),
+            resume_resets: AtomicU64::new(0),
         }
     }
 }

@@ -31,6 +31,20 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every code, in declaration order (an index for counters kept per code).
+    pub const ALL: [CloseCode; 10] = [
+        Self::ServerShutdown,
+        Self::SlowConsumer,
+        Self::HeartbeatTimeout,
+        Self::DisconnectReconnect,
+        Self::TryLater,
+        Self::TokenExpired,
+        Self::ProtocolError,
+        Self::MessageTooBig,
+        Self::InvalidPayload,
+        Self::DisconnectTerminal,
+    ];
+
     /// The numeric WebSocket close code.
     pub fn code(self) -> u16 {
         match self {

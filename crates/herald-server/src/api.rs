@@ -365,7 +365,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
 }
 
 /// This process's resident memory, from `/proc/self/status` (Linux); `null` elsewhere.
-fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

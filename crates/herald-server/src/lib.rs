@@ -18,6 +18,7 @@ mod instrumented;
 mod lifecycle;
 mod limits;
 mod listener;
+mod metrics;
 mod repoll;
 mod scratch;
 mod sdk;
@@ -86,6 +87,8 @@ struct Shared {
     trusted_proxies: Arc<client_addr::TrustedProxies>,
     /// This node's id in hellos (random per process).
     node_id: Arc<str>,
+    /// HTTP API requests by route and status, with durations (`/metrics`).
+    http_metrics: metrics::HttpMetrics,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -149,9 +152,23 @@ impl App {
                 login_rates,
                 trusted_proxies,
                 node_id: herald_core::new_epoch().to_string().into(),
+                http_metrics: metrics::HttpMetrics::default(),
             }),
         })
     }
+}
+
+/// Serves only `GET /metrics`, without the API's authentication, on `listener` (`metrics.listen`:
+/// an address scrapers inside the network reach) until the node shuts down.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
+    let stop = app.shutdown.clone();
+    let router = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .fallback(error::not_found)
+        .with_state(app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 /// The router with every route.
@@ -166,9 +183,14 @@ pub fn router(app: App) -> Router {
         .route("/api/presence", get(api::presence))
         .route("/api/stats", get(api::stats))
         .route("/api/disconnect", post(api::disconnect))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_api_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            metrics::track,
         ));
     Router::new()
         .route("/sse", get(sse::handler))

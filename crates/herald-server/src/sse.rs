@@ -379,6 +379,9 @@ impl SseStream {
                         "SSE stream ended by the server."
                     );
                     self.done = true;
+                    if let Some(s) = &mut self.session {
+                        s.closing(code);
+                    }
                     let delay = (code == CloseCode::ServerShutdown).then(|| {
                         crate::lifecycle::jitter(Duration::from_millis(self.retry_ms.into()))
                     });
@@ -388,8 +391,9 @@ impl SseStream {
                     let now = Instant::now();
                     if self.expires.is_some_and(|e| e <= now) {
                         tracing::debug!("SSE stream ended: the token expired.");
-                        if let Some(s) = &self.session {
+                        if let Some(s) = &mut self.session {
                             s.node().stats.refused.token_expired.fetch_add(1, Relaxed);
+                            s.closing(CloseCode::TokenExpired);
                         }
                         self.done = true;
                         return Some(disconnect_event(CloseCode::TokenExpired, None));

@@ -313,6 +313,7 @@ fn connection(
             }
         };
         if let Some(code) = close {
+            session.closing(code);
             if code == CloseCode::ServerShutdown {
                 // Each client gets its own delay, so a restart's clients do not all come back
                 // in the same instant.

@@ -157,6 +157,18 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     )
     .map_err(|errors| anyhow::anyhow!("auth.token: {}", errors.join("; ")))?;
     let router = herald_server::router(app.clone());
+    if let Some(addr) = config.metrics.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics.listen {addr}"))?;
+        tracing::info!(addr = %addr, "Serving /metrics on its own address.");
+        let app = app.clone();
+        tasks::spawn(&tracker, "metrics-listener", async move {
+            herald_server::serve_metrics(listener, app)
+                .await
+                .context("serving metrics.listen")
+        });
+    }
     // A signal begins the drain (`server.drain_window`); the server cancels `root` after it.
     tasks::spawn(
         &tracker,

@@ -18,7 +18,8 @@ impl Session {
     ) -> StreamPosition {
         match page.reset {
             Some(reason) => {
-                self.node.stats.resets.fetch_add(1, Relaxed);
+                self.node.stats.reset(reason);
+                self.node.stats.resume_resets.fetch_add(1, Relaxed);
                 out.push(Emit::Reset {
                     reason,
                     channels: vec![ResetChannel {
@@ -112,7 +113,7 @@ impl Session {
             } else {
                 ResetReason::EpochChanged
             };
-            self.node.stats.resets.fetch_add(1, Relaxed);
+            self.node.stats.reset(reason);
             out.push(Emit::Reset {
                 reason,
                 channels: vec![ResetChannel {

@@ -45,6 +45,9 @@ pub struct Session {
     pub(super) node: Node,
     pub(super) conn_id: ConnId,
     pub(super) transport: Transport,
+    /// The code the server closes the connection with, once the transport has chosen one;
+    /// `None` when the peer ended it (counted when the session is dropped).
+    pub(super) close: Option<herald_protocol::CloseCode>,
     pub(super) limits: SessionLimits,
     pub(super) tx: OutboxTx,
     pub(super) subs: Vec<Sub>,
@@ -71,11 +74,13 @@ impl Session {
             Transport::Sse => &node.stats.connections_sse,
         };
         gauge.fetch_add(1, Relaxed);
+        node.stats.connections.accepted(transport);
         node.hub.register(conn_id, tx.clone());
         let session = Self {
             node,
             conn_id,
             transport,
+            close: None,
             limits,
             tx,
             subs: Vec::new(),
@@ -140,6 +145,13 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Records the code the server closes this connection with (counted when it ends).
+    pub fn closing(&mut self, code: herald_protocol::CloseCode) {
+        self.close = Some(code);
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         // Normally `close` already emptied `subs`; this covers a connection task that ended
@@ -156,5 +168,9 @@ impl Drop for Session {
             Transport::Sse => &self.node.stats.connections_sse,
         };
         gauge.fetch_sub(1, Relaxed);
+        self.node
+            .stats
+            .connections
+            .closed(self.transport, self.close);
     }
 }

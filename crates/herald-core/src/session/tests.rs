@@ -493,3 +493,13 @@ async fn a_full_channel_refuses_subscribers_until_one_leaves() {
     first.close().await;
     member_of(&node, "room", Some("c")).await.unwrap();
 }
+
+#[test]
+fn a_session_stays_small() {
+    // Every idle connection holds one; BENCHMARKS' idle memory per connection assumes this.
+    assert!(
+        std::mem::size_of::<Session>() <= 240,
+        "Session grew to {} bytes",
+        std::mem::size_of::<Session>()
+    );
+}

@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) engine: EngineConfig,
     pub(crate) auth: AuthConfig,
     pub(crate) proxy: ProxyConfig,
+    pub(crate) metrics: MetricsConfig,
     pub(crate) log: LogConfig,
 }
 
@@ -149,6 +150,15 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self::Memory(MemoryEngineConfig::default())
     }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MetricsConfig {
+    /// Also serve `GET /metrics` on this address, without the API's authentication (for
+    /// scrapers inside the network); unset, `/metrics` is served with the API only.
+    pub(crate) listen: Option<std::net::SocketAddr>,
 }
 
 /// Log output.
@@ -279,6 +289,7 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
         engine: section(&checked, "engine", &mut problems),
         auth: section(&checked, "auth", &mut problems),
         proxy: section(&checked, "proxy", &mut problems),
+        metrics: section(&checked, "metrics", &mut problems),
         log: section(&checked, "log", &mut problems),
     };
     problems.extend(config.problems());

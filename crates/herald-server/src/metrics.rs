@@ -1,0 +1,343 @@
+//! `GET /metrics`: the node's counters in Prometheus's text format (0.0.4).
+//!
+//! The values are the same atomics `/api/stats` reads (nothing is counted twice); this module
+//! only writes them out. It writes the format itself rather than through a client library:
+//! the counters already exist as relaxed atomics on the hot paths, and the Rust client that
+//! would own them (`prometheus-client`) writes OpenMetrics, whose counter families Debian's
+//! `promtool check metrics` (2.42) rejects.
+
+use crate::App;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use herald_core::{HistogramSnapshot, Transport, BUCKETS_US};
+use herald_protocol::CloseCode;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The content type of the text format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A Prometheus text exposition being written.
+#[derive(Default)]
+pub(crate) struct Exposition {
+    out: String,
+}
+
+/// Escapes a label value (backslash, double quote, line feed).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+impl Exposition {
+    /// Starts a family: its help line and type.
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    pub(crate) fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{name}{} {value}", labels(pairs));
+    }
+
+    /// A family with a single unlabelled sample.
+    pub(crate) fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// One labelled histogram of the current family (the family line is written by the caller).
+    pub(crate) fn histogram(&mut self, name: &str, pairs: &[(&str, &str)], h: &HistogramSnapshot) {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS_US.iter().enumerate() {
+            cumulative += h.counts[i];
+            #[allow(clippy::cast_precision_loss)]
+            let le = format!("{}", *bound as f64 / 1e6);
+            let mut with = pairs.to_vec();
+            with.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &with, cumulative);
+        }
+        cumulative += h.counts[BUCKETS_US.len()];
+        let mut with = pairs.to_vec();
+        with.push(("le", "+Inf"));
+        self.sample(&format!("{name}_bucket"), &with, cumulative);
+        #[allow(clippy::cast_precision_loss)]
+        let sum = h.sum_us as f64 / 1e6;
+        self.sample(&format!("{name}_sum"), pairs, sum);
+        self.sample(&format!("{name}_count"), pairs, cumulative);
+    }
+
+    pub(crate) fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// HTTP API requests by route and status, and their durations by route. Routes come from the
+/// router's matched paths (a fixed set) and statuses are HTTP codes, so the labels are bounded.
+#[derive(Debug, Default)]
+pub(crate) struct HttpMetrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    durations: Mutex<BTreeMap<&'static str, herald_core::Histogram>>,
+}
+
+/// The route label of a request: its matched path, one of the router's own.
+fn route_label(req: &Request) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/api/publish",
+        "/api/broadcast",
+        "/api/batch",
+        "/api/history",
+        "/api/channels",
+        "/api/presence",
+        "/api/stats",
+        "/api/connections",
+        "/api/disconnect",
+        "/metrics",
+        "/auth/telegram",
+        "/auth/refresh",
+    ];
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(req.uri().path(), MatchedPath::as_str);
+    ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
+}
+
+/// Middleware: counts one API request and times it.
+pub(crate) async fn track(State(app): State<App>, req: Request, next: Next) -> Response {
+    let route = route_label(&req);
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &app.shared.http_metrics;
+    let status = resp.status().as_u16();
+    if let Ok(mut r) = m.requests.lock() {
+        *r.entry((route, status)).or_insert(0) += 1;
+    }
+    if let Ok(mut d) = m.durations.lock() {
+        d.entry(route).or_default().observe(start.elapsed());
+    }
+    resp
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Sse => "sse",
+        Transport::Ws => "ws",
+    }
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(app): State<App>) -> Response {
+    let mut resp = render(&app).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+    resp
+}
+
+/// Writes every metric of the node.
+pub(crate) fn render(app: &App) -> String {
+    let mut x = Exposition::default();
+    let s = app.node.stats.snapshot();
+    let (channels, subscriptions) = app.node.hub.totals();
+
+    x.family("herald_build_info", "gauge", "Herald's version, always 1.");
+    x.sample("herald_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    x.single(
+        "herald_uptime_seconds",
+        "gauge",
+        "Seconds since this node started.",
+        s.uptime_seconds,
+    );
+    if let Some(rss) = crate::api::rss_bytes() {
+        x.single(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process in bytes.",
+            rss,
+        );
+    }
+
+    x.family("herald_connections", "gauge", "Open client connections by transport.");
+    x.sample("herald_connections", &[("transport", "sse")], s.connections_sse);
+    x.sample("herald_connections", &[("transport", "ws")], s.connections_ws);
+    let counts = &app.node.stats.connections;
+    x.family(
+        "herald_connections_accepted_total",
+        "counter",
+        "Client connections accepted, by transport.",
+    );
+    for t in [Transport::Sse, Transport::Ws] {
+        x.sample(
+            "herald_connections_accepted_total",
+            &[("transport", transport_name(t))],
+            counts.accepted_count(t),
+        );
+    }
+    x.family(
+        "herald_connections_closed_total",
+        "counter",
+        "Client connections closed, by transport and the server's close code (`peer`: the client closed or went away).",
+    );
+    let mut heartbeat_timeouts = 0;
+    for t in [Transport::Sse, Transport::Ws] {
+        for (code, n) in counts.closed_counts(t) {
+            let label = code.map_or_else(|| "peer".to_owned(), |c| c.code().to_string());
+            if code == Some(CloseCode::HeartbeatTimeout) {
+                heartbeat_timeouts += n;
+            }
+            x.sample(
+                "herald_connections_closed_total",
+                &[("transport", transport_name(t)), ("code", &label)],
+                n,
+            );
+        }
+    }
+    x.single(
+        "herald_heartbeat_timeouts_total",
+        "counter",
+        "WebSocket connections closed because the peer sent nothing for ws.idle_timeout (4002).",
+        heartbeat_timeouts,
+    );
+    x.single("herald_channels", "gauge", "Channels with a subscriber on this node.", channels);
+    x.single(
+        "herald_subscriptions",
+        "gauge",
+        "Subscriptions held by this node's connections.",
+        subscriptions,
+    );
+
+    x.family(
+        "herald_refused_total",
+        "counter",
+        "Requests and connections refused, by cause (a limit, a permission, a full node).",
+    );
+    x.sample("herald_refused_total", &[("cause", "server_full")], s.connections_rejected);
+    if let Ok(serde_json::Value::Object(causes)) = serde_json::to_value(&s.refused) {
+        for (cause, n) in causes {
+            x.sample("herald_refused_total", &[("cause", &cause)], n);
+        }
+    }
+
+    x.single(
+        "herald_publications_total",
+        "counter",
+        "Publications accepted by this node.",
+        s.publications,
+    );
+    x.single(
+        "herald_deliveries_total",
+        "counter",
+        "Publications queued to subscribers' connections.",
+        s.deliveries,
+    );
+    x.single(
+        "herald_slow_consumer_evictions_total",
+        "counter",
+        "Connections closed because they fell too far behind (4001).",
+        s.slow_consumer_evictions,
+    );
+    x.single(
+        "herald_write_timeouts_total",
+        "counter",
+        "Connections dropped because their socket took nothing for server.write_timeout.",
+        crate::write_timeouts::WRITE_TIMEOUTS.load(Relaxed),
+    );
+    let resume_resets = app.node.stats.resume_resets.load(Relaxed);
+    x.family(
+        "herald_resumes_total",
+        "counter",
+        "Subscriptions that resumed from a position, by result: recovered (everything missed was replayed) or reset.",
+    );
+    x.sample(
+        "herald_resumes_total",
+        &[("result", "recovered")],
+        s.resumes.saturating_sub(resume_resets),
+    );
+    x.sample("herald_resumes_total", &[("result", "reset")], resume_resets);
+    let (beyond, epoch) = app.node.stats.resets_by_reason();
+    x.family(
+        "herald_resets_total",
+        "counter",
+        "Reset notices sent (on a resume or a live gap that history could not fill), by reason.",
+    );
+    x.sample("herald_resets_total", &[("reason", "beyond_retention")], beyond);
+    x.sample("herald_resets_total", &[("reason", "epoch_changed")], epoch);
+
+    let engine = app.node.broker.status();
+    x.family("herald_engine_ready", "gauge", "Whether the engine may take work (1) or not (0).");
+    x.sample("herald_engine_ready", &[("kind", engine.kind)], u8::from(engine.ready));
+    x.family(
+        "herald_engine_state",
+        "gauge",
+        "The engine connection's state: 1 for the current one.",
+    );
+    for state in ["embedded", "connected", "connecting", "disconnected"] {
+        x.sample(
+            "herald_engine_state",
+            &[("state", state)],
+            u8::from(engine.state == state),
+        );
+    }
+    x.single(
+        "herald_engine_reconnects_total",
+        "counter",
+        "Times the connection to the engine was re-established.",
+        engine.reconnects,
+    );
+    x.family(
+        "herald_engine_events_total",
+        "counter",
+        "Engine events: recoveries after lost messages, ingested entries and the like.",
+    );
+    for (event, n) in &engine.counters {
+        x.sample("herald_engine_events_total", &[("event", event)], n);
+    }
+
+    let http = &app.shared.http_metrics;
+    x.family(
+        "herald_http_requests_total",
+        "counter",
+        "HTTP API requests by route and status.",
+    );
+    if let Ok(r) = http.requests.lock() {
+        for ((route, status), n) in r.iter() {
+            x.sample(
+                "herald_http_requests_total",
+                &[("route", route), ("status", &status.to_string())],
+                n,
+            );
+        }
+    }
+    x.family(
+        "herald_http_request_duration_seconds",
+        "histogram",
+        "HTTP API request durations by route.",
+    );
+    let durations: Vec<(&str, HistogramSnapshot)> = http
+        .durations
+        .lock()
+        .map(|d| d.iter().map(|(r, h)| (*r, h.snapshot())).collect())
+        .unwrap_or_default();
+    for (route, h) in &durations {
+        x.histogram("herald_http_request_duration_seconds", &[("route", route)], h);
+    }
+    x.finish()
+}
