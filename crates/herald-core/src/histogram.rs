@@ -78,7 +78,11 @@ impl HistogramSnapshot {
         if total == 0 {
             return None;
         }
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
         let rank = ((total as f64) * q).ceil().max(1.0) as u64;
         let mut seen = 0;
         for (i, c) in self.counts.iter().enumerate() {

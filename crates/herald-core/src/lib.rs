@@ -61,7 +61,8 @@ pub use session::{
     RequestContext, Session, SessionError, SessionLimits, Transport, MAX_HISTORY_LIMIT,
 };
 pub use stats::{
-    transport_index, ConnectionCounts, Refusals, RefusalsSnapshot, Stats, StatsSnapshot,
+    transport_index, ConnectionCounts, PublicationCounts, Refusals, RefusalsSnapshot, Source,
+    Stats, StatsSnapshot, Writes, LATENCY_SAMPLE, MAX_EVENT_LABELS,
 };
 
 /// A new random epoch: 8 base36 characters.

@@ -23,6 +23,9 @@ pub struct Publication {
     pub position: StreamPosition,
     /// When it was published, milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// When this node accepted it (or received it from the engine): the start of its
+    /// delivery latency.
+    pub accepted: std::time::Instant,
     /// The WebSocket frame and, as a view into it, the JSON.
     encoded: OnceLock<(Bytes, Bytes)>,
     sse: OnceLock<Bytes>,
@@ -45,6 +48,7 @@ impl Publication {
             data,
             position,
             time_ms,
+            accepted: std::time::Instant::now(),
             encoded: OnceLock::new(),
             sse: OnceLock::new(),
             sse_event: OnceLock::new(),

@@ -2,6 +2,7 @@
 //! publishes. It validates names and sizes, looks up the namespace's retention, and hands the
 //! publication to the broker, which orders it.
 
+use crate::Source;
 use crate::{
     Broker, ChannelError, ChannelName, ChannelsConfig, EngineError, EventName, Publication,
     Retention, Stats, LATEST_STATE_BOUND,
@@ -163,12 +164,17 @@ impl Publisher {
     }
 
     /// Counts a publication made outside [`Publisher::publish`].
-    pub fn count_published(&self) {
+    pub fn count_published(&self, source: Source, event: &str) {
         self.stats.publications.fetch_add(1, Relaxed);
+        self.stats.published.count(source, event);
     }
 
-    /// Publishes a prepared command.
-    pub async fn publish(&self, p: Prepared) -> Result<Arc<Publication>, PublishError> {
+    /// Publishes a prepared command from `source`.
+    pub async fn publish(
+        &self,
+        p: Prepared,
+        source: Source,
+    ) -> Result<Arc<Publication>, PublishError> {
         if self.is_closed() {
             return Err(PublishError::ShuttingDown);
         }
@@ -185,7 +191,7 @@ impl Publisher {
                         .fetch_add(1, Relaxed);
                 }
             })?;
-        self.count_published();
+        self.count_published(source, publication.event.as_str());
         tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
         Ok(publication)
     }

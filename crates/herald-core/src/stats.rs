@@ -35,6 +35,136 @@ pub struct Stats {
     resets_by_reason: [AtomicU64; 2],
     /// Resumes that ended in a reset (a part of `resumes`).
     pub resume_resets: AtomicU64,
+    /// What was written to sockets, and how long it took to get there.
+    pub writes: Writes,
+    /// Publications by source and event name.
+    pub published: PublicationCounts,
+}
+
+/// Publications written to sockets and their bytes, by transport, and the delivery latency.
+#[derive(Debug, Default)]
+pub struct Writes {
+    messages: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+    /// From a publication accepted (or received from the engine) to its bytes handed to a
+    /// subscriber's socket; sampled: one written batch in [`LATENCY_SAMPLE`] per worker thread.
+    pub delivery_latency: crate::Histogram,
+}
+
+/// One written batch in this many records its delivery latency (per worker thread), so the
+/// clock read and the histogram's shared counters stay off most batches.
+pub const LATENCY_SAMPLE: u32 = 8;
+
+thread_local! {
+    static BATCHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl Writes {
+    /// A batch was handed to a socket: `messages` publications in `bytes` bytes, the oldest
+    /// accepted at `oldest`.
+    pub fn written(&self, t: Transport, messages: u64, bytes: u64, oldest: Option<Instant>) {
+        let i = transport_index(t);
+        if messages > 0 {
+            self.messages[i].fetch_add(messages, Relaxed);
+        }
+        self.bytes[i].fetch_add(bytes, Relaxed);
+        if let Some(oldest) = oldest {
+            let n = BATCHES.with(|c| {
+                let n = c.get().wrapping_add(1);
+                c.set(n);
+                n
+            });
+            if n % LATENCY_SAMPLE == 0 {
+                self.delivery_latency.observe(oldest.elapsed());
+            }
+        }
+    }
+
+    /// Publications written on `t`.
+    pub fn messages(&self, t: Transport) -> u64 {
+        self.messages[transport_index(t)].load(Relaxed)
+    }
+
+    /// Bytes written on `t` (publications and every other push).
+    pub fn bytes(&self, t: Transport) -> u64 {
+        self.bytes[transport_index(t)].load(Relaxed)
+    }
+}
+
+/// Where a publication came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The HTTP API (`/api/publish`, `/api/broadcast`, `/api/batch`).
+    Http,
+    /// A client's WebSocket `publish`.
+    Client,
+    /// The Redis engine's ingest of plain `PUBLISH`es and stream entries.
+    RedisIngest,
+}
+
+impl Source {
+    /// Every source, in counter order.
+    pub const ALL: [Source; 3] = [Source::Http, Source::Client, Source::RedisIngest];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Client => "client",
+            Source::RedisIngest => "redis_ingest",
+        }
+    }
+}
+
+/// Most distinct event names counted by name; publications of any other name count as `other`,
+/// so a publisher inventing names cannot grow the metric without bound.
+pub const MAX_EVENT_LABELS: usize = 100;
+
+/// Publications accepted, by source and by event name.
+#[derive(Debug, Default)]
+pub struct PublicationCounts {
+    by_source: [AtomicU64; 3],
+    by_event: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+    other_events: AtomicU64,
+}
+
+impl PublicationCounts {
+    /// Counts one publication.
+    pub fn count(&self, source: Source, event: &str) {
+        let i = Source::ALL.iter().position(|s| *s == source).unwrap_or(0);
+        self.by_source[i].fetch_add(1, Relaxed);
+        let mut map = self
+            .by_event
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(event) {
+            *n += 1;
+        } else if map.len() < MAX_EVENT_LABELS {
+            map.insert(event.into(), 1);
+        } else {
+            drop(map);
+            self.other_events.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Publications from `source`.
+    pub fn from(&self, source: Source) -> u64 {
+        let i = Source::ALL.iter().position(|s| *s == source).unwrap_or(0);
+        self.by_source[i].load(Relaxed)
+    }
+
+    /// Publications by event name, sorted, then `other` for names beyond the first
+    /// [`MAX_EVENT_LABELS`].
+    pub fn by_event(&self) -> (Vec<(String, u64)>, u64) {
+        let map = self
+            .by_event
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<(String, u64)> = map.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        drop(map);
+        v.sort();
+        (v, self.other_events.load(Relaxed))
+    }
 }
 
 impl Stats {
@@ -122,6 +252,8 @@ impl Default for Stats {
             connections: ConnectionCounts::default(),
             resets_by_reason: Default::default(),
             resume_resets: AtomicU64::new(0),
+            writes: Writes::default(),
+            published: PublicationCounts::default(),
         }
     }
 }

@@ -266,7 +266,7 @@ async fn handle(
         .await?
     {
         Some(_) => {
-            publisher.count_published();
+            publisher.count_published(herald_core::Source::RedisIngest, event.as_str());
             engine.remote.health().count("ingested", 1);
         }
         None => engine.remote.health().count("ingest_duplicates", 1),

@@ -104,7 +104,9 @@ pub(crate) async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let publisher = &app.node.publisher;
     let prepared = publisher.prepare(&body.channel, body.event.as_deref(), body.data)?;
-    let p = publisher.publish(prepared).await?;
+    let p = publisher
+        .publish(prepared, herald_core::Source::Http)
+        .await?;
     Ok(Json(published(&p)))
 }
 
@@ -177,7 +179,12 @@ async fn run_in_order(
     let total = prepared.len();
     let mut results = Vec::with_capacity(total);
     for p in prepared {
-        match app.node.publisher.publish(p).await {
+        match app
+            .node
+            .publisher
+            .publish(p, herald_core::Source::Http)
+            .await
+        {
             Ok(p) => results.push(published(&p)),
             Err(e) => {
                 let mut err = ApiError::from(e);

@@ -54,12 +54,23 @@ impl Exposition {
     }
 
     /// One sample of the current family.
-    pub(crate) fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: impl std::fmt::Display) {
+    pub(crate) fn sample(
+        &mut self,
+        name: &str,
+        pairs: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         let _ = writeln!(self.out, "{name}{} {value}", labels(pairs));
     }
 
     /// A family with a single unlabelled sample.
-    pub(crate) fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    pub(crate) fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl std::fmt::Display,
+    ) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
@@ -118,7 +129,11 @@ fn route_label(req: &Request) -> &'static str {
         .extensions()
         .get::<MatchedPath>()
         .map_or(req.uri().path(), MatchedPath::as_str);
-    ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Middleware: counts one API request and times it.
@@ -159,7 +174,11 @@ pub(crate) fn render(app: &App) -> String {
     let (channels, subscriptions) = app.node.hub.totals();
 
     x.family("herald_build_info", "gauge", "Herald's version, always 1.");
-    x.sample("herald_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    x.sample(
+        "herald_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
     x.single(
         "herald_uptime_seconds",
         "gauge",
@@ -175,9 +194,21 @@ pub(crate) fn render(app: &App) -> String {
         );
     }
 
-    x.family("herald_connections", "gauge", "Open client connections by transport.");
-    x.sample("herald_connections", &[("transport", "sse")], s.connections_sse);
-    x.sample("herald_connections", &[("transport", "ws")], s.connections_ws);
+    x.family(
+        "herald_connections",
+        "gauge",
+        "Open client connections by transport.",
+    );
+    x.sample(
+        "herald_connections",
+        &[("transport", "sse")],
+        s.connections_sse,
+    );
+    x.sample(
+        "herald_connections",
+        &[("transport", "ws")],
+        s.connections_ws,
+    );
     let counts = &app.node.stats.connections;
     x.family(
         "herald_connections_accepted_total",
@@ -216,7 +247,12 @@ pub(crate) fn render(app: &App) -> String {
         "WebSocket connections closed because the peer sent nothing for ws.idle_timeout (4002).",
         heartbeat_timeouts,
     );
-    x.single("herald_channels", "gauge", "Channels with a subscriber on this node.", channels);
+    x.single(
+        "herald_channels",
+        "gauge",
+        "Channels with a subscriber on this node.",
+        channels,
+    );
     x.single(
         "herald_subscriptions",
         "gauge",
@@ -229,24 +265,84 @@ pub(crate) fn render(app: &App) -> String {
         "counter",
         "Requests and connections refused, by cause (a limit, a permission, a full node).",
     );
-    x.sample("herald_refused_total", &[("cause", "server_full")], s.connections_rejected);
+    x.sample(
+        "herald_refused_total",
+        &[("cause", "server_full")],
+        s.connections_rejected,
+    );
     if let Ok(serde_json::Value::Object(causes)) = serde_json::to_value(&s.refused) {
         for (cause, n) in causes {
             x.sample("herald_refused_total", &[("cause", &cause)], n);
         }
     }
 
-    x.single(
+    let published = &app.node.stats.published;
+    x.family(
         "herald_publications_total",
         "counter",
-        "Publications accepted by this node.",
-        s.publications,
+        "Publications accepted by this node, by source (http: the HTTP API; client: WebSocket publishes; redis_ingest: plain Redis PUBLISH and stream entries).",
+    );
+    for source in herald_core::Source::ALL {
+        x.sample(
+            "herald_publications_total",
+            &[("source", source.as_str())],
+            published.from(source),
+        );
+    }
+    let (events, other) = published.by_event();
+    x.family(
+        "herald_publications_by_event_total",
+        "counter",
+        "Publications accepted by this node, by event name: the first 100 names seen, every later one as `other`.",
+    );
+    for (event, n) in &events {
+        x.sample("herald_publications_by_event_total", &[("event", event)], n);
+    }
+    x.sample(
+        "herald_publications_by_event_total",
+        &[("event", "other")],
+        other,
     );
     x.single(
         "herald_deliveries_total",
         "counter",
         "Publications queued to subscribers' connections.",
         s.deliveries,
+    );
+    let writes = &app.node.stats.writes;
+    x.family(
+        "herald_delivered_total",
+        "counter",
+        "Publications written to subscribers' connections, by transport.",
+    );
+    for t in [Transport::Sse, Transport::Ws] {
+        x.sample(
+            "herald_delivered_total",
+            &[("transport", transport_name(t))],
+            writes.messages(t),
+        );
+    }
+    x.family(
+        "herald_written_bytes_total",
+        "counter",
+        "Bytes written to subscribers' connections (publications and every other push), by transport.",
+    );
+    for t in [Transport::Sse, Transport::Ws] {
+        x.sample(
+            "herald_written_bytes_total",
+            &[("transport", transport_name(t))],
+            writes.bytes(t),
+        );
+    }
+    x.family(
+        "herald_delivery_latency_seconds",
+        "histogram",
+        "From a publication accepted by this node (or received from the engine) to its bytes handed to a subscriber's connection; sampled, one written batch in 8.",
+    );
+    x.histogram(
+        "herald_delivery_latency_seconds",
+        &[],
+        &writes.delivery_latency.snapshot(),
     );
     x.single(
         "herald_slow_consumer_evictions_total",
@@ -271,19 +367,35 @@ pub(crate) fn render(app: &App) -> String {
         &[("result", "recovered")],
         s.resumes.saturating_sub(resume_resets),
     );
-    x.sample("herald_resumes_total", &[("result", "reset")], resume_resets);
+    x.sample(
+        "herald_resumes_total",
+        &[("result", "reset")],
+        resume_resets,
+    );
     let (beyond, epoch) = app.node.stats.resets_by_reason();
     x.family(
         "herald_resets_total",
         "counter",
         "Reset notices sent (on a resume or a live gap that history could not fill), by reason.",
     );
-    x.sample("herald_resets_total", &[("reason", "beyond_retention")], beyond);
+    x.sample(
+        "herald_resets_total",
+        &[("reason", "beyond_retention")],
+        beyond,
+    );
     x.sample("herald_resets_total", &[("reason", "epoch_changed")], epoch);
 
     let engine = app.node.broker.status();
-    x.family("herald_engine_ready", "gauge", "Whether the engine may take work (1) or not (0).");
-    x.sample("herald_engine_ready", &[("kind", engine.kind)], u8::from(engine.ready));
+    x.family(
+        "herald_engine_ready",
+        "gauge",
+        "Whether the engine may take work (1) or not (0).",
+    );
+    x.sample(
+        "herald_engine_ready",
+        &[("kind", engine.kind)],
+        u8::from(engine.ready),
+    );
     x.family(
         "herald_engine_state",
         "gauge",
@@ -337,7 +449,11 @@ pub(crate) fn render(app: &App) -> String {
         .map(|d| d.iter().map(|(r, h)| (*r, h.snapshot())).collect())
         .unwrap_or_default();
     for (route, h) in &durations {
-        x.histogram("herald_http_request_duration_seconds", &[("route", route)], h);
+        x.histogram(
+            "herald_http_request_duration_seconds",
+            &[("route", route)],
+            h,
+        );
     }
     x.finish()
 }

@@ -426,13 +426,16 @@ impl SseStream {
         } else {
             Publication::sse_event
         };
+        let writes = &session.node().stats.writes;
         if single && self.emits.len() == 1 {
             if let Emit::Publication(p) = &self.emits[0] {
                 let bytes = event(p).clone();
+                writes.written(Transport::Sse, 1, bytes.len() as u64, Some(p.accepted));
                 self.emits.clear();
                 return bytes;
             }
         }
+        let (mut messages, mut oldest) = (0, None);
         let mut bytes = 0usize;
         let take = self
             .emits
@@ -455,6 +458,10 @@ impl SseStream {
         let id_line = if single { 0 } else { 6 + self.ids.len() * 16 };
         let mut out = BytesMut::with_capacity(bytes + take * id_line);
         for emit in self.emits.drain(..take) {
+            if let Emit::Publication(p) = &emit {
+                messages += 1;
+                oldest.get_or_insert(p.accepted);
+            }
             match emit {
                 Emit::Publication(p) if single => out.extend_from_slice(event(&p)),
                 Emit::Publication(p) => {
@@ -494,6 +501,8 @@ impl SseStream {
         if self.emits.is_empty() {
             crate::scratch::trim(&mut self.emits);
         }
+        // Counted as the chunk goes to the HTTP connection, which writes it to the socket next.
+        writes.written(Transport::Sse, messages, out.len() as u64, oldest);
         out.freeze()
     }
 }

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::{Emit, Outbox, Outgoing, Session, Transport};
+use herald_core::{Emit, Outbox, Outgoing, Session, Transport, Writes};
 use herald_protocol::{ws_text_frame, CloseCode, Disconnect, ServerPush};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -198,7 +198,7 @@ fn connection(
                             session.accept(item, &mut emits).await;
                         }
                         crate::scratch::trim(&mut buf);
-                        if let Err(e) = send_emits(&mut ws, &mut emits, None, &mut tungstenite_wrote).await {
+                        if let Err(e) = send_emits(&mut ws, &session.node().stats.writes, &mut emits, None, &mut tungstenite_wrote).await {
                             count_write_failure(&e);
                             break None;
                         }
@@ -217,7 +217,7 @@ fn connection(
                     let reply = Box::pin(session.complete(*completion, &mut emits))
                         .await
                         .to_json(id);
-                    if let Err(e) = send_emits(&mut ws, &mut emits, Some(reply), &mut tungstenite_wrote).await {
+                    if let Err(e) = send_emits(&mut ws, &session.node().stats.writes, &mut emits, Some(reply), &mut tungstenite_wrote).await {
                         count_write_failure(&e);
                         break None;
                     }
@@ -250,7 +250,7 @@ fn connection(
                                     }
                                 },
                             };
-                            if let Err(e) = send_emits(&mut ws, &mut emits, reply, &mut tungstenite_wrote).await {
+                            if let Err(e) = send_emits(&mut ws, &session.node().stats.writes, &mut emits, reply, &mut tungstenite_wrote).await {
                                 count_write_failure(&e);
                                 break None;
                             }
@@ -330,6 +330,7 @@ fn connection(
                 // Boxed: written once, at the end.
                 let _ = Box::pin(send_emits(
                     &mut ws,
+                    &session.node().stats.writes,
                     &mut emits,
                     Some(notice),
                     &mut tungstenite_wrote,
@@ -366,6 +367,7 @@ fn connection(
 /// never interleave.
 async fn send_emits(
     ws: &mut Ws,
+    writes: &Writes,
     emits: &mut Vec<Emit>,
     reply: Option<String>,
     tungstenite_wrote: &mut bool,
@@ -373,6 +375,20 @@ async fn send_emits(
     if emits.is_empty() && reply.is_none() {
         return Ok(());
     }
+    // What this batch hands to the socket, counted once it is written.
+    let (mut messages, mut bytes, mut oldest) = (0, reply.as_ref().map_or(0, String::len), None);
+    for e in emits.iter() {
+        match e {
+            Emit::Publication(p) => {
+                messages += 1;
+                bytes += p.ws_frame().len();
+                oldest.get_or_insert(p.accepted);
+            }
+            Emit::Presence(e) => bytes += e.ws_frame().len(),
+            Emit::Reset { .. } => {}
+        }
+    }
+    let written = || writes.written(Transport::Ws, messages, bytes as u64, oldest);
     if std::mem::take(tungstenite_wrote) {
         ws.flush()
             .await
@@ -388,7 +404,9 @@ async fn send_emits(
         if let Some(frame) = lone {
             io.write_all(frame).await?;
             emits.clear();
-            return io.flush().await;
+            io.flush().await?;
+            written();
+            return Ok(());
         }
     }
     // At most `MAX_WRITE_BYTES` per write, so a connection whose socket is full holds at most
@@ -421,7 +439,9 @@ async fn send_emits(
         }
     }
     emits.clear();
-    io.flush().await
+    io.flush().await?;
+    written();
+    Ok(())
 }
 
 /// Counts a write that failed because the socket took nothing for `server.write_timeout` (the

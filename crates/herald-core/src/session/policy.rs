@@ -304,5 +304,5 @@ pub(super) async fn publish_through(
             }
         },
     };
-    Ok(publisher.publish(prepared).await?)
+    Ok(publisher.publish(prepared, crate::Source::Client).await?)
 }

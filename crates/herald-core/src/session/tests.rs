@@ -19,7 +19,10 @@ async fn publish(node: &Node, n: usize) {
     for i in 0..n {
         let data = RawValue::from_string(i.to_string()).unwrap();
         let p = node.publisher.prepare("c", None, data).unwrap();
-        node.publisher.publish(p).await.unwrap();
+        node.publisher
+            .publish(p, crate::Source::Http)
+            .await
+            .unwrap();
     }
 }
 
@@ -110,7 +113,10 @@ async fn publish_to(node: &Node, channel: &str, n: usize) {
     for i in 0..n {
         let data = RawValue::from_string(i.to_string()).unwrap();
         let p = node.publisher.prepare(channel, None, data).unwrap();
-        node.publisher.publish(p).await.unwrap();
+        node.publisher
+            .publish(p, crate::Source::Http)
+            .await
+            .unwrap();
     }
 }
 
@@ -273,7 +279,10 @@ fn node_with(options: NamespaceOptions, max_latest: usize) -> (Node, Arc<MemoryE
 async fn publish_event(node: &Node, channel: &str, event: &str) -> Arc<Publication> {
     let data = RawValue::from_string(format!("\"{event}\"")).unwrap();
     let p = node.publisher.prepare(channel, Some(event), data).unwrap();
-    node.publisher.publish(p).await.unwrap()
+    node.publisher
+        .publish(p, crate::Source::Http)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,7 +370,11 @@ async fn channels_keeping_latest_state_are_bounded_and_refusals_counted() {
     publish_event(&node, "a", "y").await;
     let data = RawValue::from_string("1".into()).unwrap();
     let p = node.publisher.prepare("b", None, data).unwrap();
-    let refused = node.publisher.publish(p).await.unwrap_err();
+    let refused = node
+        .publisher
+        .publish(p, crate::Source::Http)
+        .await
+        .unwrap_err();
     assert!(
         refused.to_string().contains("max_latest_state_channels"),
         "{refused}"
