@@ -74,7 +74,7 @@ impl Writes {
                 c.set(n);
                 n
             });
-            if n % LATENCY_SAMPLE == 0 {
+            if n.is_multiple_of(LATENCY_SAMPLE) {
                 self.delivery_latency.observe(oldest.elapsed());
             }
         }
