@@ -174,6 +174,30 @@ impl TestServer {
     }
 
     /// Polls `/api/stats` until `pred` holds (bounded by `WAIT`).
+    /// Polls `GET /metrics` until `pred` holds of its text; returns that text.
+    pub async fn wait_metrics(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self
+                .http
+                .get(format!("{}/metrics", self.url))
+                .send()
+                .await
+                .expect("GET /metrics")
+                .text()
+                .await
+                .expect("metrics text");
+            if pred(&text) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the metrics never matched:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
