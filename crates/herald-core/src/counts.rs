@@ -66,6 +66,16 @@ impl<K: Hash + Eq + Clone> CountLimiter<K> {
     }
 }
 
+impl<K> CountLimiter<K> {
+    /// How many keys hold an open connection (none are counted without a limit).
+    pub fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
 impl<K: Hash + Eq + Clone> Drop for CountGuard<K> {
     fn drop(&mut self) {
         let mut shard = self.limiter.shard(&self.key);

@@ -165,6 +165,12 @@ pub struct EngineStatus {
     pub publish_latency: LatencySummary,
     /// Engine-specific counters (recoveries after lost pub/sub messages, ingested entries…).
     pub counters: BTreeMap<&'static str, u64>,
+    /// Publish round trips to the engine (`/metrics`; percentiles in `/api/stats`).
+    #[serde(skip)]
+    pub publish_durations: crate::HistogramSnapshot,
+    /// Publication time to arrival from the engine (`/metrics`; percentiles in `/api/stats`).
+    #[serde(skip)]
+    pub lag: crate::HistogramSnapshot,
 }
 
 impl EngineStatus {
@@ -177,6 +183,8 @@ impl EngineStatus {
             reconnects: 0,
             publish_latency: LatencySummary::default(),
             counters: BTreeMap::new(),
+            publish_durations: crate::HistogramSnapshot::default(),
+            lag: crate::HistogramSnapshot::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use herald_core::{ChannelName, ConnId, HistoryQuery, Publication};
+use herald_core::{ChannelName, ConnId, HistoryQuery, Publication, Transport};
 use herald_protocol::{parse_sse_id, CloseCode, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -347,8 +347,28 @@ pub(crate) async fn presence(
 
 /// `GET /api/stats`.
 pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
-    let s = app.node.stats.snapshot();
+    let stats = &app.node.stats;
+    let s = stats.snapshot();
     let (channels, subscriptions) = app.node.hub.totals();
+    let per_transport =
+        |f: &dyn Fn(Transport) -> Value| json!({"sse": f(Transport::Sse), "ws": f(Transport::Ws)});
+    let closed = per_transport(&|t| {
+        let codes: serde_json::Map<String, Value> = stats
+            .connections
+            .closed_counts(t)
+            .into_iter()
+            .map(|(code, n)| {
+                let key = code.map_or_else(|| "peer".to_owned(), |c| c.code().to_string());
+                (key, json!(n))
+            })
+            .collect();
+        Value::Object(codes)
+    });
+    let (beyond, epoch) = stats.resets_by_reason();
+    let mut engine = serde_json::to_value(app.node.broker.status()).unwrap_or(Value::Null);
+    let status = app.node.broker.status();
+    engine["publish_percentiles"] = json!(status.publish_durations.percentiles());
+    engine["lag_percentiles"] = json!(status.lag.percentiles());
     Json(json!({
         "uptime_seconds": s.uptime_seconds,
         "connections": {
@@ -356,7 +376,19 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
             "sse": s.connections_sse,
             "total": s.connections_ws + s.connections_sse,
             "rejected": s.connections_rejected,
+            "accepted": per_transport(&|t| json!(stats.connections.accepted_count(t))),
+            "closed": closed,
         },
+        "users": app.shared.per_user.keys(),
+        "publications_by_source": herald_core::Source::ALL
+            .iter()
+            .map(|src| (src.as_str().to_owned(), json!(stats.published.from(*src))))
+            .collect::<serde_json::Map<String, Value>>(),
+        "delivered": per_transport(&|t| json!(stats.writes.messages(t))),
+        "written_bytes": per_transport(&|t| json!(stats.writes.bytes(t))),
+        "delivery_latency": stats.writes.delivery_latency.snapshot().percentiles(),
+        "resumes_reset": stats.resume_resets.load(Relaxed),
+        "resets_by_reason": {"beyond_retention": beyond, "epoch_changed": epoch},
         "refused": s.refused,
         "channels": channels,
         "subscriptions": subscriptions,
@@ -367,7 +399,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         "resumes": s.resumes,
         "resets": s.resets,
         "memory": { "rss_bytes": rss_bytes() },
-        "engine": app.node.broker.status(),
+        "engine": engine,
     }))
 }
 

@@ -254,6 +254,12 @@ pub(crate) fn render(app: &App) -> String {
         channels,
     );
     x.single(
+        "herald_users",
+        "gauge",
+        "Distinct users (token subjects) with an open connection on this node (counted while connection.max_per_user is set).",
+        app.shared.per_user.keys(),
+    );
+    x.single(
         "herald_subscriptions",
         "gauge",
         "Subscriptions held by this node's connections.",
@@ -414,6 +420,22 @@ pub(crate) fn render(app: &App) -> String {
         "Times the connection to the engine was re-established.",
         engine.reconnects,
     );
+    x.family(
+        "herald_engine_publish_duration_seconds",
+        "histogram",
+        "Publish round trips to the engine (Redis, NATS; none for the embedded engine).",
+    );
+    x.histogram(
+        "herald_engine_publish_duration_seconds",
+        &[],
+        &engine.publish_durations,
+    );
+    x.family(
+        "herald_engine_lag_seconds",
+        "histogram",
+        "From a publication's time on the node that published it to its arrival here from the engine (cross-node lag; needs synchronised clocks).",
+    );
+    x.histogram("herald_engine_lag_seconds", &[], &engine.lag);
     x.family(
         "herald_engine_events_total",
         "counter",

@@ -1,7 +1,7 @@
 //! `EngineHealth`: the readiness, link state and counters of a remote engine, updated lock-free
 //! from its tasks and reported in `/health/ready` and `/api/stats`.
 
-use crate::{EngineStatus, LatencySummary};
+use crate::{EngineStatus, Histogram, LatencySummary};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
@@ -43,6 +43,11 @@ pub struct EngineHealth {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     latency_max_us: AtomicU64,
+    /// Publish round trips to the engine.
+    publish_durations: Histogram,
+    /// From a publication's time (the publishing node's clock) to its arrival here from the
+    /// engine: the cross-node lag, clocks permitting.
+    lag: Histogram,
     counters: BTreeMap<&'static str, AtomicU64>,
 }
 
@@ -60,6 +65,8 @@ impl EngineHealth {
             latency_count: AtomicU64::new(0),
             latency_sum_us: AtomicU64::new(0),
             latency_max_us: AtomicU64::new(0),
+            publish_durations: Histogram::default(),
+            lag: Histogram::default(),
             counters: counters.iter().map(|c| (*c, AtomicU64::new(0))).collect(),
         }
     }
@@ -128,6 +135,13 @@ impl EngineHealth {
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(us, Relaxed);
         self.latency_max_us.fetch_max(us, Relaxed);
+        self.publish_durations.observe(d);
+    }
+
+    /// Records a publication's arrival from the engine, published at `time_ms` (Unix ms).
+    pub fn arrived(&self, time_ms: u64) {
+        let lag = crate::now_ms().saturating_sub(time_ms);
+        self.lag.observe(Duration::from_millis(lag));
     }
 
     /// Adds `n` to the named counter (which must be one given to [`EngineHealth::new`]).
@@ -161,6 +175,8 @@ impl EngineHealth {
                     .unwrap_or(0),
                 max_us: self.latency_max_us.load(Relaxed),
             },
+            publish_durations: self.publish_durations.snapshot(),
+            lag: self.lag.snapshot(),
             counters: self
                 .counters
                 .iter()

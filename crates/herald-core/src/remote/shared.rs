@@ -62,6 +62,7 @@ impl Remote {
     pub fn deliver(&self, channel: &ChannelName, item: &Outgoing) {
         if let Outgoing::Publication(p) = item {
             self.last_seen.saw(channel, &p.position);
+            self.health.arrived(p.time_ms);
         }
         self.hub.fan_out(channel, item);
     }
