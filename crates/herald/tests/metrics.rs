@@ -310,4 +310,70 @@ async fn a_real_prometheus_scrapes_the_values_the_test_produced() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // Every query of the Grafana dashboard is valid PromQL to this Prometheus.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana/herald.json")).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$instance", ".*");
+            let body: Value = http
+                .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+                .query(&[("query", expr.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                body["status"], "success",
+                "{}: {expr}: {body}",
+                panel["title"]
+            );
+        }
+    }
+}
+
+/// The Grafana dashboard (`deploy/grafana/herald.json`) queries only metrics Herald exports,
+/// and has a panel for every family it exports.
+#[tokio::test]
+async fn the_grafana_dashboard_uses_exported_metrics_and_shows_every_one() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana/herald.json")).unwrap();
+    let server = TestServer::start(CONFIG).await;
+    let text = scrape(&server).await;
+    let families: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{} has no query", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !(word.starts_with("herald_") || word.starts_with("process_")) {
+                    continue;
+                }
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s).filter(|base| families.contains(*base)))
+                    .unwrap_or(word);
+                assert!(
+                    families.contains(family),
+                    "panel {} queries {word}, which Herald does not export",
+                    panel["title"]
+                );
+                used.insert(family.to_owned());
+            }
+        }
+    }
+    let unshown: Vec<&String> = families.difference(&used).collect();
+    assert!(unshown.is_empty(), "no panel shows {unshown:?}");
 }
