@@ -23,7 +23,7 @@ type Topics = HashMap<ChannelName, Arc<Topic>>;
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<Topics>]>,
-    conns: Box<[Mutex<ConnIdMap<OutboxTx>>]>,
+    conns: Box<[Mutex<ConnIdMap<Registered>>]>,
     hasher: RandomState,
     /// How far a subscriber may fall behind on one channel before it is evicted.
     lag: OutboxLimits,
@@ -31,6 +31,24 @@ pub struct Hub {
 }
 
 const DEFAULT_SHARDS: usize = 64;
+
+/// A registered connection: its outbox, and who its token names (the session's own `Arc`, so
+/// an entry costs one pointer more than the outbox alone).
+#[derive(Debug, Clone)]
+struct Registered {
+    tx: OutboxTx,
+    identity: Option<Arc<crate::Identity>>,
+}
+
+/// A connection as operators list it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionInfo {
+    /// Its id (as in presence and `POST /api/disconnect`).
+    pub conn_id: String,
+    /// Its token's `sub`, when it has a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
 
 impl Hub {
     /// An empty hub with the default lag bound.
@@ -153,7 +171,7 @@ impl Hub {
         txs.len()
     }
 
-    fn conn_shard(&self, conn: ConnId) -> MutexGuard<'_, ConnIdMap<OutboxTx>> {
+    fn conn_shard(&self, conn: ConnId) -> MutexGuard<'_, ConnIdMap<Registered>> {
         // Bits the shard's own map does not use (it takes the low bits for the bucket and the
         // top seven for its tags), so every shard's table stays evenly filled.
         let i = ((conn.0 >> 32) as usize) % self.conns.len();
@@ -162,7 +180,56 @@ impl Hub {
 
     /// Registers a connection so operators can close it by id.
     pub fn register(&self, conn: ConnId, tx: OutboxTx) {
-        self.conn_shard(conn).insert(conn, tx);
+        self.conn_shard(conn)
+            .insert(conn, Registered { tx, identity: None });
+    }
+
+    /// Records who a registered connection's token names (after it authenticated).
+    pub fn set_identity(&self, conn: ConnId, identity: Option<Arc<crate::Identity>>) {
+        if let Some(r) = self.conn_shard(conn).get_mut(&conn) {
+            r.identity = identity;
+        }
+    }
+
+    /// The registered connections, those of `user` only when given, at most `limit` (sorted
+    /// by id), and how many matched in all.
+    pub fn connections(&self, user: Option<&str>, limit: usize) -> (Vec<ConnectionInfo>, usize) {
+        let mut out = Vec::new();
+        for shard in self.conns.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, r) in shard.iter() {
+                let who = r.identity.as_deref().map(|i| &*i.user);
+                if user.is_some_and(|u| who != Some(u)) {
+                    continue;
+                }
+                out.push(ConnectionInfo {
+                    conn_id: id.to_string(),
+                    user_id: who.map(str::to_owned),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        let total = out.len();
+        out.truncate(limit);
+        (out, total)
+    }
+
+    /// Closes every connection of `user` with `code`. Returns how many.
+    pub fn close_user(&self, user: &str, code: CloseCode) -> usize {
+        let mut txs = Vec::new();
+        for shard in self.conns.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            txs.extend(
+                shard
+                    .values()
+                    .filter(|r| r.identity.as_deref().is_some_and(|i| &*i.user == user))
+                    .map(|r| r.tx.clone()),
+            );
+        }
+        for tx in &txs {
+            tx.close(code);
+        }
+        txs.len()
     }
 
     /// Forgets a connection.
@@ -172,7 +239,7 @@ impl Hub {
 
     /// Closes the connection `conn` with `code`. Returns whether it exists on this node.
     pub fn close_conn(&self, conn: ConnId, code: CloseCode) -> bool {
-        let tx = self.conn_shard(conn).get(&conn).cloned();
+        let tx = self.conn_shard(conn).get(&conn).map(|r| r.tx.clone());
         match tx {
             Some(tx) => {
                 tx.close(code);
@@ -205,7 +272,7 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .values()
-                .cloned()
+                .map(|r| r.tx.clone())
                 .collect();
             for tx in txs {
                 tx.close(code);

@@ -38,7 +38,7 @@ pub use engine::{
     LatencySummary, PresenceStore, ResetReason, Retention, LATEST_STATE_BOUND,
 };
 pub use histogram::{Histogram, HistogramSnapshot, Percentiles, BUCKETS_US};
-pub use hub::Hub;
+pub use hub::{ConnectionInfo, Hub};
 pub use identity::{channel_owner, GrantError, Grants, Identity, MAX_GRANTS};
 pub use namespace::{
     Access, Action, ChannelsConfig, Denied, KeepLatest, LatestState, NamespaceOptions,

@@ -315,6 +315,25 @@ pub(crate) async fn channels(
     Ok(Json(json!({"total": total, "channels": list})))
 }
 
+/// `GET /api/connections?user=&limit=`: this node's connections, or one user's.
+pub(crate) async fn connections(
+    State(app): State<App>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(raw.as_deref());
+    only(&q, &["user", "limit"])?;
+    let limit = match single(&q, "limit")? {
+        None => 1000,
+        Some(_) => limit_param(&q)?,
+    };
+    let user = single(&q, "user")?;
+    if user.is_some_and(str::is_empty) {
+        return Err(ApiError::bad_request("`user` is empty"));
+    }
+    let (list, total) = app.node.hub.connections(user, limit);
+    Ok(Json(json!({"total": total, "connections": list})))
+}
+
 /// `GET /api/presence?channel=`.
 pub(crate) async fn presence(
     State(app): State<App>,
@@ -416,6 +435,7 @@ pub(crate) fn rss_bytes() -> Option<u64> {
 pub(crate) struct DisconnectBody {
     conn_id: Option<String>,
     channel: Option<String>,
+    user: Option<String>,
     #[serde(default = "yes")]
     reconnect: bool,
 }
@@ -435,8 +455,9 @@ pub(crate) async fn disconnect(
     } else {
         CloseCode::DisconnectTerminal
     };
-    let n = match (&body.conn_id, &body.channel) {
-        (Some(id), None) => {
+    let n = match (&body.conn_id, &body.channel, &body.user) {
+        (None, None, Some(user)) if !user.is_empty() => app.node.hub.close_user(user, code),
+        (Some(id), None, None) => {
             let Some(conn) = ConnId::parse(id) else {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -446,7 +467,7 @@ pub(crate) async fn disconnect(
             };
             usize::from(app.node.hub.close_conn(conn, code))
         }
-        (None, Some(c)) => {
+        (None, Some(c), None) => {
             let c = ChannelName::parse(c).map_err(|e| {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -460,7 +481,7 @@ pub(crate) async fn disconnect(
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::BadRequest,
-                "give exactly one of conn_id and channel",
+                "give exactly one of conn_id, channel and user (not empty)",
             ))
         }
     };

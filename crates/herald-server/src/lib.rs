@@ -181,6 +181,7 @@ pub fn router(app: App) -> Router {
         .route("/api/history", get(api::history))
         .route("/api/channels", get(api::channels))
         .route("/api/presence", get(api::presence))
+        .route("/api/connections", get(api::connections))
         .route("/api/stats", get(api::stats))
         .route("/api/disconnect", post(api::disconnect))
         .route("/metrics", get(metrics::metrics))

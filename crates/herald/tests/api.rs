@@ -337,3 +337,65 @@ async fn the_browser_client_is_served_with_a_validator() {
     assert_eq!(again.status(), 304);
     assert!(again.text().await.unwrap().is_empty());
 }
+
+const CONN_SECRET: &str = "connections-api-secret-0123456789abcdef";
+
+fn token_of(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(CONN_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_s_connections_are_listed_and_disconnected_together() {
+    let server = TestServer::start(&format!(
+        "[auth.token]\nhmac_secrets = [\"{CONN_SECRET}\"]\n[channels.defaults]\nsubscribe = \"public\"\n"
+    ))
+    .await;
+    // Alice: a WebSocket with her token on the upgrade, and one that authenticates later.
+    let mut a1 = Ws::connect_url(&format!("{}?token={}", server.ws_url(), token_of("alice"))).await;
+    let mut a2 = Ws::connect(&server).await;
+    let r = a2
+        .request(json!({"op": "auth", "token": token_of("alice")}))
+        .await;
+    assert_eq!(r["result"]["user"], "alice", "{r}");
+    let mut bob = Ws::connect_url(&format!("{}?token={}", server.ws_url(), token_of("bob"))).await;
+    let mut anon = Ws::connect(&server).await;
+
+    let (status, body) = server.get("/api/connections?user=alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 2);
+    let listed: Vec<&str> = body["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["alice", "alice"]);
+    let (_, all) = server.get("/api/connections").await;
+    assert_eq!(all["total"], 4);
+    let (status, _) = server.get("/api/connections?user=").await;
+    assert_eq!(status, 400);
+
+    let (status, body) = server
+        .post("/api/disconnect", r#"{"user":"alice","reconnect":false}"#)
+        .await;
+    assert_eq!((status, body["disconnected"].clone()), (200, json!(2)));
+    assert_eq!(a1.close_code().await, Some(4503));
+    assert_eq!(a2.close_code().await, Some(4503));
+    // The others stay.
+    for ws in [&mut bob, &mut anon] {
+        let r = ws.request(json!({"op": "ping"})).await;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    let (_, left) = server.get("/api/connections?user=alice").await;
+    assert_eq!(left["total"], 0);
+}

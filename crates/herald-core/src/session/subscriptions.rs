@@ -98,6 +98,9 @@ impl Session {
             }
         }
         self.identity = Some(Arc::new(identity));
+        self.node
+            .hub
+            .set_identity(self.conn_id, self.identity.clone());
         let (channels, who) = (&self.node.channels, self.identity.as_deref());
         let ended: Vec<Sub> = self
             .subs
