@@ -12,14 +12,15 @@ use crate::timer::ConnTimer;
 use crate::{ApiError, App};
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use herald_core::{Emit, Outbox, Outgoing, Publication, Session, Transport};
 use herald_protocol::{
-    parse_channel_position, parse_sse_id, write_sse_id, CloseCode, Disconnect, ErrorCode,
-    ServerPush, StreamPosition, SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_RESET,
+    write_sse_id, CloseCode, Disconnect, ErrorCode, ServerPush, StreamPosition,
+    SSE_EVENT_CONNECTED, SSE_EVENT_DISCONNECT, SSE_EVENT_RESET,
 };
+use query::{last_event_id, positions, SseQuery};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,6 +31,8 @@ use tokio_util::task::TaskTracker;
 
 /// Largest chunk a batch or a replay is cut into, in bytes (approximately): also about the most
 /// a stream holds of its own while its socket is full.
+mod query;
+
 const MAX_CHUNK_BYTES: usize = crate::scratch::MAX_WRITE_BYTES;
 
 pub(crate) async fn handler(
@@ -45,88 +48,19 @@ pub(crate) async fn handler(
     }
 }
 
-/// Where each channel of the request resumes: the last event id (header, else `lastEventId`)
-/// holds one position per channel and wins for all of them; without it, a channel resumes from
-/// its `since` item, if it has one. A `since` item must name a channel of the request, once.
-fn positions(
-    channels: &[String],
-    last_id: Option<&str>,
-    since: Vec<(String, StreamPosition)>,
-) -> Result<Vec<Option<StreamPosition>>, ApiError> {
-    let mut out: Vec<Option<StreamPosition>> = vec![None; channels.len()];
-    for (channel, position) in since {
-        let Some(i) = channels.iter().position(|c| *c == channel) else {
-            return Err(bad_position(format!(
-                "`since` names `{}`, which is not a `channel` of the request",
-                channel.escape_debug()
-            )));
-        };
-        if out[i].replace(position).is_some() {
-            return Err(bad_position(format!(
-                "`since` names `{}` twice",
-                channel.escape_debug()
-            )));
-        }
-    }
-    if let Some(id) = last_id {
-        let from_id = parse_sse_id(id, channels.len()).map_err(|e| bad_position(e.to_string()))?;
-        return Ok(from_id.into_iter().map(Some).collect());
-    }
-    Ok(out)
-}
-
-fn bad_position(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadPosition, message)
-}
-
 async fn open(
     app: App,
     peer: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     raw: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let mut channels: Vec<String> = Vec::new();
-    let mut query_id = None;
-    let mut query_token = None;
-    let mut payload = false;
-    let mut since: Vec<(String, StreamPosition)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        match &*k {
-            "channel" => channels.extend(v.split(',').map(str::to_owned)),
-            "lastEventId" | "last_event_id" => query_id = Some(v.into_owned()),
-            "token" => query_token = Some(v.into_owned()),
-            "since" => {
-                for item in v.split(',') {
-                    let (channel, position) = parse_channel_position(item).map_err(|e| {
-                        bad_position(format!(
-                            "`since` item `{}`: {e}; write CHANNEL~EPOCH-OFFSET",
-                            item.escape_debug()
-                        ))
-                    })?;
-                    since.push((channel.to_owned(), position));
-                }
-            }
-            "format" => {
-                payload = match &*v {
-                    "payload" => true,
-                    "envelope" => false,
-                    other => {
-                        return Err(ApiError::bad_request(format!(
-                            "unknown format `{}`; allowed: envelope (the default), payload",
-                            other.escape_debug()
-                        )))
-                    }
-                }
-            }
-            k if k.starts_with('_') => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                "unknown query parameter `{}`; allowed: channel, lastEventId, since, token, format",
-                other.escape_debug()
-            )))
-            }
-        }
-    }
+    let SseQuery {
+        channels,
+        query_id,
+        query_token,
+        payload,
+        since,
+    } = SseQuery::parse(raw)?;
     if channels.is_empty() {
         return Err(ApiError::bad_request("name at least one `channel`"));
     }
@@ -145,17 +79,7 @@ async fn open(
             ),
         ));
     }
-    let header_id = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| bad_position("Last-Event-ID is not ASCII".to_owned()))?
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let last_id = header_id
-        .filter(|s| !s.is_empty())
-        .or(query_id.filter(|s| !s.is_empty()));
+    let last_id = last_event_id(headers, query_id)?;
     let positions = positions(&channels, last_id.as_deref(), since)?;
     let client = app.client_addr(peer, headers);
     let admitted = match app.admit(Knock {
@@ -229,10 +153,10 @@ async fn open(
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
     let mut first = BytesMut::from(format!("retry: {}\n", app.retry_ms()).as_bytes());
-    // Positions before replay: what the client already had; on a fresh stream the live start,
-    // or, on a channel whose latest state follows, just before its first push, so the id never
-    // moves backwards and a stream cut before the pushes resumes with them.
-    // Both in request order: whether the client sent a position, and whether a reset follows.
+    // Positions before replay, per channel: what the client sent; else the live start, or, on a
+    // channel whose latest state follows, just before its first push, so the id never moves
+    // backwards and a stream cut before the pushes resumes with them. In request order: whether
+    // the client sent a position, whether a reset follows, whether latest state follows.
     let mut sent = vec![false; st.ids.len()];
     let mut reset = vec![false; st.ids.len()];
     let mut pushed = vec![false; st.ids.len()];
@@ -242,31 +166,29 @@ async fn open(
             st.ids[i] = p;
         }
     }
-    if !emits.is_empty() {
-        for e in &emits {
-            let named = |c: &str| channels.iter().position(|n| n == c);
-            match e {
-                Emit::Publication(p) => {
-                    let Some(i) = named(p.channel.as_str()) else {
-                        continue;
-                    };
-                    if !sent[i] && !pushed[i] {
-                        pushed[i] = true;
-                        st.ids[i] = StreamPosition::new(
-                            p.position.epoch.clone(),
-                            p.position.offset.saturating_sub(1),
-                        );
-                    }
+    for e in &emits {
+        let named = |c: &str| channels.iter().position(|n| n == c);
+        match e {
+            Emit::Publication(p) => {
+                let Some(i) = named(p.channel.as_str()) else {
+                    continue;
+                };
+                if !sent[i] && !pushed[i] {
+                    pushed[i] = true;
+                    st.ids[i] = StreamPosition::new(
+                        p.position.epoch.clone(),
+                        p.position.offset.saturating_sub(1),
+                    );
                 }
-                Emit::Reset { channels: rc, .. } => {
-                    for r in rc {
-                        if let Some(i) = named(r.channel.as_str()) {
-                            reset[i] = true;
-                        }
-                    }
-                }
-                Emit::Presence(_) => {}
             }
+            Emit::Reset { channels: rc, .. } => {
+                for r in rc {
+                    if let Some(i) = named(r.channel.as_str()) {
+                        reset[i] = true;
+                    }
+                }
+            }
+            Emit::Presence(_) => {}
         }
     }
     push_id(&mut first, &st.ids);
