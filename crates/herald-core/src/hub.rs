@@ -289,14 +289,30 @@ impl Hub {
 
     /// Up to `limit` active channels with their local subscriber counts, sorted by name.
     pub fn channels(&self, limit: usize) -> Vec<(ChannelName, usize)> {
+        self.channels_matching("", limit).0
+    }
+
+    /// Channels whose name contains `search` (every one for ""), sorted, at most `limit`, and
+    /// how many matched.
+    pub fn channels_matching(
+        &self,
+        search: &str,
+        limit: usize,
+    ) -> (Vec<(ChannelName, usize)>, usize) {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            out.extend(shard.iter().map(|(c, t)| (c.clone(), t.len())));
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(c, _)| c.as_str().contains(search))
+                    .map(|(c, t)| (c.clone(), t.len())),
+            );
         }
         out.sort();
+        let total = out.len();
         out.truncate(limit);
-        out
+        (out, total)
     }
 
     /// Totals: (active channels, subscriptions).

@@ -299,16 +299,14 @@ pub(crate) async fn channels(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(raw.as_deref());
-    only(&q, &["limit"])?;
+    only(&q, &["limit", "search"])?;
     let limit = match single(&q, "limit")? {
         None => 1000,
         Some(_) => limit_param(&q)?,
     };
-    let (total, _) = app.node.hub.totals();
-    let list: Vec<Value> = app
-        .node
-        .hub
-        .channels(limit)
+    let search = single(&q, "search")?.unwrap_or("");
+    let (found, total) = app.node.hub.channels_matching(search, limit);
+    let list: Vec<Value> = found
         .into_iter()
         .map(|(c, n)| json!({"channel": c.as_str(), "subscribers": n}))
         .collect();

@@ -4,6 +4,7 @@
 //! Only this crate knows HTTP, WebSocket or SSE. Engine logic lives in herald-core; the binary
 //! builds the [`App`] and calls [`serve`].
 
+mod admin;
 mod admission;
 mod api;
 mod app_proxy;
@@ -28,6 +29,7 @@ mod tokens;
 mod write_timeouts;
 mod ws;
 
+pub use admin::{hash_password, AdminConfig};
 pub use app_proxy::{signature, HttpProxy, ProxyConfig};
 pub use config::{exact_size, ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
 pub use error::ApiError;
@@ -89,6 +91,8 @@ struct Shared {
     node_id: Arc<str>,
     /// HTTP API requests by route and status, with durations (`/metrics`).
     http_metrics: metrics::HttpMetrics,
+    /// The admin page's logins; None while it is off.
+    admin: Option<admin::Admin>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -104,6 +108,8 @@ pub struct EdgeSettings {
     pub limits: SessionLimits,
     /// Who may use the HTTP API.
     pub auth: AuthConfig,
+    /// The admin page.
+    pub admin: AdminConfig,
 }
 
 impl App {
@@ -126,6 +132,7 @@ impl App {
             None
         };
         let minter = Minter::from_config(&settings.auth.token).map(Arc::new);
+        let admin = admin::Admin::new(&settings.admin, &settings.auth.api_keys);
         let api_rates = Arc::new(KeyedBuckets::new(0, 1.0, 4096));
         let login_rates = Arc::new(KeyedBuckets::new(
             settings.auth.telegram.logins_per_minute_per_ip,
@@ -153,6 +160,7 @@ impl App {
                 trusted_proxies,
                 node_id: herald_core::new_epoch().to_string().into(),
                 http_metrics: metrics::HttpMetrics::default(),
+                admin,
             }),
         })
     }
@@ -202,6 +210,7 @@ pub fn router(app: App) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/sdk/herald.js", get(sdk::bundle))
+        .merge(admin::routes(&app))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(cors)

@@ -103,11 +103,80 @@ async fn open(
         // No subscriptions yet, so nothing can be revoked.
         session.authenticate(identity).await?;
     }
+    let resumed = last_id.is_some();
+    start(
+        app,
+        session,
+        outbox,
+        Opening {
+            channels,
+            positions,
+            payload,
+            held: Some(admitted.held),
+            expires,
+            client: client.ip,
+            resumed,
+        },
+    )
+    .await
+}
+
+/// What a stream starts from, besides its session.
+struct Opening {
+    channels: Vec<String>,
+    positions: Vec<Option<StreamPosition>>,
+    payload: bool,
+    /// The admission's slot and counts; none for an operator's stream.
+    held: Option<Held>,
+    expires: Option<Instant>,
+    client: Option<std::net::IpAddr>,
+    resumed: bool,
+}
+
+/// The admin page's tail of one channel: an operator session (any channel, no presence, no
+/// limits) that is not admitted as a client connection.
+pub(crate) async fn operator_stream(app: App, channel: String) -> Result<Response, ApiError> {
+    let (session, outbox) = Session::operator(app.node.clone(), Transport::Sse, app.limits);
+    app.close_if_closing(&session);
+    start(
+        app,
+        session,
+        outbox,
+        Opening {
+            channels: vec![channel],
+            positions: vec![None],
+            payload: false,
+            held: None,
+            expires: None,
+            client: None,
+            resumed: false,
+        },
+    )
+    .await
+}
+
+/// Subscribes the stream's channels and builds its response: the first block (positions and
+/// the hello), any replay, then live events.
+async fn start(
+    app: App,
+    mut session: Session,
+    outbox: Outbox,
+    o: Opening,
+) -> Result<Response, ApiError> {
+    let Opening {
+        channels,
+        positions,
+        payload,
+        held,
+        expires,
+        client,
+        resumed,
+    } = o;
     let span = tracing::debug_span!(
         "conn",
         conn_id = %session.conn_id(),
         transport = "sse",
-        client = ?client.ip
+        client = ?client
     );
     let mut emits = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
@@ -121,13 +190,7 @@ async fn open(
             return Err(e.into());
         }
     }
-    span.in_scope(|| {
-        tracing::debug!(
-            channels = channels.len(),
-            resumed = last_id.is_some(),
-            "SSE stream opened."
-        )
-    });
+    span.in_scope(|| tracing::debug!(channels = channels.len(), resumed, "SSE stream opened."));
 
     let ids: Vec<StreamPosition> = session.positions().cloned().collect();
     let session_id = session.conn_id();
@@ -148,7 +211,7 @@ async fn open(
         first: None,
         done: false,
         payload,
-        _held: admitted.held,
+        _held: held,
     };
     // The first chunk: the reconnection delay and the starting positions in one block (a block
     // without data sets the browser's last event id without firing an event), then any replay.
@@ -252,7 +315,7 @@ struct SseStream {
     done: bool,
     /// `format=payload`: a publication's `data:` is its payload alone.
     payload: bool,
-    _held: Held,
+    _held: Option<Held>,
 }
 
 /// The next keep-alive, or the token's expiry if that comes first.

@@ -85,6 +85,8 @@ enum Command {
     /// Load generator: fan-out, idle memory, connect rate, publish rate, ceiling server.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Read a password on standard input and print its Argon2id hash, for admin.password_hash.
+    HashPassword,
     /// Follow channels over SSE, print each event as a JSON line, resume after drops.
     Tail {
         /// Channel names.
@@ -126,6 +128,20 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             telemetry::init(&config.log);
             wiring::serve(config).await
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| anyhow::anyhow!("reading the password: {e}"))?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.len() < 12 {
+                eprintln!("Use a password of at least 12 characters.");
+                return Ok(ExitCode::from(2));
+            }
+            let hash = herald_server::hash_password(password).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => match args.load() {
             Ok(config) => {

@@ -151,6 +151,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             ws: config.ws.clone(),
             limits: config.connection.limits(),
             auth: config.auth.clone(),
+            admin: config.admin.clone(),
         },
         root.clone(),
         tracker.clone(),

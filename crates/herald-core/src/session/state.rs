@@ -48,6 +48,9 @@ pub struct Session {
     /// The code the server closes the connection with, once the transport has chosen one;
     /// `None` when the peer ended it (counted when the session is dropped).
     pub(super) close: Option<herald_protocol::CloseCode>,
+    /// An operator's session (the admin page's inspector): every channel may be read, it is
+    /// not a presence member, and neither the app's proxy nor the rate limits apply.
+    pub(super) operator: bool,
     pub(super) limits: SessionLimits,
     pub(super) tx: OutboxTx,
     pub(super) subs: Vec<Sub>,
@@ -81,6 +84,7 @@ impl Session {
             conn_id,
             transport,
             close: None,
+            operator: false,
             limits,
             tx,
             subs: Vec::new(),
@@ -146,6 +150,14 @@ impl Session {
 }
 
 impl Session {
+    /// A session for an operator (see `operator`): it reads any channel, and is no member of
+    /// any presence.
+    pub fn operator(node: Node, transport: Transport, limits: SessionLimits) -> (Self, Outbox) {
+        let (mut session, outbox) = Self::new(node, transport, limits);
+        session.operator = true;
+        (session, outbox)
+    }
+
     /// Records the code the server closes this connection with (counted when it ends).
     pub fn closing(&mut self, code: herald_protocol::CloseCode) {
         self.close = Some(code);

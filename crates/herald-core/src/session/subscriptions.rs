@@ -173,7 +173,9 @@ impl Session {
             None => self.permit(Action::Subscribe, &channel)?,
             Some(g) => self.permit_granted(&channel, g)?,
         }
-        self.charge_subscribe()?;
+        if !self.operator {
+            self.charge_subscribe()?;
+        }
         let latest = self.node.channels.options(&channel).latest_state != LatestState::Off;
         // Register first: anything published from here on is queued in the outbox, and the
         // history read covers what came before. Duplicates are dropped by offset.
@@ -192,7 +194,11 @@ impl Session {
         let (broker, history) = (self.node.broker.clone(), self.node.history.clone());
         let name = channel.clone();
         let from = since.clone();
-        let proxy = self.proxy_call(ProxyOp::Subscribe, &channel, None, None);
+        let proxy = if self.operator {
+            None
+        } else {
+            self.proxy_call(ProxyOp::Subscribe, &channel, None, None)
+        };
         let stats = self.node.stats.clone();
         let read = Box::pin(async move {
             if let Some((proxy, call)) = proxy {
@@ -259,10 +265,11 @@ impl Session {
         let options = self.node.channels.options(&channel);
         // A capped channel tracks its members even where nobody is told of them.
         let presence = match options.presence {
+            _ if self.operator => PresenceMode::Off,
             PresenceMode::Off if options.max_subscribers > 0 => PresenceMode::Counts,
             mode => mode,
         };
-        if options.max_subscribers > 0 {
+        if options.max_subscribers > 0 && !self.operator {
             let max = options.max_subscribers;
             let full = match self.node.presence.members(&channel).await {
                 Ok(members) => members.len() >= max,

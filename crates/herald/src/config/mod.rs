@@ -31,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) auth: AuthConfig,
     pub(crate) proxy: ProxyConfig,
     pub(crate) metrics: MetricsConfig,
+    pub(crate) admin: herald_server::AdminConfig,
     pub(crate) log: LogConfig,
 }
 
@@ -290,6 +291,7 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
         auth: section(&checked, "auth", &mut problems),
         proxy: section(&checked, "proxy", &mut problems),
         metrics: section(&checked, "metrics", &mut problems),
+        admin: section(&checked, "admin", &mut problems),
         log: section(&checked, "log", &mut problems),
     };
     problems.extend(config.problems());
@@ -379,6 +381,7 @@ impl Config {
     /// Semantic checks that types alone cannot express.
     fn problems(&self) -> Vec<String> {
         let mut out = self.server.problems();
+        out.extend(self.admin.problems(self.auth.api_keys.len()));
         out.extend(self.auth.problems(self.server.listen));
         out.extend(self.ws.problems());
         out.extend(self.channels.problems());

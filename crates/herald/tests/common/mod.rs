@@ -458,3 +458,35 @@ impl Ws {
 pub fn require_backends() -> bool {
     std::env::var("HERALD_TEST_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
 }
+
+/// Runs `npm test` in one of the repository's npm workspaces (`sdk/js`, `admin`) against this
+/// build of Herald (`HERALD_BIN`). Skipped without npm, unless `HERALD_TEST_REQUIRE_BACKENDS=1`;
+/// the first run installs the workspace's packages with `npm ci` from the committed lockfile.
+pub fn npm_test(workspace: &str, herald: &str) {
+    use std::process::Command;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if Command::new("npm").arg("--version").output().is_err() {
+        let why = "npm is missing (Node.js 20 or later builds and tests the JavaScript parts)";
+        assert!(
+            !require_backends(),
+            "{why} (HERALD_TEST_REQUIRE_BACKENDS=1)"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if !root.join("node_modules/playwright-core").is_dir() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&root)
+            .status()
+            .expect("run npm ci");
+        assert!(status.success(), "npm ci failed: {status}");
+    }
+    let status = Command::new("npm")
+        .args(["test", "--workspace", workspace])
+        .current_dir(&root)
+        .env("HERALD_BIN", herald)
+        .status()
+        .expect("run npm test");
+    assert!(status.success(), "npm test in {workspace} failed: {status}");
+}
