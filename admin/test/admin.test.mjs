@@ -125,6 +125,14 @@ test("the admin page: login, overview, inspector, publish, disconnect, and cross
   await herald.publish("alerts#alice", { text: "low balance" }, "alert");
   await until("the alert in the inspector", async () => (await page.textContent("#inspect-log")).includes("low balance"));
   await page.screenshot({ path: join(shots, "admin-inspector.png") });
+  // A namespace no client may subscribe to is tailed too.
+  const subs = (await herald.stats()).subscriptions;
+  await page.fill("#inspect-channel", "closed:audit");
+  await page.click("#tail");
+  await until("the closed channel's tail", async () => (await herald.stats()).subscriptions === subs);
+  await until("its subscription", async () => (await herald.stats()).channels >= 2);
+  await herald.publish("closed:audit", "entry 1");
+  await until("the entry in the inspector", async () => (await page.textContent("#inspect-log")).includes('"entry 1"'));
 
   // The publish form delivers to a subscriber.
   await page.fill("#inspect-channel", "news");
@@ -132,7 +140,7 @@ test("the admin page: login, overview, inspector, publish, disconnect, and cross
   await page.fill("#publish-data", '{"from": "admin"}');
   await page.click("#publish");
   await until("the publication at every subscriber", () => feed.every((got) => got.some((d) => d?.from === "admin")));
-  assert.match(await page.textContent("#publish-result"), /published at offset/);
+  await until("the publish form's answer", async () => /published at offset/.test(await page.textContent("#publish-result")));
 
   // Disconnecting a user closes every connection of theirs.
   await page.click('nav button[data-tab="connections"]');

@@ -1,6 +1,6 @@
 //! `GET /metrics` against a real node: the exposition passes `promtool check metrics`, a real
 //! Prometheus scrapes it and answers with the values the test produced, and each counter the
-//! test can provoke moves when provoked. Needs Debian's `prometheus` package (`promtool`,
+//! test can provoke moves when provoked (the slow-consumer eviction in `slow.rs`). Needs Debian's `prometheus` package (`promtool`,
 //! `prometheus`); without it those parts are skipped, unless `HERALD_TEST_REQUIRE_BACKENDS=1`.
 
 mod common;

@@ -102,6 +102,15 @@ async fn a_client_that_never_reads_is_evicted_and_others_keep_receiving_with_bou
         stats["subscriptions"], 1,
         "only the fast reader is left: {stats}"
     );
+    // The same counter in /metrics.
+    server
+        .wait_metrics(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("herald_slow_consumer_evictions_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                >= Some(2)
+        })
+        .await;
     let grown = rss(&stats).saturating_sub(before);
     assert!(
         grown < 40 * 1024 * 1024,
