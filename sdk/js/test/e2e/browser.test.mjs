@@ -214,6 +214,8 @@ test("React StrictMode: two components on one channel make one subscription; unm
   for (let i = 1; i <= 3; i++) await herald.publish("react:room", i);
   await until("both received", () => page.evaluate(() => window.got.A.length === 3 && window.got.B.length === 3));
   await page.evaluate(() => window.hideA());
+  // React commits the unmount on its own schedule: publish only once A is gone.
+  await until("A unmounted", () => page.evaluate(() => !document.getElementById("feed-A")));
   for (let i = 4; i <= 5; i++) await herald.publish("react:room", i);
   await until("B still receives", () => page.evaluate(() => window.got.B.length === 5));
   const got = await page.evaluate(() => window.got);

@@ -8,7 +8,7 @@ window.got = { A: [], B: [] };
 
 function Feed({ name }) {
   const { last } = useChannel("react:room", (pub) => window.got[name].push(pub.data));
-  return h("p", null, `${name}: ${last ? last.data : "-"}`);
+  return h("p", { id: `feed-${name}` }, `${name}: ${last ? last.data : "-"}`);
 }
 
 function Status() {
