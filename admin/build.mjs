@@ -1,8 +1,9 @@
 // Builds the admin page's script into the file Herald embeds (committed, so `cargo build`
-// needs no npm; CI rebuilds it and fails when it differs) and copies its page beside it.
+// needs no npm; CI rebuilds it and fails when it differs). The page, index.html, is embedded
+// as it is.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 
 const OUT = "../crates/herald-server/assets/admin.js";
@@ -20,6 +21,5 @@ await build({
   alias: { "herald-client": "../sdk/js/src/index.ts" },
 });
 execFileSync("npx", ["tsc", "-p", "tsconfig.json"], { stdio: "inherit" });
-copyFileSync("index.html", "../crates/herald-server/assets/admin.html");
 const js = readFileSync(OUT);
 console.log(`/admin/app.js: ${js.length} bytes, ${gzipSync(js).length} gzipped`);

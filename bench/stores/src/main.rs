@@ -150,23 +150,30 @@ fn open(kind: &str, dir: &Path) -> Box<dyn Store> {
     }
 }
 
+/// The next `k` publications, round robin over the channels: `n` counts every one so far and
+/// `next` holds each channel's newest offset.
+fn next_items(k: u64, n: &mut u64, next: &mut [u64]) -> Vec<(u32, u64)> {
+    (0..k)
+        .map(|_| {
+            let ch = (*n % u64::from(CHANNELS)) as u32;
+            next[ch as usize] += 1;
+            *n += 1;
+            (ch, next[ch as usize])
+        })
+        .collect()
+}
+
 /// Publications per second for `RUN`, committing every `batch`.
 fn rate(store: &mut dyn Store, batch: usize, next: &mut [u64]) -> (f64, f64) {
     let start = Instant::now();
-    let mut n = 0u64;
+    let mut n: u64 = next.iter().sum();
+    let first = n;
     let mut commits = 0u64;
-    let mut items = Vec::with_capacity(batch);
     while start.elapsed() < RUN {
-        items.clear();
-        for _ in 0..batch {
-            let ch = (n % u64::from(CHANNELS)) as u32;
-            next[ch as usize] += 1;
-            items.push((ch, next[ch as usize]));
-            n += 1;
-        }
-        store.append(&items);
+        store.append(&next_items(batch as u64, &mut n, next));
         commits += 1;
     }
+    let n = n - first;
     let secs = start.elapsed().as_secs_f64();
     (n as f64 / secs, secs * 1e3 / commits as f64)
 }
@@ -179,23 +186,12 @@ fn crash_child(kind: &str, dir: &Path) {
     let mut next = vec![0u64; CHANNELS as usize];
     let mut n = 0u64;
     while n < RETAINED {
-        let items: Vec<(u32, u64)> = (0..10_000)
-            .map(|_| {
-                let ch = (n % u64::from(CHANNELS)) as u32;
-                next[ch as usize] += 1;
-                n += 1;
-                (ch, next[ch as usize])
-            })
-            .collect();
-        store.append(&items);
+        store.append(&next_items(10_000, &mut n, &mut next));
     }
     println!("filled");
     std::io::stdout().flush().unwrap();
     loop {
-        let ch = (n % u64::from(CHANNELS)) as u32;
-        next[ch as usize] += 1;
-        n += 1;
-        store.append(&[(ch, next[ch as usize])]);
+        store.append(&next_items(1, &mut n, &mut next));
     }
 }
 
@@ -264,15 +260,7 @@ fn main() {
         let mut n = have;
         while left > 0 {
             let k = left.min(10_000);
-            let items: Vec<(u32, u64)> = (0..k)
-                .map(|_| {
-                    let ch = (n % u64::from(CHANNELS)) as u32;
-                    next[ch as usize] += 1;
-                    n += 1;
-                    (ch, next[ch as usize])
-                })
-                .collect();
-            store.append(&items);
+            store.append(&next_items(k, &mut n, &mut next));
             left -= k;
         }
         let fill_secs = fill.elapsed().as_secs_f64();

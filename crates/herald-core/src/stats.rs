@@ -124,7 +124,8 @@ pub const MAX_EVENT_LABELS: usize = 100;
 #[derive(Debug, Default)]
 pub struct PublicationCounts {
     by_source: [AtomicU64; 3],
-    by_event: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+    /// Read-locked on every publication (a new name, at most 100 times, takes the write lock).
+    by_event: std::sync::RwLock<std::collections::HashMap<Box<str>, AtomicU64>>,
     other_events: AtomicU64,
 }
 
@@ -133,14 +134,24 @@ impl PublicationCounts {
     pub fn count(&self, source: Source, event: &str) {
         let i = Source::ALL.iter().position(|s| *s == source).unwrap_or(0);
         self.by_source[i].fetch_add(1, Relaxed);
+        {
+            let map = self
+                .by_event
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = map.get(event) {
+                n.fetch_add(1, Relaxed);
+                return;
+            }
+        }
         let mut map = self
             .by_event
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(event) {
-            *n += 1;
+        if let Some(n) = map.get(event) {
+            n.fetch_add(1, Relaxed);
         } else if map.len() < MAX_EVENT_LABELS {
-            map.insert(event.into(), 1);
+            map.insert(event.into(), AtomicU64::new(1));
         } else {
             drop(map);
             self.other_events.fetch_add(1, Relaxed);
@@ -158,9 +169,12 @@ impl PublicationCounts {
     pub fn by_event(&self) -> (Vec<(String, u64)>, u64) {
         let map = self
             .by_event
-            .lock()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut v: Vec<(String, u64)> = map.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        let mut v: Vec<(String, u64)> = map
+            .iter()
+            .map(|(k, n)| (k.to_string(), n.load(Relaxed)))
+            .collect();
         drop(map);
         v.sort();
         (v, self.other_events.load(Relaxed))

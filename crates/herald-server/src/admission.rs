@@ -41,6 +41,20 @@ pub(crate) struct Held {
     pub user: Option<UserGuard>,
 }
 
+impl Held {
+    /// Only a slot of the node's connection cap (`server.max_connections`): an operator's
+    /// stream (the admin page's tail), which no address or user limit applies to; `None` when
+    /// the node is full.
+    pub(crate) fn operator(app: &App) -> Option<Self> {
+        let slot = app.shared.connections.clone().try_acquire_owned().ok()?;
+        Some(Self {
+            _slot: slot,
+            _ip: None,
+            user: None,
+        })
+    }
+}
+
 /// An admitted connection.
 #[derive(Debug)]
 pub(crate) struct Admitted {

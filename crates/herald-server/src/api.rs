@@ -382,8 +382,8 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         Value::Object(codes)
     });
     let (beyond, epoch) = stats.resets_by_reason();
-    let mut engine = serde_json::to_value(app.node.broker.status()).unwrap_or(Value::Null);
     let status = app.node.broker.status();
+    let mut engine = serde_json::to_value(&status).unwrap_or(Value::Null);
     engine["publish_percentiles"] = json!(status.publish_durations.percentiles());
     engine["lag_percentiles"] = json!(status.lag.percentiles());
     Json(json!({

@@ -90,7 +90,7 @@ struct Shared {
     /// This node's id in hellos (random per process).
     node_id: Arc<str>,
     /// HTTP API requests by route and status, with durations (`/metrics`).
-    http_metrics: metrics::HttpMetrics,
+    http_metrics: Arc<metrics::HttpMetrics>,
     /// The admin page's logins; None while it is off.
     admin: Option<admin::Admin>,
 }
@@ -159,7 +159,7 @@ impl App {
                 login_rates,
                 trusted_proxies,
                 node_id: herald_core::new_epoch().to_string().into(),
-                http_metrics: metrics::HttpMetrics::default(),
+                http_metrics: Arc::default(),
                 admin,
             }),
         })
@@ -197,10 +197,7 @@ pub fn router(app: App) -> Router {
             app.clone(),
             auth::require_api_key,
         ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            metrics::track,
-        ));
+        .route_layer(metrics::Track(app.shared.http_metrics.clone()));
     Router::new()
         .route("/sse", get(sse::handler))
         .route("/ws", get(ws::handler))

@@ -112,7 +112,7 @@ async fn open(
             channels,
             positions,
             payload,
-            held: Some(admitted.held),
+            held: admitted.held,
             expires,
             client: client.ip,
             resumed,
@@ -126,8 +126,8 @@ struct Opening {
     channels: Vec<String>,
     positions: Vec<Option<StreamPosition>>,
     payload: bool,
-    /// The admission's slot and counts; none for an operator's stream.
-    held: Option<Held>,
+    /// The admission's slot and counts (an operator's stream: its slot only).
+    held: Held,
     expires: Option<Instant>,
     client: Option<std::net::IpAddr>,
     resumed: bool,
@@ -136,6 +136,11 @@ struct Opening {
 /// The admin page's tail of one channel: an operator session (any channel, no presence, no
 /// limits) that is not admitted as a client connection.
 pub(crate) async fn operator_stream(app: App, channel: String) -> Result<Response, ApiError> {
+    // It takes a slot of the node's connection cap like any stream, so tails are bounded too.
+    let Some(held) = Held::operator(&app) else {
+        app.node.stats.connections_rejected.fetch_add(1, Relaxed);
+        return Ok(try_later(&app, CloseCode::TryLater));
+    };
     let (session, outbox) = Session::operator(app.node.clone(), Transport::Sse, app.limits);
     app.close_if_closing(&session);
     start(
@@ -146,7 +151,7 @@ pub(crate) async fn operator_stream(app: App, channel: String) -> Result<Respons
             channels: vec![channel],
             positions: vec![None],
             payload: false,
-            held: None,
+            held,
             expires: None,
             client: None,
             resumed: false,
@@ -315,7 +320,7 @@ struct SseStream {
     done: bool,
     /// `format=payload`: a publication's `data:` is its payload alone.
     payload: bool,
-    _held: Option<Held>,
+    _held: Held,
 }
 
 /// The next keep-alive, or the token's expiry if that comes first.

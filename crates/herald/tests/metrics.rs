@@ -206,6 +206,13 @@ async fn each_counter_moves_when_provoked() {
     assert!(value(&after, r#"herald_written_bytes_total{transport="ws"}"#) > 0.0);
 }
 
+/// One instant query to the Prometheus on `port`: its whole JSON answer.
+async fn prom_query(http: &reqwest::Client, port: u16, query: &str) -> Option<Value> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let resp = http.get(url).query(&[("query", query)]).send().await.ok()?;
+    resp.json().await.ok()
+}
+
 /// A real Prometheus scraping a node: the values the test produced come back through its
 /// query API.
 #[tokio::test]
@@ -283,9 +290,7 @@ async fn a_real_prometheus_scrapes_the_values_the_test_produced() {
     let query = |q: &'static str| {
         let http = http.clone();
         async move {
-            let url = format!("http://127.0.0.1:{port}/api/v1/query");
-            let resp = http.get(url).query(&[("query", q)]).send().await.ok()?;
-            let body: Value = resp.json().await.ok()?;
+            let body = prom_query(&http, port, q).await?;
             body["data"]["result"][0]["value"][1]
                 .as_str()
                 .and_then(|v| v.parse::<f64>().ok())
@@ -321,15 +326,9 @@ async fn a_real_prometheus_scrapes_the_values_the_test_produced() {
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap().replace("$instance", ".*");
-            let body: Value = http
-                .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-                .query(&[("query", expr.as_str())])
-                .send()
+            let body = prom_query(&http, port, &expr)
                 .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                .expect("a query answer");
             assert_eq!(
                 body["status"], "success",
                 "{}: {expr}: {body}",

@@ -82,6 +82,8 @@ interface Lost {
 }
 
 const FATAL_ERRORS = ["unauthorized", "forbidden"];
+/** Most channels whose positions `persist` keeps. */
+const MAX_STORED = 256;
 const g = globalThis as any;
 
 /** A connection to Herald that never loses a message silently. */
@@ -363,13 +365,18 @@ export class HeraldClient {
 
   // ---- WebSocket ----
 
-  private openWs(attempt: number): void {
+  /** A WebSocket to `<url>/ws` (ws: or wss: after the base URL's scheme). */
+  private newSocket(): WebSocket {
     const Ctor = this.options.WebSocket ?? g.WebSocket;
     const url = new URL("ws", this.base);
     url.protocol = url.protocol.replace("http", "ws");
+    return new Ctor(url.href);
+  }
+
+  private openWs(attempt: number): void {
     let ws: WebSocket;
     try {
-      ws = new Ctor(url.href);
+      ws = this.newSocket();
     } catch (e) {
       return this.wsFailed(attempt, String(e));
     }
@@ -499,6 +506,12 @@ export class HeraldClient {
       else p.resolve(msg.result);
       return;
     }
+    if (msg.push === "disconnect") this.delay = msg.delay_ms;
+    else this.onPush(msg);
+  }
+
+  /** A push, on either transport (SSE carries the same objects in its events' data). */
+  private onPush(msg: any): void {
     switch (msg.push) {
       case "publication":
         return this.publication(msg);
@@ -508,8 +521,6 @@ export class HeraldClient {
       case "leave":
       case "counts":
         return this.presencePush(msg);
-      case "disconnect":
-        this.delay = msg.delay_ms;
     }
   }
 
@@ -555,6 +566,15 @@ export class HeraldClient {
   private save(): void {
     if (!this.store) return;
     for (const [name, chan] of this.chans) if (chan.position) this.stored[name] = chan.position;
+    // Bounded: past MAX_STORED, positions of channels no longer subscribed go, oldest first.
+    let excess = Object.keys(this.stored).length - MAX_STORED;
+    for (const name of Object.keys(this.stored)) {
+      if (excess <= 0) break;
+      if (!this.chans.has(name)) {
+        delete this.stored[name];
+        excess--;
+      }
+    }
     this.store.save(this.stored);
   }
 
@@ -601,12 +621,9 @@ export class HeraldClient {
   private scheduleUpgrade(attempt: number): void {
     this.timers.upgrade = setTimeout(() => {
       if (attempt !== this.attempt) return;
-      const Ctor = this.options.WebSocket ?? g.WebSocket;
-      const url = new URL("ws", this.base);
-      url.protocol = url.protocol.replace("http", "ws");
       let probe: WebSocket;
       try {
-        probe = new Ctor(url.href);
+        probe = this.newSocket();
       } catch {
         return this.scheduleUpgrade(attempt);
       }
@@ -635,12 +652,6 @@ export class HeraldClient {
       case "herald.connected":
         first();
         return this.sseHello(attempt, msg, m.id);
-      case "herald.reset":
-        return this.reset(msg.reason, msg.channels);
-      case "herald.join":
-      case "herald.leave":
-      case "herald.counts":
-        return this.presencePush(msg);
       case "herald.disconnect":
         return this.lost(attempt, {
           code: msg.code,
@@ -649,7 +660,7 @@ export class HeraldClient {
           delay: msg.delay_ms,
         });
       default:
-        if (msg.push === "publication") this.publication(msg);
+        this.onPush(msg);
     }
   }
 

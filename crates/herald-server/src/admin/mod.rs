@@ -249,7 +249,8 @@ pub(crate) fn routes(app: &App) -> Router<App> {
         .merge(api)
 }
 
-const PAGE: &str = include_str!("../../assets/admin.html");
+/// The page itself needs no build: it is embedded from its source.
+const PAGE: &str = include_str!("../../../../admin/index.html");
 const SCRIPT: &str = include_str!("../../assets/admin.js");
 
 fn asset(body: &'static str, kind: &'static str) -> Response {

@@ -50,6 +50,14 @@ beforeEach(() => {
 });
 afterEach(() => mock.timers.reset());
 
+/** Connects `c` and plays the server's hello. */
+async function connected(c) {
+  c.connect();
+  await tick();
+  last().hello();
+  await tick();
+}
+
 function client(extra = {}) {
   const states = [];
   const c = new HeraldClient({ url: "http://herald.test", WebSocket: FakeSocket, transport: "websocket", backoff: { minDelay: 1000 }, ...extra });
@@ -81,10 +89,7 @@ test("a disconnect push's delay replaces the backoff", async () => {
   const { c } = client();
   const changes = [];
   c.on("state", (s) => changes.push(s));
-  c.connect();
-  await tick();
-  last().hello();
-  await tick();
+  await connected(c);
   last().push({ push: "disconnect", code: 4000, reason: "server shutdown", reconnect: true, delay_ms: 7000 });
   last().drop(4000, "server shutdown");
   await tick();
@@ -99,10 +104,7 @@ test("an auth refusal closes for good and says why", async () => {
   const { c } = client({ getToken: () => "bad.token.x" });
   const changes = [];
   c.on("state", (s) => changes.push(s));
-  c.connect();
-  await tick();
-  last().hello();
-  await tick();
+  await connected(c);
   const auth = last().sent.find((r) => r.op === "auth");
   assert.equal(auth.token, "bad.token.x");
   last().push({ id: auth.id, error: { code: "unauthorized", message: "the token expired" } });
@@ -118,10 +120,7 @@ test("two handles on one channel make one subscribe; the last unsubscribe ends i
   const got2 = [];
   const s1 = c.subscribe("a", { onPublication: (p) => got1.push(p.offset) });
   const s2 = c.subscribe("a", { onPublication: (p) => got2.push(p.offset) });
-  c.connect();
-  await tick();
-  last().hello();
-  await tick();
+  await connected(c);
   assert.equal(last().sent.filter((r) => r.op === "subscribe").length, 1);
   last().reply("subscribe", { channel: "a", position: { epoch: "e1", offset: 0 }, recovered: false, replayed: 0 });
   await tick();
@@ -142,10 +141,7 @@ test("resume: positions are kept, duplicates dropped, latest-state pushes delive
   const got = [];
   const resets = [];
   c.subscribe("a", { onPublication: (p) => got.push(p.offset), onReset: (r, p) => resets.push([r, p.offset]) });
-  c.connect();
-  await tick();
-  last().hello();
-  await tick();
+  await connected(c);
   // A fresh subscribe on a channel with latest state: the pushes sit below the reply's position.
   last().reply("subscribe", { channel: "a", position: { epoch: "e1", offset: 3 }, recovered: false, replayed: 1 });
   await tick();
@@ -174,10 +170,7 @@ test("resume: positions are kept, duplicates dropped, latest-state pushes delive
 
 test("heartbeat: a ping unanswered past the interval reconnects; a late timer alone does not", async () => {
   const { c, states } = client();
-  c.connect();
-  await tick();
-  last().hello();
-  await tick();
+  await connected(c);
   // A throttled tab: the timer fires 60 s late, the connection is quiet but alive.
   await tick(60000);
   const ping = last().sent.find((r) => r.op === "ping");
