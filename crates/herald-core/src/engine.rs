@@ -23,6 +23,10 @@ pub enum EngineError {
     /// The backend refused the operation because a bound was reached.
     #[error("engine limit reached: {0}")]
     LimitReached(&'static str),
+    /// The node's own storage failed to keep a write (a full disk, an I/O error); nothing of
+    /// the operation took effect.
+    #[error("storage failed: {0}")]
+    Storage(String),
     /// The engine could not start: its server cannot be reached, or refused a step of the
     /// set-up. Only an engine's `start` returns it.
     #[error("{what}")]
@@ -231,6 +235,25 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     /// first, and its current position; `reset` is always `None`. Kept apart from history, so
     /// it outlives `history_ttl` and trimming.
     async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError>;
+}
+
+/// Small durable values kept beside the channels (idempotency keys, a source's cursor, a
+/// rotated token), by scope (who owns them) and key. A value with a time to live expires.
+#[async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The value of `key` in `scope`, unless absent or expired.
+    async fn get(&self, scope: &str, key: &str) -> Result<Option<Arc<[u8]>>, EngineError>;
+    /// Sets `key` in `scope` to `value`, for `ttl` if given. Durable when it returns (with a
+    /// data directory).
+    async fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), EngineError>;
+    /// Removes `key` from `scope`.
+    async fn remove(&self, scope: &str, key: &str) -> Result<(), EngineError>;
 }
 
 /// Who is subscribed to presence channels.

@@ -33,6 +33,10 @@ struct ConfigArgs {
     /// (overrides engine.url).
     #[arg(long)]
     engine_url: Option<String>,
+    /// Keep the memory engine's channels (history, latest state, positions) in this directory
+    /// across restarts (overrides engine.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Allow listening on a non-loopback address with no authentication configured
     /// (overrides auth.allow_insecure).
     #[arg(long)]
@@ -110,6 +114,7 @@ impl ConfigArgs {
                 log_format: self.log_format,
                 engine: self.engine,
                 engine_url: self.engine_url.clone(),
+                data_dir: self.data_dir.clone(),
                 allow_insecure: self.allow_insecure,
             },
         )

@@ -55,7 +55,32 @@ pub(crate) async fn build(
         presence,
         publisher,
     } = match &config.engine {
-        EngineConfig::Memory(m) => MemoryEngine::start(m.clone(), &node, token, tracker),
+        EngineConfig::Memory(m) => match &m.data_dir {
+            None => MemoryEngine::start(m.clone(), &node, token, tracker),
+            Some(dir) => {
+                let started = std::time::Instant::now();
+                let at = dir.clone();
+                let (journal, recovered) =
+                    tokio::task::spawn_blocking(move || herald_store::open(&at))
+                        .await
+                        .context("opening the store")??;
+                tracing::info!(
+                    dir = %dir.display(),
+                    channels = recovered.channels.len(),
+                    publications = recovered.history_len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Opened the store: channels continue where they were."
+                );
+                MemoryEngine::start_durable(
+                    m.clone(),
+                    &node,
+                    Box::new(journal),
+                    recovered,
+                    token,
+                    tracker,
+                )
+            }
+        },
         EngineConfig::Redis(r) => RedisEngine::start(r.clone(), &node, token, tracker).await?,
         EngineConfig::Nats(n) => NatsEngine::start(n.clone(), &node, token, tracker).await?,
     };

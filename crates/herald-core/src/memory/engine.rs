@@ -1,28 +1,41 @@
 //! `MemoryEngine`: the node is the ordering authority for every channel. Each channel keeps its
 //! epoch, newest offset and a bounded ring of recent publications behind its own mutex; publish
-//! assigns the offset, appends and fans out to the local hub while holding it.
+//! assigns the offset under it.
+//!
+//! Without a journal, publish also keeps and fans out under that lock. With one (a data
+//! directory), publish queues the publication to the writer thread under the lock, and the
+//! writer keeps and fans it out once it is on disk (see `writer.rs`).
 
+use super::channel::{ChannelState, Gone};
+use super::journal::{Entry, Journal, Recovered, StateValue};
 use super::presence::MemoryPresenceStore;
+use super::writer::{lock, Op, Slot, StateMap, Then, Writer};
 use crate::{
-    Broker, ChannelName, EngineError, EngineParts, EventName, HistoryPage, HistoryQuery,
-    HistoryStore, Hub, KeepLatest, LatestState, NodeParts, Outgoing, PresenceEvent, Publication,
-    Retention, LATEST_STATE_BOUND, MAX_LATEST_EVENTS,
+    Broker, ChannelName, EngineError, EngineParts, EngineStatus, EventName, HistoryPage,
+    HistoryQuery, HistoryStore, Hub, KeepLatest, LatestState, NodeParts, Outgoing, PresenceEvent,
+    Publication, Retention, StateStore, LATEST_STATE_BOUND,
 };
 use async_trait::async_trait;
-use herald_protocol::{Epoch, StreamPosition};
+use herald_protocol::StreamPosition;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How often the engine drops expired history and idle channels.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Longest state-store key (scope and key together), in bytes.
+const MAX_STATE_KEY: usize = 512;
+/// Largest state-store value, in bytes.
+const MAX_STATE_VALUE: usize = 64 * 1024;
 
 /// Bounds of the embedded engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +48,11 @@ pub struct MemoryEngineConfig {
     /// epoch and offset before it is forgotten (it then restarts under a new epoch).
     #[serde(with = "humantime_serde")]
     pub idle_channel_ttl: Duration,
+    /// Keep every channel's epoch, offsets, history and latest state in this directory, so a
+    /// restart (or a crash) continues them; unset, the engine keeps them in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Most keys of the state store (what connectors keep: cursors, idempotency keys, tokens).
+    pub max_state_keys: usize,
 }
 
 impl Default for MemoryEngineConfig {
@@ -42,61 +60,13 @@ impl Default for MemoryEngineConfig {
         Self {
             max_channels: 1_000_000,
             idle_channel_ttl: Duration::from_secs(3600),
+            data_dir: None,
+            max_state_keys: 100_000,
         }
     }
 }
 
-#[derive(Debug)]
-struct ChannelState {
-    epoch: Epoch,
-    top: u64,
-    ring: VecDeque<(Instant, Arc<Publication>)>,
-    touched: Instant,
-    /// Latest state. Boxed: most channels keep none.
-    latest: Option<Box<Latest>>,
-}
-
-/// A channel's latest state, oldest first, each with its expiry (`None`: until replaced).
-#[derive(Debug, Default)]
-struct Latest(Vec<(Option<Instant>, Arc<Publication>)>);
-
-impl ChannelState {
-    fn trim_expired(&mut self, now: Instant) {
-        while self.ring.front().is_some_and(|(exp, _)| *exp <= now) {
-            self.ring.pop_front();
-        }
-        if let Some(latest) = &mut self.latest {
-            latest.0.retain(|(exp, _)| exp.is_none_or(|e| e > now));
-        }
-    }
-
-    /// Whether the channel keeps latest state (after [`Self::trim_expired`]).
-    fn keeps_latest(&self) -> bool {
-        self.latest.as_ref().is_some_and(|l| !l.0.is_empty())
-    }
-
-    /// Records `p` as latest state per `keep`.
-    fn keep_latest(&mut self, keep: KeepLatest, p: &Arc<Publication>, now: Instant) {
-        let latest = &mut self.latest.get_or_insert_with(Box::default).0;
-        if keep.mode == LatestState::Last {
-            latest.clear();
-        }
-        latest.retain(|(_, q)| q.event != p.event);
-        if latest.len() >= MAX_LATEST_EVENTS {
-            // Oldest first: the name published longest ago gives way.
-            latest.remove(0);
-        }
-        latest.push((keep.ttl.map(|t| now + t), p.clone()));
-    }
-
-    fn position(&self) -> StreamPosition {
-        StreamPosition::new(self.epoch.clone(), self.top)
-    }
-}
-
-type Slot = Arc<Mutex<ChannelState>>;
-
-/// The in-process broker and history store.
+/// The in-process broker, history store and state store.
 #[derive(Debug)]
 pub struct MemoryEngine {
     shards: Box<[Mutex<HashMap<ChannelName, Slot>>]>,
@@ -106,15 +76,21 @@ pub struct MemoryEngine {
     channels: AtomicUsize,
     /// Channels keeping latest state.
     latest_channels: AtomicUsize,
+    /// The journal's writer, with a data directory.
+    writer: Option<Writer>,
+    state: Arc<StateMap>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// The engine refuses because its writer stopped.
+const STOPPED: EngineError = EngineError::Unavailable("the node is shutting down");
 
 impl MemoryEngine {
-    /// An engine delivering into `hub`.
+    /// An engine delivering into `hub`, keeping everything in memory.
     pub fn new(hub: Arc<Hub>, config: MemoryEngineConfig) -> Self {
+        Self::build(hub, config, None)
+    }
+
+    fn build(hub: Arc<Hub>, config: MemoryEngineConfig, writer: Option<Writer>) -> Self {
         Self {
             shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -122,7 +98,26 @@ impl MemoryEngine {
             config,
             channels: AtomicUsize::new(0),
             latest_channels: AtomicUsize::new(0),
+            writer,
+            state: Arc::default(),
         }
+    }
+
+    /// An engine delivering into `hub` that keeps everything in `journal` as well, starting
+    /// from what the journal `recovered`. Its writer thread stops once `shutdown` is cancelled
+    /// and what was queued is written; `closed` fires when it closed the journal.
+    pub fn durable(
+        hub: Arc<Hub>,
+        config: MemoryEngineConfig,
+        journal: Box<dyn Journal>,
+        recovered: Recovered,
+        shutdown: CancellationToken,
+        closed: oneshot::Sender<()>,
+    ) -> Self {
+        let writer = Writer::start(journal, hub.clone(), shutdown, closed);
+        let engine = Self::build(hub, config, Some(writer));
+        engine.recover(recovered);
+        engine
     }
 
     /// Builds the engine on `node`'s hub, with presence in memory, and spawns its sweeper on
@@ -134,6 +129,40 @@ impl MemoryEngine {
         tracker: &TaskTracker,
     ) -> EngineParts {
         let engine = Arc::new(Self::new(node.hub.clone(), config));
+        Self::parts(engine, node, shutdown, tracker)
+    }
+
+    /// [`Self::start`] with a journal (see [`Self::durable`]); the tracker waits for the
+    /// journal to be closed.
+    pub fn start_durable(
+        config: MemoryEngineConfig,
+        node: &NodeParts,
+        journal: Box<dyn Journal>,
+        recovered: Recovered,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> EngineParts {
+        let (closed, closing) = oneshot::channel();
+        let engine = Arc::new(Self::durable(
+            node.hub.clone(),
+            config,
+            journal,
+            recovered,
+            shutdown.clone(),
+            closed,
+        ));
+        tracker.spawn(async move {
+            let _ = closing.await;
+        });
+        Self::parts(engine, node, shutdown, tracker)
+    }
+
+    fn parts(
+        engine: Arc<Self>,
+        node: &NodeParts,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> EngineParts {
         let sweeper = engine.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -152,9 +181,13 @@ impl MemoryEngine {
         }
     }
 
-    fn slot(&self, channel: &ChannelName) -> Result<Slot, EngineError> {
+    fn shard(&self, channel: &ChannelName) -> &Mutex<HashMap<ChannelName, Slot>> {
         let i = (self.hasher.hash_one(channel.as_str()) as usize) % self.shards.len();
-        let mut shard = lock(&self.shards[i]);
+        &self.shards[i]
+    }
+
+    fn slot(&self, channel: &ChannelName) -> Result<Slot, EngineError> {
+        let mut shard = lock(self.shard(channel));
         if let Some(slot) = shard.get(channel) {
             return Ok(slot.clone());
         }
@@ -162,41 +195,177 @@ impl MemoryEngine {
             return Err(EngineError::LimitReached("engine.max_channels"));
         }
         self.channels.fetch_add(1, Relaxed);
-        let slot = Arc::new(Mutex::new(ChannelState {
-            epoch: crate::new_epoch(),
-            top: 0,
-            ring: VecDeque::new(),
-            touched: Instant::now(),
-            latest: None,
-        }));
+        let durable = self.writer.is_none();
+        let slot = Arc::new(Mutex::new(ChannelState::new(
+            crate::new_epoch(),
+            0,
+            durable,
+        )));
         shard.insert(channel.clone(), slot.clone());
         Ok(slot)
     }
 
-    /// Drops expired history and forgets idle channels. Call it periodically.
+    /// Puts what the journal kept back in memory.
+    fn recover(&self, recovered: Recovered) {
+        let now = Instant::now();
+        let now_ms = crate::now_ms();
+        let at = |ms: u64| now + Duration::from_millis(ms.saturating_sub(now_ms));
+        for rc in recovered.channels {
+            let mut st = ChannelState::new(rc.epoch, rc.top, true);
+            let mut gone = Gone::default();
+            for (p, expires) in rc.history {
+                if expires <= now_ms {
+                    gone.through = Some(p.position.offset);
+                } else {
+                    st.ring.push_back((at(expires), p));
+                }
+            }
+            // Replayed oldest first, the modes leave exactly what publishing left.
+            for (p, mode, expires) in rc.latest {
+                if expires.is_some_and(|e| e <= now_ms) {
+                    gone.latest.push(p.position.offset);
+                    continue;
+                }
+                let keep = KeepLatest { mode, ttl: None };
+                st.keep_latest(keep, &p, expires.map(at), &mut gone);
+            }
+            if st.keeps_latest() {
+                st.latest_counted = true;
+                self.latest_channels.fetch_add(1, Relaxed);
+            }
+            self.channels.fetch_add(1, Relaxed);
+            if let Some(w) = &self.writer {
+                w.tidy(&rc.channel, gone);
+            }
+            lock(self.shard(&rc.channel)).insert(rc.channel, Arc::new(Mutex::new(st)));
+        }
+        let mut map = lock(&self.state);
+        for (scope, key, value) in recovered.state {
+            if value.expires_ms.is_none_or(|e| e > now_ms) {
+                map.insert((scope, key), value);
+            }
+        }
+    }
+
+    /// Drops expired history, latest state and state-store values, and forgets idle
+    /// channels. Call it periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.retain(|channel, slot| {
                 let mut st = lock(slot);
-                let had_latest = st.keeps_latest();
-                st.trim_expired(now);
-                if had_latest && !st.keeps_latest() {
-                    st.latest = None;
-                    self.latest_channels.fetch_sub(1, Relaxed);
-                }
+                let mut gone = Gone::default();
+                st.trim_expired(now, &mut gone);
+                self.release_latest(&mut st);
                 // A channel keeping latest state keeps its epoch and offset with it.
                 let keep = !st.ring.is_empty()
                     || st.keeps_latest()
+                    || st.pending()
                     || now.duration_since(st.touched) < self.config.idle_channel_ttl
                     || self.hub.subscribers(channel) > 0;
+                if let Some(w) = &self.writer {
+                    w.tidy(channel, gone);
+                    if !keep {
+                        // Queued under the shard's lock: before anything of a channel of the
+                        // same name created after it.
+                        let _ = w.push(Op {
+                            entry: Some(Entry::Forget {
+                                channel: channel.clone(),
+                            }),
+                            then: Then::Nothing,
+                        });
+                    }
+                }
                 if !keep {
                     self.channels.fetch_sub(1, Relaxed);
                 }
                 keep
             });
         }
+        let now_ms = crate::now_ms();
+        let mut map = lock(&self.state);
+        map.retain(|(scope, key), v| {
+            let keep = v.expires_ms.is_none_or(|e| e > now_ms);
+            if let (false, Some(w)) = (keep, &self.writer) {
+                let _ = w.push(Op {
+                    entry: Some(Entry::State {
+                        scope: scope.clone(),
+                        key: key.clone(),
+                        value: None,
+                    }),
+                    then: Then::Nothing,
+                });
+            }
+            keep
+        });
+    }
+
+    /// Stops counting a channel whose latest state expired.
+    fn release_latest(&self, st: &mut ChannelState) {
+        if st.latest_counted && !st.keeps_latest() && !st.pending() {
+            st.latest = None;
+            st.latest_counted = false;
+            self.latest_channels.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Before an offset is taken: trims what expired and counts the channel in the
+    /// latest-state bound if it starts keeping latest state (a refusal leaves no trace).
+    fn prepare(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        retention: Retention,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let mut gone = Gone::default();
+        st.trim_expired(now, &mut gone);
+        if let Some(w) = &self.writer {
+            w.tidy(channel, gone);
+        }
+        self.release_latest(st);
+        if retention.latest.mode != LatestState::Off && !st.latest_counted {
+            let counted = self.latest_channels.fetch_update(Relaxed, Relaxed, |n| {
+                (n < retention.max_latest_channels).then_some(n + 1)
+            });
+            if counted.is_err() {
+                return Err(EngineError::LimitReached(LATEST_STATE_BOUND));
+            }
+            st.latest_counted = true;
+        }
+        Ok(())
+    }
+
+    /// Waits until `channel`'s epoch is in the journal, so no position a read hands out can
+    /// be lost by a crash.
+    async fn make_durable(&self, channel: &ChannelName, slot: &Slot) -> Result<(), EngineError> {
+        let Some(w) = &self.writer else {
+            return Ok(());
+        };
+        let rx = {
+            let mut st = lock(slot);
+            if st.durable {
+                return Ok(());
+            }
+            let entry = (!st.durable_queued).then(|| Entry::Channel {
+                channel: channel.clone(),
+                epoch: st.epoch.clone(),
+            });
+            let (reply, rx) = oneshot::channel();
+            let carries = entry.is_some();
+            w.push(Op {
+                entry,
+                then: Then::Durable {
+                    slot: slot.clone(),
+                    carries,
+                    reply,
+                },
+            })?;
+            st.durable_queued |= carries;
+            rx
+        };
+        rx.await.unwrap_or(Err(STOPPED))
     }
 
     /// Channels with state.
@@ -219,51 +388,70 @@ impl Broker for MemoryEngine {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
+        let Some(w) = &self.writer else {
+            let slot = self.slot(&channel)?;
+            let mut st = lock(&slot);
+            let now = Instant::now();
+            self.prepare(&channel, &mut st, retention, now)?;
+            st.next += 1;
+            let position = StreamPosition::new(st.epoch.clone(), st.next);
+            let p = Arc::new(Publication::new(
+                channel,
+                event,
+                data,
+                position,
+                crate::now_ms(),
+            ));
+            st.keep(
+                &p,
+                retention,
+                now + retention.ttl,
+                now,
+                &mut Gone::default(),
+            );
+            // Fan-out happens under the channel's lock so delivery order equals offset order.
+            self.hub
+                .fan_out(&p.channel, &Outgoing::Publication(p.clone()));
+            return Ok(p);
+        };
+        let permit = w.admit().await?;
         let slot = self.slot(&channel)?;
-        let mut st = lock(&slot);
-        let now = Instant::now();
-        let had_latest = st.keeps_latest();
-        st.trim_expired(now);
-        let keeps_latest = retention.latest.mode != LatestState::Off;
-        if had_latest && !st.keeps_latest() {
-            // Expired since the last sweep: counted again below if it is kept anew.
-            self.latest_channels.fetch_sub(1, Relaxed);
-        }
-        if keeps_latest && !st.keeps_latest() {
-            // Checked before the offset is taken, so a refusal leaves no trace.
-            let counted = self.latest_channels.fetch_update(Relaxed, Relaxed, |n| {
-                (n < retention.max_latest_channels).then_some(n + 1)
-            });
-            if counted.is_err() {
-                return Err(EngineError::LimitReached(LATEST_STATE_BOUND));
-            }
-        }
-        st.top += 1;
-        st.touched = now;
-        let publication = Arc::new(Publication::new(
-            channel,
-            event,
-            data,
-            st.position(),
-            crate::now_ms(),
-        ));
-        if retention.size > 0 {
-            st.ring
-                .push_back((now + retention.ttl, publication.clone()));
-            while st.ring.len() > retention.size {
-                st.ring.pop_front();
-            }
-        }
-        if keeps_latest {
-            st.keep_latest(retention.latest, &publication, now);
-        }
-        // Fan-out happens under the channel's lock so delivery order equals offset order.
-        self.hub.fan_out(
-            &publication.channel,
-            &Outgoing::Publication(publication.clone()),
-        );
-        drop(st);
-        Ok(publication)
+        let rx = {
+            let mut st = lock(&slot);
+            let now = Instant::now();
+            self.prepare(&channel, &mut st, retention, now)?;
+            st.next += 1;
+            let position = StreamPosition::new(st.epoch.clone(), st.next);
+            let p = Arc::new(Publication::new(
+                channel,
+                event,
+                data,
+                position,
+                crate::now_ms(),
+            ));
+            let ms = |d: Duration| p.time_ms + u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let entry = Entry::Publication {
+                publication: p.clone(),
+                history: (retention.size > 0).then(|| ms(retention.ttl)),
+                latest: (retention.latest.mode != LatestState::Off)
+                    .then(|| (retention.latest.mode, retention.latest.ttl.map(ms))),
+            };
+            let (reply, rx) = oneshot::channel();
+            w.push(Op {
+                entry: Some(entry),
+                then: Then::Publish {
+                    slot: slot.clone(),
+                    publication: p,
+                    retention,
+                    expires: now + retention.ttl,
+                    reply,
+                    _permit: permit,
+                },
+            })?;
+            st.waiting += 1;
+            rx
+        };
+        rx.await.unwrap_or(Err(STOPPED))
     }
 
     async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {
@@ -280,6 +468,22 @@ impl Broker for MemoryEngine {
     async fn unsubscribe(&self, _channel: &ChannelName) -> Result<(), EngineError> {
         Ok(())
     }
+
+    fn status(&self) -> EngineStatus {
+        let mut status = EngineStatus::embedded();
+        if let Some(w) = &self.writer {
+            let c = &w.counters;
+            for (name, n) in [
+                ("store_commits", &c.commits),
+                ("store_records", &c.entries),
+                ("store_write_errors", &c.write_errors),
+                ("store_refused_publications", &c.refused),
+            ] {
+                status.counters.insert(name, n.load(Relaxed));
+            }
+        }
+        status
+    }
 }
 
 #[async_trait]
@@ -290,8 +494,13 @@ impl HistoryStore for MemoryEngine {
         query: HistoryQuery,
     ) -> Result<HistoryPage, EngineError> {
         let slot = self.slot(channel)?;
+        self.make_durable(channel, &slot).await?;
         let mut st = lock(&slot);
-        st.trim_expired(Instant::now());
+        let mut gone = Gone::default();
+        st.trim_expired(Instant::now(), &mut gone);
+        if let Some(w) = &self.writer {
+            w.tidy(channel, gone);
+        }
         let top = st.position();
         let Some(since) = query.since else {
             let skip = st.ring.len().saturating_sub(query.limit);
@@ -326,12 +535,16 @@ impl HistoryStore for MemoryEngine {
 
     async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
         let slot = self.slot(channel)?;
+        self.make_durable(channel, &slot).await?;
         let mut st = lock(&slot);
-        st.trim_expired(Instant::now());
-        let publications = st
-            .latest
-            .as_ref()
-            .map_or_else(Vec::new, |l| l.0.iter().map(|(_, p)| p.clone()).collect());
+        let mut gone = Gone::default();
+        st.trim_expired(Instant::now(), &mut gone);
+        if let Some(w) = &self.writer {
+            w.tidy(channel, gone);
+        }
+        let publications = st.latest.as_ref().map_or_else(Vec::new, |l| {
+            l.0.iter().map(|(_, _, p)| p.clone()).collect()
+        });
         Ok(HistoryPage {
             publications,
             top: st.position(),
@@ -340,132 +553,82 @@ impl HistoryStore for MemoryEngine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ResetReason;
-    use crate::Stats;
-
-    fn engine() -> MemoryEngine {
-        MemoryEngine::new(
-            Arc::new(Hub::new(Arc::new(Stats::default()))),
-            MemoryEngineConfig::default(),
-        )
+#[async_trait]
+impl StateStore for MemoryEngine {
+    async fn get(&self, scope: &str, key: &str) -> Result<Option<Arc<[u8]>>, EngineError> {
+        let now_ms = crate::now_ms();
+        let map = lock(&self.state);
+        Ok(map
+            .get(&(scope.to_owned(), key.to_owned()))
+            .filter(|v| v.expires_ms.is_none_or(|e| e > now_ms))
+            .map(|v| v.bytes.clone()))
     }
 
-    fn data() -> Box<RawValue> {
-        RawValue::from_string("{}".into()).unwrap()
-    }
-
-    const KEEP3: Retention = Retention::history(3, Duration::from_secs(60));
-
-    #[tokio::test(start_paused = true)]
-    async fn offsets_history_and_resets() {
-        let e = engine();
-        let c = ChannelName::parse("c").unwrap();
-        let mut last = None;
-        for _ in 0..5 {
-            last = Some(
-                e.publish(c.clone(), EventName::message(), data(), KEEP3)
-                    .await
-                    .unwrap(),
-            );
+    async fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        if scope.len() + key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
+            return Err(EngineError::LimitReached(
+                "state store: key over 512 bytes or value over 64 KiB",
+            ));
         }
-        let last = last.unwrap();
-        assert_eq!(last.position.offset, 5);
-        let epoch = last.position.epoch.clone();
-        let since = |o| HistoryQuery {
-            since: Some(StreamPosition::new(epoch.clone(), o)),
-            limit: 100,
+        let key = (scope.to_owned(), key.to_owned());
+        {
+            let map = lock(&self.state);
+            if !map.contains_key(&key) && map.len() >= self.config.max_state_keys {
+                return Err(EngineError::LimitReached("engine.max_state_keys"));
+            }
+        }
+        let expires_ms = ttl.map(|t| {
+            crate::now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+        });
+        let value = StateValue {
+            bytes: Arc::from(value),
+            expires_ms,
         };
-        let page = e.read(&c, since(2)).await.unwrap();
-        assert_eq!(page.reset, None);
-        let offs: Vec<u64> = page
-            .publications
-            .iter()
-            .map(|p| p.position.offset)
-            .collect();
-        assert_eq!(offs, vec![3, 4, 5]);
-        assert_eq!(
-            e.read(&c, since(1)).await.unwrap().reset,
-            Some(ResetReason::BeyondRetention)
-        );
-        assert_eq!(
-            e.read(&c, since(9)).await.unwrap().reset,
-            Some(ResetReason::EpochChanged)
-        );
-        let other = HistoryQuery {
-            since: Some(StreamPosition::new(Epoch::parse("zz").unwrap(), 5)),
-            limit: 10,
-        };
-        assert_eq!(
-            e.read(&c, other).await.unwrap().reset,
-            Some(ResetReason::EpochChanged)
-        );
-        let newest = e
-            .read(
-                &c,
-                HistoryQuery {
-                    since: None,
-                    limit: 1,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(newest.publications[0].position.offset, 5);
-        assert_eq!(newest.top.offset, 5);
+        self.change_state(key, Some(value)).await
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn history_expires_and_idle_channels_are_forgotten() {
-        let e = engine();
-        let c = ChannelName::parse("c").unwrap();
-        let p = e
-            .publish(c.clone(), EventName::message(), data(), KEEP3)
+    async fn remove(&self, scope: &str, key: &str) -> Result<(), EngineError> {
+        self.change_state((scope.to_owned(), key.to_owned()), None)
             .await
-            .unwrap();
-        tokio::time::advance(Duration::from_secs(61)).await;
-        let page = e
-            .read(
-                &c,
-                HistoryQuery {
-                    since: Some(StreamPosition::new(p.position.epoch.clone(), 0)),
-                    limit: 10,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(page.reset, Some(ResetReason::BeyondRetention));
-        e.sweep();
-        assert_eq!(e.channel_count(), 1);
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        e.sweep();
-        assert_eq!(e.channel_count(), 0);
-        let p2 = e
-            .publish(c.clone(), EventName::message(), data(), KEEP3)
-            .await
-            .unwrap();
-        assert_ne!(p2.position.epoch, p.position.epoch);
-        assert_eq!(p2.position.offset, 1);
     }
+}
 
-    #[tokio::test]
-    async fn channel_bound_is_enforced() {
-        let e = MemoryEngine::new(
-            Arc::new(Hub::new(Arc::new(Stats::default()))),
-            MemoryEngineConfig {
-                max_channels: 1,
-                ..MemoryEngineConfig::default()
+impl MemoryEngine {
+    async fn change_state(
+        &self,
+        key: (String, String),
+        value: Option<StateValue>,
+    ) -> Result<(), EngineError> {
+        let Some(w) = &self.writer else {
+            let mut map = lock(&self.state);
+            match value {
+                Some(v) => map.insert(key, v),
+                None => map.remove(&key),
+            };
+            return Ok(());
+        };
+        let permit = w.admit().await?;
+        let (reply, rx) = oneshot::channel();
+        w.push(Op {
+            entry: Some(Entry::State {
+                scope: key.0.clone(),
+                key: key.1.clone(),
+                value: value.clone(),
+            }),
+            then: Then::State {
+                map: self.state.clone(),
+                key,
+                value,
+                reply,
+                _permit: permit,
             },
-        );
-        let a = ChannelName::parse("a").unwrap();
-        let b = ChannelName::parse("b").unwrap();
-        e.publish(a, EventName::message(), data(), KEEP3)
-            .await
-            .unwrap();
-        assert!(matches!(
-            e.publish(b, EventName::message(), data(), KEEP3).await,
-            Err(EngineError::LimitReached(_))
-        ));
+        })?;
+        rx.await.unwrap_or(Err(STOPPED))
     }
 }

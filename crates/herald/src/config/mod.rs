@@ -188,6 +188,7 @@ pub(crate) struct Overrides {
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) engine: Option<EngineKind>,
     pub(crate) engine_url: Option<String>,
+    pub(crate) data_dir: Option<std::path::PathBuf>,
     pub(crate) allow_insecure: bool,
 }
 
@@ -250,6 +251,9 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
     if let Some(url) = &flags.engine_url {
         figment = figment.merge(Serialized::default("engine.url", url));
     }
+    if let Some(dir) = &flags.data_dir {
+        figment = figment.merge(Serialized::default("engine.data_dir", dir));
+    }
     if flags.allow_insecure {
         figment = figment.merge(Serialized::default("auth.allow_insecure", true));
     }
@@ -275,6 +279,17 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
             return Err(Problems(problems));
         }
         None => {}
+    }
+    let mut merged = merged;
+    if kind.as_deref().is_some_and(|k| k != "memory") {
+        if let Some(Value::Dict(_, e)) = merged.get_mut("engine") {
+            if e.remove("data_dir").is_some() {
+                problems.push(format!(
+                    "engine.data_dir (--data-dir) keeps the memory engine's channels on disk; the {} engine keeps them in its server, so remove it",
+                    kind.as_deref().unwrap_or_default()
+                ));
+            }
+        }
     }
     let known = unknown_keys(&merged, &schema, "", &mut problems);
     let checked = Figment::from(Serialized::defaults(Value::from(known)));

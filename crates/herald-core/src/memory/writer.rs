@@ -1,0 +1,362 @@
+//! The embedded engine's writer thread: takes every record queued since its last commit, writes
+//! them to the journal as one transaction (a group commit), and only then makes the
+//! publications visible — kept in memory, fanned out, acknowledged — in the order they were
+//! queued, which per channel is offset order.
+//!
+//! A publication therefore never reaches a subscriber or its publisher before it is on disk: a
+//! node killed at any moment restarts with every position it ever handed out.
+
+use super::channel::{ChannelState, Gone};
+use super::journal::{Entry, Journal, StateValue};
+use crate::{EngineError, Hub, Outgoing, Publication, Retention};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Most records in one transaction.
+const MAX_BATCH: usize = 4096;
+/// Most publications and state writes waiting for the writer; publishers wait beyond it.
+const MAX_PENDING: usize = 8192;
+/// Most records that left memory kept for the next transaction while writes fail; beyond it
+/// they are dropped, and the next start-up trims what they named.
+const MAX_CARRY: usize = 100_000;
+
+pub(super) type Slot = Arc<Mutex<ChannelState>>;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The engine's state-store values: key → value.
+pub(super) type StateMap = Mutex<HashMap<(String, String), StateValue>>;
+
+/// What to do once a queued record is committed (or failed).
+#[derive(Debug)]
+pub(super) enum Then {
+    /// Nothing: the record only tidies the journal.
+    Nothing,
+    /// Keep, fan out and acknowledge a publication.
+    Publish {
+        slot: Slot,
+        publication: Arc<Publication>,
+        retention: Retention,
+        expires: Instant,
+        reply: oneshot::Sender<Result<Arc<Publication>, EngineError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// The channel's epoch is durable once this commits (when the op carries the entry) or
+    /// already was (when an earlier op did).
+    Durable {
+        slot: Slot,
+        /// The op carries the entry making the epoch durable.
+        carries: bool,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// Apply a state-store change.
+    State {
+        map: Arc<StateMap>,
+        key: (String, String),
+        value: Option<StateValue>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+}
+
+/// A queued record and its sequel.
+#[derive(Debug)]
+pub(super) struct Op {
+    pub(super) entry: Option<Entry>,
+    pub(super) then: Then,
+}
+
+/// Counters of the journal, for `/api/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub(super) struct StoreCounters {
+    pub(super) commits: AtomicU64,
+    pub(super) entries: AtomicU64,
+    pub(super) write_errors: AtomicU64,
+    pub(super) refused: AtomicU64,
+}
+
+/// The engine's side of the writer: queues records.
+#[derive(Debug)]
+pub(super) struct Writer {
+    tx: mpsc::Sender<Op>,
+    admit: Arc<Semaphore>,
+    pub(super) counters: Arc<StoreCounters>,
+}
+
+/// The engine refuses because its writer stopped.
+const STOPPED: EngineError = EngineError::Unavailable("the node is shutting down");
+
+impl Writer {
+    /// Starts the writer thread on `journal`, delivering into `hub`; it stops once `shutdown`
+    /// is cancelled and the queue is written. `done` fires when it closed the journal.
+    pub(super) fn start(
+        journal: Box<dyn Journal>,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+        done: oneshot::Sender<()>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(StoreCounters::default());
+        let thread = Thread {
+            journal,
+            rx,
+            hub,
+            counters: counters.clone(),
+            shutdown,
+            carry: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name("herald-store".into())
+            .spawn(move || {
+                thread.run();
+                let _ = done.send(());
+            })
+            .expect("spawning the store's writer thread");
+        Self {
+            tx,
+            admit: Arc::new(Semaphore::new(MAX_PENDING)),
+            counters,
+        }
+    }
+
+    /// Waits for room in the queue (backpressure on publishers).
+    pub(super) async fn admit(&self) -> Result<OwnedSemaphorePermit, EngineError> {
+        self.admit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| STOPPED)
+    }
+
+    /// Queues `op`; never blocks (called under a channel's lock, so queue order is offset order).
+    pub(super) fn push(&self, op: Op) -> Result<(), EngineError> {
+        self.tx.send(op).map_err(|_| STOPPED)
+    }
+
+    /// Queues records that only tidy the journal.
+    pub(super) fn tidy(&self, channel: &crate::ChannelName, gone: Gone) {
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(through) = gone.through {
+            let _ = self.push(Op {
+                entry: Some(Entry::Trim {
+                    channel: channel.clone(),
+                    through,
+                }),
+                then: Then::Nothing,
+            });
+        }
+        for offset in gone.latest {
+            let _ = self.push(Op {
+                entry: Some(Entry::DropLatest {
+                    channel: channel.clone(),
+                    offset,
+                }),
+                then: Then::Nothing,
+            });
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Thread {
+    journal: Box<dyn Journal>,
+    rx: mpsc::Receiver<Op>,
+    hub: Arc<Hub>,
+    counters: Arc<StoreCounters>,
+    shutdown: CancellationToken,
+    /// Records of what left memory while applying the last transaction, for the next one.
+    carry: Vec<Entry>,
+}
+
+impl Thread {
+    fn run(mut self) {
+        let mut ops = Vec::new();
+        loop {
+            let wait = if self.carry.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_millis(5)
+            };
+            match self.rx.recv_timeout(wait) {
+                Ok(op) => ops.push(op),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while ops.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            if !ops.is_empty() || !self.carry.is_empty() {
+                self.commit(&mut ops);
+            }
+        }
+        // Whatever was queued before the last sender saw the shutdown.
+        while let Ok(op) = self.rx.try_recv() {
+            ops.push(op);
+        }
+        if !ops.is_empty() || !self.carry.is_empty() {
+            self.commit(&mut ops);
+        }
+        self.journal.close();
+    }
+
+    /// Writes the carried records and `ops`' entries as one transaction, then applies `ops`.
+    fn commit(&mut self, ops: &mut Vec<Op>) {
+        // Carried records first: they name what left before anything queued now arrived.
+        let mut entries = std::mem::take(&mut self.carry);
+        let carried = entries.len();
+        entries.extend(ops.iter_mut().filter_map(|op| op.entry.take()));
+        let result = self.journal.write(&entries);
+        match &result {
+            Ok(()) => {
+                self.counters.commits.fetch_add(1, Relaxed);
+                self.counters
+                    .entries
+                    .fetch_add(entries.len() as u64, Relaxed);
+            }
+            Err(e) => {
+                self.counters.write_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, records = entries.len(), "The store could not write; publications in this group are refused with 503.");
+                // Tidying records stay for the next attempt (they are idempotent).
+                self.carry = entries
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, e)| {
+                        *i < carried
+                            || matches!(
+                                e,
+                                Entry::Trim { .. }
+                                    | Entry::DropLatest { .. }
+                                    | Entry::Forget { .. }
+                            )
+                    })
+                    .map(|(_, e)| e)
+                    .take(MAX_CARRY)
+                    .collect();
+            }
+        }
+        let failed = result.err().map(|e| e.0);
+        for op in ops.drain(..) {
+            self.finish(op, failed.as_deref());
+        }
+    }
+
+    fn finish(&mut self, op: Op, failed: Option<&str>) {
+        let refused = |e: &str| EngineError::Storage(e.to_owned());
+        match op.then {
+            Then::Nothing => {}
+            Then::Publish {
+                slot,
+                publication,
+                retention,
+                expires,
+                reply,
+                _permit,
+            } => {
+                if let Some(e) = failed {
+                    self.counters.refused.fetch_add(1, Relaxed);
+                    lock(&slot).waiting -= 1;
+                    let _ = reply.send(Err(refused(e)));
+                    return;
+                }
+                let mut gone = Gone::default();
+                {
+                    let mut st = lock(&slot);
+                    st.waiting -= 1;
+                    st.durable = true;
+                    st.keep(&publication, retention, expires, Instant::now(), &mut gone);
+                    // Under the channel's lock, as everywhere: delivery order is offset order.
+                    self.hub.fan_out(
+                        &publication.channel,
+                        &Outgoing::Publication(publication.clone()),
+                    );
+                }
+                self.carry_gone(&publication.channel, gone);
+                let _ = reply.send(Ok(publication));
+            }
+            Then::Durable {
+                slot,
+                carries,
+                reply,
+            } => {
+                let mut st = lock(&slot);
+                let result = match failed {
+                    Some(e) => {
+                        if !st.durable {
+                            st.durable_queued = false;
+                        }
+                        Err(refused(e))
+                    }
+                    None if carries => {
+                        st.durable = true;
+                        Ok(())
+                    }
+                    // The op that carried the epoch was in an earlier, failed, transaction.
+                    None if !st.durable => Err(EngineError::Storage(
+                        "the channel's epoch could not be written".into(),
+                    )),
+                    None => Ok(()),
+                };
+                drop(st);
+                let _ = reply.send(result);
+            }
+            Then::State {
+                map,
+                key,
+                value,
+                reply,
+                _permit,
+            } => {
+                if let Some(e) = failed {
+                    let _ = reply.send(Err(refused(e)));
+                    return;
+                }
+                let mut map = lock(&map);
+                match value {
+                    Some(v) => {
+                        map.insert(key, v);
+                    }
+                    None => {
+                        map.remove(&key);
+                    }
+                }
+                drop(map);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn carry_gone(&mut self, channel: &crate::ChannelName, gone: Gone) {
+        if self.carry.len() >= MAX_CARRY {
+            return;
+        }
+        if let Some(through) = gone.through {
+            self.carry.push(Entry::Trim {
+                channel: channel.clone(),
+                through,
+            });
+        }
+        for offset in gone.latest {
+            self.carry.push(Entry::DropLatest {
+                channel: channel.clone(),
+                offset,
+            });
+        }
+    }
+}
