@@ -12,9 +12,11 @@ pub(super) struct ChannelState {
     pub(super) epoch: Epoch,
     /// Newest committed offset: what reads and positions show.
     pub(super) top: u64,
-    /// Newest offset handed out; above `top` while publications wait for their commit (or
-    /// after a commit failed: its offsets are never handed out again).
+    /// Newest offset handed out; above `top` while publications wait for their commit.
     pub(super) next: u64,
+    /// Bumped when a failed write hands the offsets above `top` back: publications queued
+    /// under an older generation fail without being written.
+    pub(super) generation: u32,
     /// Publications waiting for their commit.
     pub(super) waiting: u32,
     pub(super) ring: VecDeque<(Instant, Arc<Publication>)>,
@@ -55,6 +57,7 @@ impl ChannelState {
             epoch,
             top,
             next: top,
+            generation: 0,
             waiting: 0,
             ring: VecDeque::new(),
             touched: Instant::now(),

@@ -441,6 +441,7 @@ impl Broker for MemoryEngine {
                 entry: Some(entry),
                 then: Then::Publish {
                     slot: slot.clone(),
+                    generation: st.generation,
                     publication: p,
                     retention,
                     expires: now + retention.ttl,

@@ -43,6 +43,8 @@ pub(super) enum Then {
     /// Keep, fan out and acknowledge a publication.
     Publish {
         slot: Slot,
+        /// The channel's generation when the offset was taken.
+        generation: u32,
         publication: Arc<Publication>,
         retention: Retention,
         expires: Instant,
@@ -112,6 +114,7 @@ impl Writer {
             counters: counters.clone(),
             shutdown,
             carry: Vec::new(),
+            rolled_back: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("herald-store".into())
@@ -176,6 +179,9 @@ struct Thread {
     shutdown: CancellationToken,
     /// Records of what left memory while applying the last transaction, for the next one.
     carry: Vec<Entry>,
+    /// Channels whose offsets a failed write handed back, with their new generation, until
+    /// every publication queued before that has been seen.
+    rolled_back: HashMap<usize, (Slot, u32)>,
 }
 
 impl Thread {
@@ -196,14 +202,18 @@ impl Thread {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            let mut drained = false;
             while ops.len() < MAX_BATCH {
                 match self.rx.try_recv() {
                     Ok(op) => ops.push(op),
-                    Err(_) => break,
+                    Err(_) => {
+                        drained = true;
+                        break;
+                    }
                 }
             }
             if !ops.is_empty() || !self.carry.is_empty() {
-                self.commit(&mut ops);
+                self.commit(&mut ops, drained);
             }
         }
         // Whatever was queued before the last sender saw the shutdown.
@@ -211,13 +221,35 @@ impl Thread {
             ops.push(op);
         }
         if !ops.is_empty() || !self.carry.is_empty() {
-            self.commit(&mut ops);
+            self.commit(&mut ops, true);
         }
         self.journal.close();
     }
 
     /// Writes the carried records and `ops`' entries as one transaction, then applies `ops`.
-    fn commit(&mut self, ops: &mut Vec<Op>) {
+    /// `drained`: the queue was empty after `ops` were taken.
+    fn commit(&mut self, ops: &mut Vec<Op>, drained: bool) {
+        // Publications that took their offset before a failed write handed it back are
+        // neither written nor delivered: their offsets belong to later publications now.
+        let mut stale = vec![false; ops.len()];
+        if !self.rolled_back.is_empty() {
+            for (i, op) in ops.iter_mut().enumerate() {
+                if let Then::Publish {
+                    slot, generation, ..
+                } = &op.then
+                {
+                    let key = Arc::as_ptr(slot) as usize;
+                    if self
+                        .rolled_back
+                        .get(&key)
+                        .is_some_and(|(_, g)| generation < g)
+                    {
+                        stale[i] = true;
+                        op.entry = None;
+                    }
+                }
+            }
+        }
         // Carried records first: they name what left before anything queued now arrived.
         let mut entries = std::mem::take(&mut self.carry);
         let carried = entries.len();
@@ -252,8 +284,32 @@ impl Thread {
             }
         }
         let failed = result.err().map(|e| e.0);
-        for op in ops.drain(..) {
-            self.finish(op, failed.as_deref());
+        if failed.is_some() {
+            // Hand the offsets of every channel in this group back: the next publication
+            // takes the offset after the last one written.
+            let mut seen = std::collections::HashSet::new();
+            for (op, stale) in ops.iter().zip(&stale) {
+                if let (Then::Publish { slot, .. }, false) = (&op.then, stale) {
+                    let key = Arc::as_ptr(slot) as usize;
+                    if seen.insert(key) {
+                        let mut st = lock(slot);
+                        st.next = st.top;
+                        st.generation = st.generation.wrapping_add(1);
+                        self.rolled_back.insert(key, (slot.clone(), st.generation));
+                    }
+                }
+            }
+        } else if drained {
+            // Everything queued before the last hand-back has been seen.
+            self.rolled_back.clear();
+        }
+        for (op, stale) in ops.drain(..).zip(stale) {
+            let failed = if stale {
+                Some("an earlier write on this channel failed")
+            } else {
+                failed.as_deref()
+            };
+            self.finish(op, failed);
         }
     }
 
@@ -263,6 +319,7 @@ impl Thread {
             Then::Nothing => {}
             Then::Publish {
                 slot,
+                generation: _,
                 publication,
                 retention,
                 expires,
