@@ -482,6 +482,7 @@ impl Broker for MemoryEngine {
             ] {
                 status.counters.insert(name, n.load(Relaxed));
             }
+            status.publish_durations = c.commit_waits.snapshot();
         }
         status
     }

@@ -83,6 +83,8 @@ pub(super) struct StoreCounters {
     pub(super) entries: AtomicU64,
     pub(super) write_errors: AtomicU64,
     pub(super) refused: AtomicU64,
+    /// From a publication's offset to its commit (the publish's wait for the disk).
+    pub(super) commit_waits: crate::Histogram,
 }
 
 /// The engine's side of the writer: queues records.
@@ -345,6 +347,9 @@ impl Thread {
                     );
                 }
                 self.carry_gone(&publication.channel, gone);
+                self.counters
+                    .commit_waits
+                    .observe(publication.accepted.elapsed());
                 let _ = reply.send(Ok(publication));
             }
             Then::Durable {
