@@ -27,8 +27,7 @@ HERALD="$ROOT/target/release/herald"
 cat > "$WORK/config.toml" <<'EOF'
 [server]
 max_connections = 50000
-[connection]
-max_per_ip = 50000
+max_connections_per_ip = 50000
 [channels.defaults]
 history_size = 1000
 history_ttl = "1h"
@@ -65,7 +64,8 @@ start() {
     fi
     sleep 0.005
   done
-  echo "server did not start" >&2
+  echo "server did not start:" >&2
+  tail -5 "$WORK/server.log" >&2
   exit 1
 }
 

@@ -114,7 +114,7 @@ impl MemoryEngine {
         shutdown: CancellationToken,
         closed: oneshot::Sender<()>,
     ) -> Self {
-        let writer = Writer::start(journal, hub.clone(), shutdown, closed);
+        let writer = Writer::start(journal, hub.clone(), &shutdown, closed);
         let engine = Self::build(hub, config, Some(writer));
         engine.recover(recovered);
         engine
@@ -214,12 +214,10 @@ impl MemoryEngine {
             let mut st = ChannelState::new(rc.epoch, rc.top, true);
             let mut gone = Gone::default();
             for (p, expires) in rc.history {
-                if expires <= now_ms {
-                    gone.through = Some(p.position.offset);
-                } else {
-                    st.ring.push_back((at(expires), p));
-                }
+                st.ring.push_back((at(expires), p));
             }
+            // As in memory: history leaves from its oldest end.
+            st.trim_expired(now, &mut gone);
             // Replayed oldest first, the modes leave exactly what publishing left.
             for (p, mode, expires) in rc.latest {
                 if expires.is_some_and(|e| e <= now_ms) {

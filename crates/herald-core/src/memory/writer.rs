@@ -93,42 +93,61 @@ pub(super) struct Writer {
     tx: mpsc::Sender<Op>,
     admit: Arc<Semaphore>,
     pub(super) counters: Arc<StoreCounters>,
+    /// Stops the writer when the engine goes away without a shutdown.
+    stop: CancellationToken,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// The engine refuses because its writer stopped.
 const STOPPED: EngineError = EngineError::Unavailable("the node is shutting down");
 
 impl Writer {
-    /// Starts the writer thread on `journal`, delivering into `hub`; it stops once `shutdown`
-    /// is cancelled and the queue is written. `done` fires when it closed the journal.
+    /// Starts the writer thread on `journal` and its applier task (on the current tokio
+    /// runtime), delivering into `hub`. Both stop once `shutdown` is cancelled (or the writer
+    /// is dropped) and the queue is written; `done` fires when the journal is closed and every
+    /// written publication delivered.
     pub(super) fn start(
         journal: Box<dyn Journal>,
         hub: Arc<Hub>,
-        shutdown: CancellationToken,
+        shutdown: &CancellationToken,
         done: oneshot::Sender<()>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
+        let (apply_tx, apply_rx) = tokio::sync::mpsc::unbounded_channel();
         let counters = Arc::new(StoreCounters::default());
+        let stop = shutdown.child_token();
+        let applier = Applier {
+            hub,
+            counters: counters.clone(),
+            queue: tx.clone(),
+        };
+        tokio::spawn(async move {
+            applier.run(apply_rx).await;
+            let _ = done.send(());
+        });
         let thread = Thread {
             journal,
             rx,
-            hub,
             counters: counters.clone(),
-            shutdown,
+            shutdown: stop.clone(),
             carry: Vec::new(),
             rolled_back: HashMap::new(),
+            apply: apply_tx,
         };
         std::thread::Builder::new()
             .name("herald-store".into())
-            .spawn(move || {
-                thread.run();
-                let _ = done.send(());
-            })
+            .spawn(move || thread.run())
             .expect("spawning the store's writer thread");
         Self {
             tx,
             admit: Arc::new(Semaphore::new(MAX_PENDING)),
             counters,
+            stop,
         }
     }
 
@@ -148,11 +167,18 @@ impl Writer {
 
     /// Queues records that only tidy the journal.
     pub(super) fn tidy(&self, channel: &crate::ChannelName, gone: Gone) {
+        tidy(&self.tx, channel, gone);
+    }
+}
+
+/// Queues on `tx` the records of what left `channel`'s memory.
+fn tidy(tx: &mpsc::Sender<Op>, channel: &crate::ChannelName, gone: Gone) {
+    {
         if gone.is_empty() {
             return;
         }
         if let Some(through) = gone.through {
-            let _ = self.push(Op {
+            let _ = tx.send(Op {
                 entry: Some(Entry::Trim {
                     channel: channel.clone(),
                     through,
@@ -161,7 +187,7 @@ impl Writer {
             });
         }
         for offset in gone.latest {
-            let _ = self.push(Op {
+            let _ = tx.send(Op {
                 entry: Some(Entry::DropLatest {
                     channel: channel.clone(),
                     offset,
@@ -172,18 +198,30 @@ impl Writer {
     }
 }
 
+/// A written (or failed) group on its way to the applier.
+#[derive(Debug)]
+struct Applied {
+    ops: Vec<Op>,
+    /// Per op: it took its offset before a failed write handed it back.
+    stale: Vec<bool>,
+    /// Why the write failed.
+    failed: Option<String>,
+    /// After a failed write: where the applier sends the channels it handed offsets back for.
+    rolled_back: Option<mpsc::Sender<Vec<(usize, Slot, u32)>>>,
+}
+
 /// The writer thread's state.
 struct Thread {
     journal: Box<dyn Journal>,
     rx: mpsc::Receiver<Op>,
-    hub: Arc<Hub>,
     counters: Arc<StoreCounters>,
     shutdown: CancellationToken,
-    /// Records of what left memory while applying the last transaction, for the next one.
+    /// Tidying records of a failed write, for the next one.
     carry: Vec<Entry>,
     /// Channels whose offsets a failed write handed back, with their new generation, until
     /// every publication queued before that has been seen.
     rolled_back: HashMap<usize, (Slot, u32)>,
+    apply: tokio::sync::mpsc::UnboundedSender<Applied>,
 }
 
 impl Thread {
@@ -215,7 +253,7 @@ impl Thread {
                 }
             }
             if !ops.is_empty() || !self.carry.is_empty() {
-                self.commit(&mut ops, drained);
+                self.commit(std::mem::take(&mut ops), drained);
             }
         }
         // Whatever was queued before the last sender saw the shutdown.
@@ -223,14 +261,15 @@ impl Thread {
             ops.push(op);
         }
         if !ops.is_empty() || !self.carry.is_empty() {
-            self.commit(&mut ops, true);
+            self.commit(ops, true);
         }
         self.journal.close();
+        // Dropping `apply` lets the applier finish what was written, then report done.
     }
 
-    /// Writes the carried records and `ops`' entries as one transaction, then applies `ops`.
-    /// `drained`: the queue was empty after `ops` were taken.
-    fn commit(&mut self, ops: &mut Vec<Op>, drained: bool) {
+    /// Writes the carried records and `ops`' entries as one transaction, then hands `ops` to
+    /// the applier. `drained`: the queue was empty after `ops` were taken.
+    fn commit(&mut self, mut ops: Vec<Op>, drained: bool) {
         // Publications that took their offset before a failed write handed it back are
         // neither written nor delivered: their offsets belong to later publications now.
         let mut stale = vec![false; ops.len()];
@@ -256,13 +295,27 @@ impl Thread {
         let mut entries = std::mem::take(&mut self.carry);
         let carried = entries.len();
         entries.extend(ops.iter_mut().filter_map(|op| op.entry.take()));
-        let result = self.journal.write(&entries);
-        match &result {
+        let result = if entries.is_empty() {
+            Ok(())
+        } else {
+            self.journal.write(&entries)
+        };
+        match result {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Relaxed);
                 self.counters
                     .entries
                     .fetch_add(entries.len() as u64, Relaxed);
+                if drained {
+                    // Everything queued before the last hand-back has been seen.
+                    self.rolled_back.clear();
+                }
+                let _ = self.apply.send(Applied {
+                    ops,
+                    stale,
+                    failed: None,
+                    rolled_back: None,
+                });
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Relaxed);
@@ -283,39 +336,69 @@ impl Thread {
                     .map(|(_, e)| e)
                     .take(MAX_CARRY)
                     .collect();
-            }
-        }
-        let failed = result.err().map(|e| e.0);
-        if failed.is_some() {
-            // Hand the offsets of every channel in this group back: the next publication
-            // takes the offset after the last one written.
-            let mut seen = std::collections::HashSet::new();
-            for (op, stale) in ops.iter().zip(&stale) {
-                if let (Then::Publish { slot, .. }, false) = (&op.then, stale) {
-                    let key = Arc::as_ptr(slot) as usize;
-                    if seen.insert(key) {
-                        let mut st = lock(slot);
-                        st.next = st.top;
-                        st.generation = st.generation.wrapping_add(1);
-                        self.rolled_back.insert(key, (slot.clone(), st.generation));
+                // The applier hands the offsets back once every earlier group is applied (so
+                // each channel's newest offset is the last one written); nothing more is
+                // written until then.
+                let (tx, rx) = mpsc::channel();
+                let sent = self.apply.send(Applied {
+                    ops,
+                    stale,
+                    failed: Some(e.0),
+                    rolled_back: Some(tx),
+                });
+                if sent.is_ok() {
+                    if let Ok(list) = rx.recv() {
+                        for (key, slot, generation) in list {
+                            self.rolled_back.insert(key, (slot, generation));
+                        }
                     }
                 }
             }
-        } else if drained {
-            // Everything queued before the last hand-back has been seen.
-            self.rolled_back.clear();
         }
-        for (op, stale) in ops.drain(..).zip(stale) {
-            let failed = if stale {
-                Some("an earlier write on this channel failed")
-            } else {
-                failed.as_deref()
-            };
-            self.finish(op, failed);
+    }
+}
+
+/// The applier task: makes written publications visible, in the order they were written.
+/// It runs on the runtime, so the subscribers it wakes are scheduled as cheaply as by a
+/// publishing task.
+struct Applier {
+    hub: Arc<Hub>,
+    counters: Arc<StoreCounters>,
+    /// The writer's queue, for the records of what left memory.
+    queue: mpsc::Sender<Op>,
+}
+
+impl Applier {
+    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Applied>) {
+        while let Some(batch) = rx.recv().await {
+            if let Some(reply) = batch.rolled_back {
+                let mut list = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for (op, stale) in batch.ops.iter().zip(&batch.stale) {
+                    if let (Then::Publish { slot, .. }, false) = (&op.then, stale) {
+                        let key = Arc::as_ptr(slot) as usize;
+                        if seen.insert(key) {
+                            let mut st = lock(slot);
+                            st.next = st.top;
+                            st.generation = st.generation.wrapping_add(1);
+                            list.push((key, slot.clone(), st.generation));
+                        }
+                    }
+                }
+                let _ = reply.send(list);
+            }
+            for (op, stale) in batch.ops.into_iter().zip(batch.stale) {
+                let failed = if stale {
+                    Some("an earlier write on this channel failed")
+                } else {
+                    batch.failed.as_deref()
+                };
+                self.finish(op, failed);
+            }
         }
     }
 
-    fn finish(&mut self, op: Op, failed: Option<&str>) {
+    fn finish(&self, op: Op, failed: Option<&str>) {
         let refused = |e: &str| EngineError::Storage(e.to_owned());
         match op.then {
             Then::Nothing => {}
@@ -334,19 +417,20 @@ impl Thread {
                     let _ = reply.send(Err(refused(e)));
                     return;
                 }
-                let mut gone = Gone::default();
                 {
                     let mut st = lock(&slot);
                     st.waiting -= 1;
                     st.durable = true;
+                    let mut gone = Gone::default();
                     st.keep(&publication, retention, expires, Instant::now(), &mut gone);
                     // Under the channel's lock, as everywhere: delivery order is offset order.
                     self.hub.fan_out(
                         &publication.channel,
                         &Outgoing::Publication(publication.clone()),
                     );
+                    // Queued under the lock: before the sweep can queue forgetting the channel.
+                    tidy(&self.queue, &publication.channel, gone);
                 }
-                self.carry_gone(&publication.channel, gone);
                 self.counters
                     .commit_waits
                     .observe(publication.accepted.elapsed());
@@ -401,24 +485,6 @@ impl Thread {
                 drop(map);
                 let _ = reply.send(Ok(()));
             }
-        }
-    }
-
-    fn carry_gone(&mut self, channel: &crate::ChannelName, gone: Gone) {
-        if self.carry.len() >= MAX_CARRY {
-            return;
-        }
-        if let Some(through) = gone.through {
-            self.carry.push(Entry::Trim {
-                channel: channel.clone(),
-                through,
-            });
-        }
-        for offset in gone.latest {
-            self.carry.push(Entry::DropLatest {
-                channel: channel.clone(),
-                offset,
-            });
         }
     }
 }
