@@ -65,8 +65,10 @@ pub fn database_path(dir: &Path) -> PathBuf {
     dir.join("herald.db")
 }
 
-/// Opens (or creates) the store in `dir` and reads back everything it keeps.
-pub fn open(dir: &Path) -> Result<(SqliteJournal, Recovered), StoreError> {
+/// Opens (or creates) the store in `dir` and reads back everything it keeps. `fsync`: flush
+/// every transaction to the disk (else to the operating system only; see
+/// `MemoryEngineConfig::fsync`).
+pub fn open(dir: &Path, fsync: bool) -> Result<(SqliteJournal, Recovered), StoreError> {
     let directory = |source| StoreError::Directory {
         path: dir.to_owned(),
         source,
@@ -90,6 +92,7 @@ pub fn open(dir: &Path) -> Result<(SqliteJournal, Recovered), StoreError> {
     };
     let conn = Connection::open(&path).map_err(unreadable)?;
     schema::prepare(&conn, &path)?;
+    schema::begin_run(&conn, fsync).map_err(unreadable)?;
     let recovered = schema::load(&conn).map_err(unreadable)?;
     Ok((SqliteJournal { conn, _lock: lock }, recovered))
 }
@@ -222,12 +225,14 @@ impl Journal for SqliteJournal {
     }
 
     fn close(&mut self) {
-        // Folds the log into the database, so the next start reads one file.
-        if let Err(e) = self
+        // Folds the log into the database, so the next start reads one file, and records the
+        // clean stop (flushed, whatever `fsync` says).
+        let done = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(error = %e, "The store's log could not be folded in at shutdown; the next start replays it.");
+            .and_then(|()| schema::end_run(&self.conn));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "The store could not record a clean stop; the next start replays its log.");
         }
     }
 }

@@ -90,6 +90,72 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> 
     }
 }
 
+/// This machine's boot: differs after the machine restarted.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    match conn.query_row("SELECT value FROM herald_meta WHERE key = ?1", [key], |r| {
+        r.get(0)
+    }) {
+        Ok(v) => Ok(Some(v)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+const SET_META: &str = "INSERT OR REPLACE INTO herald_meta (key, value) VALUES (?1, ?2)";
+
+/// Starts a run: if the last run wrote without flushing and the machine stopped under it,
+/// what it wrote last may be gone, so every channel starts under a new epoch (its history and
+/// latest state dropped) rather than give an offset twice. Then records this run (flushed)
+/// and sets the flushing mode.
+pub(crate) fn begin_run(conn: &Connection, fsync: bool) -> rusqlite::Result<()> {
+    let running = meta(conn, "running")?.as_deref() == Some("1");
+    let flushed = meta(conn, "fsync")?.as_deref() != Some("0");
+    let boot = boot_id();
+    if running && !flushed && meta(conn, "boot_id")?.as_deref() != Some(boot.as_str()) {
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM channels")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let tx = conn.unchecked_transaction()?;
+        for name in &names {
+            tx.execute(
+                "UPDATE channels SET epoch = ?1, top = 0 WHERE name = ?2",
+                rusqlite::params![herald_core::new_epoch().as_str(), name],
+            )?;
+        }
+        tx.execute_batch("DELETE FROM history; DELETE FROM latest;")?;
+        tx.commit()?;
+        tracing::warn!(
+            channels = names.len(),
+            "The machine stopped while Herald ran with engine.fsync = false: what it wrote last may be lost, so every channel starts under a new epoch and resuming clients are told to reset."
+        );
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(SET_META, ["running", "1"])?;
+    tx.execute(SET_META, ["fsync", if fsync { "1" } else { "0" }])?;
+    tx.execute(SET_META, ["boot_id", boot.as_str()])?;
+    tx.commit()?;
+    if !fsync {
+        // The log is still consistent after a crash of the machine (SQLite's NORMAL in WAL
+        // mode), but its last transactions may be gone: hence the check above.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    }
+    Ok(())
+}
+
+/// Records a clean stop, flushed.
+pub(crate) fn end_run(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
+    conn.execute(SET_META, ["running", "0"])?;
+    Ok(())
+}
+
 fn mode(code: i64) -> Option<LatestState> {
     match code {
         1 => Some(LatestState::Last),

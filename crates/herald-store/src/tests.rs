@@ -50,7 +50,11 @@ struct Node {
 }
 
 fn start(dir: &Path) -> Node {
-    let (journal, recovered) = open(dir).expect("store opens");
+    start_with(dir, true)
+}
+
+fn start_with(dir: &Path, fsync: bool) -> Node {
+    let (journal, recovered) = open(dir, fsync).expect("store opens");
     let stop = CancellationToken::new();
     let (tx, closed) = oneshot::channel();
     let engine = Arc::new(MemoryEngine::durable(
@@ -233,12 +237,12 @@ async fn retention_trims_on_disk_as_in_memory() {
 async fn a_store_held_by_another_process_is_refused() {
     let dir = TempDir::new("locked");
     let node = start(&dir.0);
-    let err = open(&dir.0).expect_err("second open");
+    let err = open(&dir.0, true).expect_err("second open");
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
     assert!(err.to_string().contains("in use by another Herald process"));
     node.stop().await;
     // Released with the journal.
-    drop(open(&dir.0).expect("opens once the first let go"));
+    drop(open(&dir.0, true).expect("opens once the first let go"));
 }
 
 #[tokio::test]
@@ -247,13 +251,13 @@ async fn a_corrupt_or_foreign_store_is_refused_and_left_alone() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = database_path(&dir.0);
     std::fs::write(&db, vec![0x5a; 8192]).unwrap();
-    let err = open(&dir.0).expect_err("garbage");
+    let err = open(&dir.0, true).expect_err("garbage");
     assert!(matches!(err, StoreError::Unreadable { .. }), "{err}");
     assert!(err.to_string().contains("does not reset"), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 8192]);
 
     std::fs::remove_file(&db).unwrap();
-    drop(open(&dir.0).unwrap());
+    drop(open(&dir.0, true).unwrap());
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
         "UPDATE herald_meta SET value = '9' WHERE key = 'format'",
@@ -261,7 +265,52 @@ async fn a_corrupt_or_foreign_store_is_refused_and_left_alone() {
     )
     .unwrap();
     drop(conn);
-    let err = open(&dir.0).expect_err("newer format");
+    let err = open(&dir.0, true).expect_err("newer format");
     assert!(matches!(err, StoreError::Format { .. }), "{err}");
     assert!(err.to_string().contains("newer Herald"), "{err}");
+}
+
+#[tokio::test]
+async fn without_fsync_a_machine_stop_under_a_run_starts_new_epochs() {
+    let dir = TempDir::new("nofsync");
+    let c = channel("room:1");
+    let node = start_with(&dir.0, false);
+    let first = node
+        .engine
+        .publish(c.clone(), EventName::message(), data(1), KEEP)
+        .await
+        .unwrap();
+    node.stop().await;
+    // Killed, same machine: everything continues.
+    let conn = rusqlite::Connection::open(database_path(&dir.0)).unwrap();
+    conn.execute(
+        "UPDATE herald_meta SET value = '1' WHERE key = 'running'",
+        [],
+    )
+    .unwrap();
+    let node = start_with(&dir.0, false);
+    let page = node.engine.latest(&c).await.unwrap();
+    assert_eq!(page.top, first.position);
+    node.stop().await;
+    // The machine restarted under a run: the last writes may be lost, so a new epoch.
+    conn.execute_batch(
+        "UPDATE herald_meta SET value = '1' WHERE key = 'running';
+         UPDATE herald_meta SET value = 'another-boot' WHERE key = 'boot_id';",
+    )
+    .unwrap();
+    let node = start_with(&dir.0, true);
+    let page = node.engine.latest(&c).await.unwrap();
+    assert_ne!(page.top.epoch, first.position.epoch);
+    assert_eq!(page.top.offset, 0);
+    assert_eq!(rows(&dir.0, "SELECT count(*) FROM history"), 0);
+    node.stop().await;
+    // A clean stop, flushed: the next start keeps the new epoch.
+    conn.execute(
+        "UPDATE herald_meta SET value = 'yet-another-boot' WHERE key = 'boot_id'",
+        [],
+    )
+    .unwrap();
+    let node = start_with(&dir.0, false);
+    assert_eq!(node.engine.latest(&c).await.unwrap().top, page.top);
+    node.stop().await;
 }

@@ -60,8 +60,9 @@ pub(crate) async fn build(
             Some(dir) => {
                 let started = std::time::Instant::now();
                 let at = dir.clone();
+                let fsync = m.fsync;
                 let (journal, recovered) =
-                    tokio::task::spawn_blocking(move || herald_store::open(&at))
+                    tokio::task::spawn_blocking(move || herald_store::open(&at, fsync))
                         .await
                         .context("opening the store")??;
                 tracing::info!(

@@ -51,6 +51,11 @@ pub struct MemoryEngineConfig {
     /// Keep every channel's epoch, offsets, history and latest state in this directory, so a
     /// restart (or a crash) continues them; unset, the engine keeps them in memory only.
     pub data_dir: Option<PathBuf>,
+    /// With `data_dir`: flush every group of publications to the disk (fsync) before anyone
+    /// hears of it. `false` writes them to the operating system only: they survive Herald
+    /// being killed, not the machine stopping, after which every channel starts under a new
+    /// epoch (clients are told to reset) so no offset is given twice.
+    pub fsync: bool,
     /// Most keys of the state store (what connectors keep: cursors, idempotency keys, tokens).
     pub max_state_keys: usize,
 }
@@ -61,6 +66,7 @@ impl Default for MemoryEngineConfig {
             max_channels: 1_000_000,
             idle_channel_ttl: Duration::from_secs(3600),
             data_dir: None,
+            fsync: true,
             max_state_keys: 100_000,
         }
     }

@@ -121,13 +121,21 @@ impl Writer {
         let (apply_tx, apply_rx) = tokio::sync::mpsc::unbounded_channel();
         let counters = Arc::new(StoreCounters::default());
         let stop = shutdown.child_token();
+        // The writer rings the applier through a socket pair rather than by waking its task:
+        // a wake from outside the runtime queues behind every subscriber task a fan-out
+        // woke (one round of all of them per group), while readiness from the runtime's own
+        // I/O driver is scheduled at once.
+        let (ring, bell) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        ring.set_nonblocking(true).expect("a non-blocking socket");
+        bell.set_nonblocking(true).expect("a non-blocking socket");
+        let bell = tokio::net::UnixStream::from_std(bell).expect("registering the store's bell");
         let applier = Applier {
             hub,
             counters: counters.clone(),
             queue: tx.clone(),
         };
         tokio::spawn(async move {
-            applier.run(apply_rx).await;
+            applier.run(apply_rx, bell).await;
             let _ = done.send(());
         });
         let thread = Thread {
@@ -138,6 +146,7 @@ impl Writer {
             carry: Vec::new(),
             rolled_back: HashMap::new(),
             apply: apply_tx,
+            ring,
         };
         std::thread::Builder::new()
             .name("herald-store".into())
@@ -222,9 +231,18 @@ struct Thread {
     /// every publication queued before that has been seen.
     rolled_back: HashMap<usize, (Slot, u32)>,
     apply: tokio::sync::mpsc::UnboundedSender<Applied>,
+    /// Rings the applier once a group is on its way.
+    ring: std::os::unix::net::UnixStream,
 }
 
 impl Thread {
+    fn hand_over(&mut self, applied: Applied) -> bool {
+        let sent = self.apply.send(applied).is_ok();
+        // A full socket means the applier has rings to read already.
+        let _ = std::io::Write::write(&mut self.ring, &[1]);
+        sent
+    }
+
     fn run(mut self) {
         let mut ops = Vec::new();
         loop {
@@ -302,7 +320,9 @@ impl Thread {
         };
         match result {
             Ok(()) => {
-                self.counters.commits.fetch_add(1, Relaxed);
+                if !entries.is_empty() {
+                    self.counters.commits.fetch_add(1, Relaxed);
+                }
                 self.counters
                     .entries
                     .fetch_add(entries.len() as u64, Relaxed);
@@ -310,7 +330,7 @@ impl Thread {
                     // Everything queued before the last hand-back has been seen.
                     self.rolled_back.clear();
                 }
-                let _ = self.apply.send(Applied {
+                self.hand_over(Applied {
                     ops,
                     stale,
                     failed: None,
@@ -340,13 +360,13 @@ impl Thread {
                 // each channel's newest offset is the last one written); nothing more is
                 // written until then.
                 let (tx, rx) = mpsc::channel();
-                let sent = self.apply.send(Applied {
+                let sent = self.hand_over(Applied {
                     ops,
                     stale,
                     failed: Some(e.0),
                     rolled_back: Some(tx),
                 });
-                if sent.is_ok() {
+                if sent {
                     if let Ok(list) = rx.recv() {
                         for (key, slot, generation) in list {
                             self.rolled_back.insert(key, (slot, generation));
@@ -369,32 +389,52 @@ struct Applier {
 }
 
 impl Applier {
-    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Applied>) {
-        while let Some(batch) = rx.recv().await {
-            if let Some(reply) = batch.rolled_back {
-                let mut list = Vec::new();
-                let mut seen = std::collections::HashSet::new();
-                for (op, stale) in batch.ops.iter().zip(&batch.stale) {
-                    if let (Then::Publish { slot, .. }, false) = (&op.then, stale) {
-                        let key = Arc::as_ptr(slot) as usize;
-                        if seen.insert(key) {
-                            let mut st = lock(slot);
-                            st.next = st.top;
-                            st.generation = st.generation.wrapping_add(1);
-                            list.push((key, slot.clone(), st.generation));
-                        }
+    async fn run(
+        self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Applied>,
+        bell: tokio::net::UnixStream,
+    ) {
+        let mut rings = [0u8; 256];
+        loop {
+            // Rings read before the queue is: a group sent before a ring is always seen.
+            while bell.try_read(&mut rings).is_ok_and(|n| n > 0) {}
+            loop {
+                match rx.try_recv() {
+                    Ok(batch) => self.apply(batch),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            if bell.readable().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn apply(&self, batch: Applied) {
+        if let Some(reply) = batch.rolled_back {
+            let mut list = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (op, stale) in batch.ops.iter().zip(&batch.stale) {
+                if let (Then::Publish { slot, .. }, false) = (&op.then, stale) {
+                    let key = Arc::as_ptr(slot) as usize;
+                    if seen.insert(key) {
+                        let mut st = lock(slot);
+                        st.next = st.top;
+                        st.generation = st.generation.wrapping_add(1);
+                        list.push((key, slot.clone(), st.generation));
                     }
                 }
-                let _ = reply.send(list);
             }
-            for (op, stale) in batch.ops.into_iter().zip(batch.stale) {
-                let failed = if stale {
-                    Some("an earlier write on this channel failed")
-                } else {
-                    batch.failed.as_deref()
-                };
-                self.finish(op, failed);
-            }
+            let _ = reply.send(list);
+        }
+        for (op, stale) in batch.ops.into_iter().zip(batch.stale) {
+            let failed = if stale {
+                Some("an earlier write on this channel failed")
+            } else {
+                batch.failed.as_deref()
+            };
+            self.finish(op, failed);
         }
     }
 

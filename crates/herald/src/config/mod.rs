@@ -427,6 +427,14 @@ impl Config {
                 if m.max_channels == 0 {
                     out.push("engine.max_channels must be at least 1".to_owned());
                 }
+                if let Some(dir) = &m.data_dir {
+                    if dir.exists() && !dir.is_dir() {
+                        out.push(format!(
+                            "engine.data_dir: {} exists and is not a directory",
+                            dir.display()
+                        ));
+                    }
+                }
             }
             EngineConfig::Redis(r) => {
                 remote_problems(
