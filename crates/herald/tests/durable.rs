@@ -48,7 +48,18 @@ impl Drop for Dir {
 }
 
 async fn start(dir: &Dir) -> TestServer {
-    TestServer::start_with(CONFIG, "127.0.0.1:0", &["--data-dir", &dir.flag()], &[]).await
+    start_with(dir, true).await
+}
+
+async fn start_with(dir: &Dir, fsync: bool) -> TestServer {
+    let fsync = if fsync { "true" } else { "false" };
+    TestServer::start_with(
+        CONFIG,
+        "127.0.0.1:0",
+        &["--data-dir", &dir.flag()],
+        &[("HERALD_ENGINE__FSYNC", fsync)],
+    )
+    .await
 }
 
 async fn kill9(mut server: TestServer) {
@@ -239,8 +250,19 @@ fn check(who: &str, got: &Received, acked: &HashMap<String, BTreeMap<u64, u64>>)
 
 #[tokio::test]
 async fn kill_9_three_times_mid_stream_loses_nothing_acknowledged() {
+    kill_9_three_times(true).await;
+}
+
+/// Without fsync a publication is in the operating system when acknowledged, which a killed
+/// process cannot lose either.
+#[tokio::test]
+async fn kill_9_without_fsync_loses_nothing_acknowledged_either() {
+    kill_9_three_times(false).await;
+}
+
+async fn kill_9_three_times(fsync: bool) {
     let dir = Dir::new("kill9");
-    let mut server = start(&dir).await;
+    let mut server = start_with(&dir, fsync).await;
     let (url_tx, url_rx) = watch::channel(server.url.clone());
     let (targets_tx, targets_rx) = watch::channel(None);
     let sse = tokio::spawn(sse_follower(url_rx.clone(), targets_rx.clone()));
@@ -309,7 +331,7 @@ async fn kill_9_three_times_mid_stream_loses_nothing_acknowledged() {
         .await;
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..20))).await;
         kill9(server).await;
-        server = start(&dir).await;
+        server = start_with(&dir, fsync).await;
         url_tx.send(server.url.clone()).unwrap();
     }
     for p in publishers {
