@@ -260,6 +260,12 @@ impl Thread {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if !ops.is_empty() {
+                // Let the publishers that are running go on queueing: on a busy core the
+                // writer would otherwise preempt them at their first record and commit it
+                // alone (a group commit of one).
+                std::thread::yield_now();
+            }
             let mut drained = false;
             while ops.len() < MAX_BATCH {
                 match self.rx.try_recv() {
