@@ -397,6 +397,24 @@ async fn latest_state_and_positions_survive_a_clean_restart() {
     assert_eq!(second["data"]["viewers"], 4);
 }
 
+#[tokio::test]
+async fn a_lost_directory_gives_resuming_clients_an_explicit_reset() {
+    let dir = Dir::new("lost");
+    let server = start(&dir).await;
+    let mut sse = common::Sse::connect(&server, &["room:lost"], None).await;
+    server.publish("room:lost", None, json!(1)).await;
+    sse.next_json().await;
+    let last_id = sse.decoder.last_event_id().to_owned();
+    server.terminate();
+    drop(server);
+    std::fs::remove_dir_all(&dir.0).unwrap();
+    let server = start(&dir).await;
+    let mut sse = common::Sse::connect(&server, &["room:lost"], Some(&last_id)).await;
+    let (event, reset) = sse.next_json().await;
+    assert_eq!(event, "herald.reset", "{reset}");
+    assert_eq!(reset["reason"], "epoch_changed");
+}
+
 fn start_fails(dir: &Path) -> String {
     let out = std::process::Command::new(common::herald_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
