@@ -7,13 +7,12 @@
 //! writer keeps and fans it out once it is on disk (see `writer.rs`).
 
 use super::channel::{ChannelState, Gone};
-use super::journal::{Entry, Journal, Recovered, StateValue};
+use super::journal::{Entry, Journal, Recovered};
 use super::presence::MemoryPresenceStore;
 use super::writer::{lock, Op, Slot, StateMap, Then, Writer};
 use crate::{
-    Broker, ChannelName, EngineError, EngineParts, EngineStatus, EventName, HistoryPage,
-    HistoryQuery, HistoryStore, Hub, KeepLatest, LatestState, NodeParts, Outgoing, PresenceEvent,
-    Publication, Retention, StateStore, LATEST_STATE_BOUND,
+    Broker, ChannelName, EngineError, EngineParts, EngineStatus, EventName, Hub, KeepLatest,
+    LatestState, NodeParts, Outgoing, PresenceEvent, Publication, Retention, LATEST_STATE_BOUND,
 };
 use async_trait::async_trait;
 use herald_protocol::StreamPosition;
@@ -32,10 +31,6 @@ use tokio_util::task::TaskTracker;
 
 /// How often the engine drops expired history and idle channels.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-/// Longest state-store key (scope and key together), in bytes.
-const MAX_STATE_KEY: usize = 512;
-/// Largest state-store value, in bytes.
-const MAX_STATE_VALUE: usize = 64 * 1024;
 
 /// Bounds of the embedded engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,17 +73,17 @@ pub struct MemoryEngine {
     shards: Box<[Mutex<HashMap<ChannelName, Slot>>]>,
     hasher: RandomState,
     hub: Arc<Hub>,
-    config: MemoryEngineConfig,
+    pub(super) config: MemoryEngineConfig,
     channels: AtomicUsize,
     /// Channels keeping latest state.
     latest_channels: AtomicUsize,
     /// The journal's writer, with a data directory.
-    writer: Option<Writer>,
-    state: Arc<StateMap>,
+    pub(super) writer: Option<Writer>,
+    pub(super) state: Arc<StateMap>,
 }
 
 /// The engine refuses because its writer stopped.
-const STOPPED: EngineError = EngineError::Unavailable("the node is shutting down");
+pub(super) const STOPPED: EngineError = EngineError::Unavailable("the node is shutting down");
 
 impl MemoryEngine {
     /// An engine delivering into `hub`, keeping everything in memory.
@@ -192,7 +187,7 @@ impl MemoryEngine {
         &self.shards[i]
     }
 
-    fn slot(&self, channel: &ChannelName) -> Result<Slot, EngineError> {
+    pub(super) fn slot(&self, channel: &ChannelName) -> Result<Slot, EngineError> {
         let mut shard = lock(self.shard(channel));
         if let Some(slot) = shard.get(channel) {
             return Ok(slot.clone());
@@ -343,7 +338,11 @@ impl MemoryEngine {
 
     /// Waits until `channel`'s epoch is in the journal, so no position a read hands out can
     /// be lost by a crash.
-    async fn make_durable(&self, channel: &ChannelName, slot: &Slot) -> Result<(), EngineError> {
+    pub(super) async fn make_durable(
+        &self,
+        channel: &ChannelName,
+        slot: &Slot,
+    ) -> Result<(), EngineError> {
         let Some(w) = &self.writer else {
             return Ok(());
         };
@@ -489,152 +488,5 @@ impl Broker for MemoryEngine {
             status.publish_durations = c.commit_waits.snapshot();
         }
         status
-    }
-}
-
-#[async_trait]
-impl HistoryStore for MemoryEngine {
-    async fn read(
-        &self,
-        channel: &ChannelName,
-        query: HistoryQuery,
-    ) -> Result<HistoryPage, EngineError> {
-        let slot = self.slot(channel)?;
-        self.make_durable(channel, &slot).await?;
-        let mut st = lock(&slot);
-        let mut gone = Gone::default();
-        st.trim_expired(Instant::now(), &mut gone);
-        if let Some(w) = &self.writer {
-            w.tidy(channel, gone);
-        }
-        let top = st.position();
-        let Some(since) = query.since else {
-            let skip = st.ring.len().saturating_sub(query.limit);
-            let publications = st.ring.iter().skip(skip).map(|(_, p)| p.clone()).collect();
-            return Ok(HistoryPage {
-                publications,
-                top,
-                reset: None,
-            });
-        };
-        let oldest = st
-            .ring
-            .front()
-            .map_or(st.top + 1, |(_, p)| p.position.offset);
-        let reset = crate::resume_reset(&since, &st.epoch, st.top, oldest);
-        let publications = if reset.is_some() {
-            Vec::new()
-        } else {
-            st.ring
-                .iter()
-                .filter(|(_, p)| p.position.offset > since.offset)
-                .take(query.limit)
-                .map(|(_, p)| p.clone())
-                .collect()
-        };
-        Ok(HistoryPage {
-            publications,
-            top,
-            reset,
-        })
-    }
-
-    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
-        let slot = self.slot(channel)?;
-        self.make_durable(channel, &slot).await?;
-        let mut st = lock(&slot);
-        let mut gone = Gone::default();
-        st.trim_expired(Instant::now(), &mut gone);
-        if let Some(w) = &self.writer {
-            w.tidy(channel, gone);
-        }
-        let publications = st.latest.as_ref().map_or_else(Vec::new, |l| {
-            l.0.iter().map(|(_, _, p)| p.clone()).collect()
-        });
-        Ok(HistoryPage {
-            publications,
-            top: st.position(),
-            reset: None,
-        })
-    }
-}
-
-#[async_trait]
-impl StateStore for MemoryEngine {
-    async fn get(&self, scope: &str, key: &str) -> Result<Option<Arc<[u8]>>, EngineError> {
-        let now_ms = crate::now_ms();
-        let map = lock(&self.state);
-        Ok(map
-            .get(&(scope.to_owned(), key.to_owned()))
-            .filter(|v| v.expires_ms.is_none_or(|e| e > now_ms))
-            .map(|v| v.bytes.clone()))
-    }
-
-    async fn put(
-        &self,
-        scope: &str,
-        key: &str,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<(), EngineError> {
-        if scope.len() + key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
-            return Err(EngineError::LimitReached(
-                "state store: key over 512 bytes or value over 64 KiB",
-            ));
-        }
-        let key = (scope.to_owned(), key.to_owned());
-        {
-            let map = lock(&self.state);
-            if !map.contains_key(&key) && map.len() >= self.config.max_state_keys {
-                return Err(EngineError::LimitReached("engine.max_state_keys"));
-            }
-        }
-        let expires_ms = ttl.map(|t| {
-            crate::now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-        });
-        let value = StateValue {
-            bytes: Arc::from(value),
-            expires_ms,
-        };
-        self.change_state(key, Some(value)).await
-    }
-
-    async fn remove(&self, scope: &str, key: &str) -> Result<(), EngineError> {
-        self.change_state((scope.to_owned(), key.to_owned()), None)
-            .await
-    }
-}
-
-impl MemoryEngine {
-    async fn change_state(
-        &self,
-        key: (String, String),
-        value: Option<StateValue>,
-    ) -> Result<(), EngineError> {
-        let Some(w) = &self.writer else {
-            let mut map = lock(&self.state);
-            match value {
-                Some(v) => map.insert(key, v),
-                None => map.remove(&key),
-            };
-            return Ok(());
-        };
-        let permit = w.admit().await?;
-        let (reply, rx) = oneshot::channel();
-        w.push(Op {
-            entry: Some(Entry::State {
-                scope: key.0.clone(),
-                key: key.1.clone(),
-                value: value.clone(),
-            }),
-            then: Then::State {
-                map: self.state.clone(),
-                key,
-                value,
-                reply,
-                _permit: permit,
-            },
-        })?;
-        rx.await.unwrap_or(Err(STOPPED))
     }
 }

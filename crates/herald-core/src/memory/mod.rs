@@ -3,10 +3,13 @@
 //! store. With a [`Journal`] (a data directory) it keeps channels across restarts.
 //! Used by single-node deployments and by tests; not a mock.
 
+mod applier;
 mod channel;
 mod engine;
+mod history;
 mod journal;
 mod presence;
+mod state;
 #[cfg(test)]
 mod tests;
 mod writer;

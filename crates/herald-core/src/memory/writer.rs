@@ -8,7 +8,7 @@
 
 use super::channel::{ChannelState, Gone};
 use super::journal::{Entry, Journal, StateValue};
-use crate::{EngineError, Hub, Outgoing, Publication, Retention};
+use crate::{EngineError, Hub, Publication, Retention};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -129,7 +129,7 @@ impl Writer {
         ring.set_nonblocking(true).expect("a non-blocking socket");
         bell.set_nonblocking(true).expect("a non-blocking socket");
         let bell = tokio::net::UnixStream::from_std(bell).expect("registering the store's bell");
-        let applier = Applier {
+        let applier = super::applier::Applier {
             hub,
             counters: counters.clone(),
             queue: tx.clone(),
@@ -181,7 +181,7 @@ impl Writer {
 }
 
 /// Queues on `tx` the records of what left `channel`'s memory.
-fn tidy(tx: &mpsc::Sender<Op>, channel: &crate::ChannelName, gone: Gone) {
+pub(super) fn tidy(tx: &mpsc::Sender<Op>, channel: &crate::ChannelName, gone: Gone) {
     {
         if gone.is_empty() {
             return;
@@ -209,14 +209,14 @@ fn tidy(tx: &mpsc::Sender<Op>, channel: &crate::ChannelName, gone: Gone) {
 
 /// A written (or failed) group on its way to the applier.
 #[derive(Debug)]
-struct Applied {
-    ops: Vec<Op>,
+pub(super) struct Applied {
+    pub(super) ops: Vec<Op>,
     /// Per op: it took its offset before a failed write handed it back.
-    stale: Vec<bool>,
+    pub(super) stale: Vec<bool>,
     /// Why the write failed.
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
     /// After a failed write: where the applier sends the channels it handed offsets back for.
-    rolled_back: Option<mpsc::Sender<Vec<(usize, Slot, u32)>>>,
+    pub(super) rolled_back: Option<mpsc::Sender<Vec<(usize, Slot, u32)>>>,
 }
 
 /// The writer thread's state.
@@ -379,157 +379,6 @@ impl Thread {
                         }
                     }
                 }
-            }
-        }
-    }
-}
-
-/// The applier task: makes written publications visible, in the order they were written.
-/// It runs on the runtime, so the subscribers it wakes are scheduled as cheaply as by a
-/// publishing task.
-struct Applier {
-    hub: Arc<Hub>,
-    counters: Arc<StoreCounters>,
-    /// The writer's queue, for the records of what left memory.
-    queue: mpsc::Sender<Op>,
-}
-
-impl Applier {
-    async fn run(
-        self,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<Applied>,
-        bell: tokio::net::UnixStream,
-    ) {
-        let mut rings = [0u8; 256];
-        loop {
-            // Rings read before the queue is: a group sent before a ring is always seen.
-            while bell.try_read(&mut rings).is_ok_and(|n| n > 0) {}
-            loop {
-                match rx.try_recv() {
-                    Ok(batch) => self.apply(batch),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
-                }
-            }
-            if bell.readable().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn apply(&self, batch: Applied) {
-        if let Some(reply) = batch.rolled_back {
-            let mut list = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for (op, stale) in batch.ops.iter().zip(&batch.stale) {
-                if let (Then::Publish { slot, .. }, false) = (&op.then, stale) {
-                    let key = Arc::as_ptr(slot) as usize;
-                    if seen.insert(key) {
-                        let mut st = lock(slot);
-                        st.next = st.top;
-                        st.generation = st.generation.wrapping_add(1);
-                        list.push((key, slot.clone(), st.generation));
-                    }
-                }
-            }
-            let _ = reply.send(list);
-        }
-        for (op, stale) in batch.ops.into_iter().zip(batch.stale) {
-            let failed = if stale {
-                Some("an earlier write on this channel failed")
-            } else {
-                batch.failed.as_deref()
-            };
-            self.finish(op, failed);
-        }
-    }
-
-    fn finish(&self, op: Op, failed: Option<&str>) {
-        let refused = |e: &str| EngineError::Storage(e.to_owned());
-        match op.then {
-            Then::Nothing => {}
-            Then::Publish {
-                slot,
-                generation: _,
-                publication,
-                retention,
-                expires,
-                reply,
-                _permit,
-            } => {
-                if let Some(e) = failed {
-                    self.counters.refused.fetch_add(1, Relaxed);
-                    lock(&slot).waiting -= 1;
-                    let _ = reply.send(Err(refused(e)));
-                    return;
-                }
-                {
-                    let mut st = lock(&slot);
-                    st.waiting -= 1;
-                    st.durable = true;
-                    let mut gone = Gone::default();
-                    st.keep(&publication, retention, expires, Instant::now(), &mut gone);
-                    // Under the channel's lock, as everywhere: delivery order is offset order.
-                    self.hub.fan_out(
-                        &publication.channel,
-                        &Outgoing::Publication(publication.clone()),
-                    );
-                    // Queued under the lock: before the sweep can queue forgetting the channel.
-                    tidy(&self.queue, &publication.channel, gone);
-                }
-                self.counters
-                    .commit_waits
-                    .observe(publication.accepted.elapsed());
-                let _ = reply.send(Ok(publication));
-            }
-            Then::Durable {
-                slot,
-                carries,
-                reply,
-            } => {
-                let mut st = lock(&slot);
-                let result = match failed {
-                    Some(e) => {
-                        if !st.durable {
-                            st.durable_queued = false;
-                        }
-                        Err(refused(e))
-                    }
-                    None if carries => {
-                        st.durable = true;
-                        Ok(())
-                    }
-                    // The op that carried the epoch was in an earlier, failed, transaction.
-                    None if !st.durable => Err(EngineError::Storage(
-                        "the channel's epoch could not be written".into(),
-                    )),
-                    None => Ok(()),
-                };
-                drop(st);
-                let _ = reply.send(result);
-            }
-            Then::State {
-                map,
-                key,
-                value,
-                reply,
-                _permit,
-            } => {
-                if let Some(e) = failed {
-                    let _ = reply.send(Err(refused(e)));
-                    return;
-                }
-                let mut map = lock(&map);
-                match value {
-                    Some(v) => {
-                        map.insert(key, v);
-                    }
-                    None => {
-                        map.remove(&key);
-                    }
-                }
-                drop(map);
-                let _ = reply.send(Ok(()));
             }
         }
     }
