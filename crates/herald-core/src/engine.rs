@@ -23,6 +23,12 @@ pub enum EngineError {
     /// The backend refused the operation because a bound was reached.
     #[error("engine limit reached: {0}")]
     LimitReached(&'static str),
+    /// The engine cannot do what was asked (yet); the message says what.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The idempotency key was used before with another event or payload.
+    #[error("idempotency_key was used before with another event or data on this channel")]
+    Conflict,
     /// The node's own storage failed to keep a write (a full disk, an I/O error); nothing of
     /// the operation took effect.
     #[error("storage failed: {0}")]
@@ -127,6 +133,33 @@ pub struct HistoryPage {
     pub reset: Option<ResetReason>,
 }
 
+/// What makes a publish happen at most once: its key (scoped to the channel), a digest of
+/// its event and payload (the same key with another body is a conflict) and how long the key
+/// is remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    /// The caller's key.
+    pub key: String,
+    /// Digest of the event name and payload (16 hex digits).
+    pub digest: String,
+    /// How long a repeat is recognised.
+    pub window: Duration,
+}
+
+/// The answer to [`Broker::publish_once`].
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// Published now.
+    New(Arc<Publication>),
+    /// The key was published before, at this position: nothing was published now.
+    Repeat {
+        /// The first publication's position.
+        position: StreamPosition,
+        /// Its time (Unix milliseconds).
+        time_ms: u64,
+    },
+}
+
 /// Moves publications and presence events to every node's hub, assigning offsets and appending
 /// to history in the same ordered step.
 #[async_trait]
@@ -140,6 +173,23 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError>;
+    /// [`Broker::publish`], unless `once.key` was published on `channel` within
+    /// `once.window`: then nothing is published and the first publication's position is
+    /// returned ([`EngineError::Conflict`] when its event or payload differed). The check is
+    /// made where the order is decided, so a repeat sent to another node is caught too.
+    async fn publish_once(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+        once: &Once,
+    ) -> Result<Published, EngineError> {
+        let _ = (channel, event, data, retention, once);
+        Err(EngineError::Unsupported(
+            "idempotency_key is not supported by this engine yet (only by the memory engine)",
+        ))
+    }
     /// Delivers a presence event to every subscribed node (not kept in history).
     async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError>;
     /// A local subscriber was added to `channel` in the hub. Returns once the engine delivers

@@ -35,7 +35,8 @@ pub use conn_id::ConnId;
 pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
-    LatencySummary, PresenceStore, ResetReason, Retention, StateStore, LATEST_STATE_BOUND,
+    LatencySummary, Once, PresenceStore, Published, ResetReason, Retention, StateStore,
+    LATEST_STATE_BOUND,
 };
 pub use histogram::{Histogram, HistogramSnapshot, Percentiles, BUCKETS_US};
 pub use hub::{ConnectionInfo, Hub};
@@ -49,7 +50,7 @@ pub use outbox::{outbox, Outbox, OutboxLimits, OutboxTx, Outgoing, PushError};
 pub use parts::{EngineParts, NodeParts};
 pub use proxy::{AppProxy, ProxyCall, ProxyVerdict};
 pub use publication::{PresenceEvent, PresenceKind, Publication};
-pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits};
+pub use publisher::{Prepared, PublishError, Publisher, PublisherLimits, MAX_IDEMPOTENCY_KEY};
 pub use rate::{KeyedBuckets, Take, TokenBucket};
 pub use remote::{
     Canary, EngineHealth, LinkState, Remote, RemoteBackend, RemoteSubscriber, RemoteSubscriptions,

@@ -4,11 +4,12 @@
 
 use crate::Source;
 use crate::{
-    Broker, ChannelError, ChannelName, ChannelsConfig, EngineError, EventName, Publication,
-    Retention, Stats, LATEST_STATE_BOUND,
+    Broker, ChannelError, ChannelName, ChannelsConfig, EngineError, EventName, Once, Publication,
+    Published, Retention, Stats, LATEST_STATE_BOUND,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sha2::Digest;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -17,7 +18,13 @@ use std::sync::Arc;
 pub struct PublisherLimits {
     /// Largest `data` payload, in bytes of JSON.
     pub max_data_bytes: usize,
+    /// How long an idempotency key is remembered (`publish.idempotency_window`).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: std::time::Duration,
 }
+
+/// Most bytes of an idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// Why a publication was refused.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,9 @@ pub enum PublishError {
         /// The limit.
         max: usize,
     },
+    /// The idempotency key is empty, too long or holds control characters.
+    #[error("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes without control characters")]
+    BadKey(usize),
     /// The node is draining for shutdown.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -194,6 +204,55 @@ impl Publisher {
         self.count_published(source, publication.event.as_str());
         tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
         Ok(publication)
+    }
+
+    /// What makes `p` happen at most once for `key` (see [`Broker::publish_once`]): checks
+    /// the key and digests the event and payload.
+    pub fn once(&self, p: &Prepared, key: &str) -> Result<Once, PublishError> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+            return Err(PublishError::BadKey(key.len()));
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(p.event.as_str().as_bytes());
+        h.update([0]);
+        h.update(p.data.get().as_bytes());
+        let d = h.finalize();
+        let digest = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Once {
+            key: key.to_owned(),
+            digest,
+            window: self.limits.idempotency_window,
+        })
+    }
+
+    /// Publishes a prepared command from `source` at most once for `once` (see
+    /// [`Broker::publish_once`]); a repeat publishes and counts nothing.
+    pub async fn publish_once(
+        &self,
+        p: Prepared,
+        source: Source,
+        once: &Once,
+    ) -> Result<Published, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let retention = self.retention(&p.channel);
+        let published = self
+            .broker
+            .publish_once(p.channel, p.event, p.data, retention, once)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, EngineError::LimitReached(LATEST_STATE_BOUND)) {
+                    self.stats
+                        .refused
+                        .latest_state_channels
+                        .fetch_add(1, Relaxed);
+                }
+            })?;
+        if let Published::New(p) = &published {
+            self.count_published(source, p.event.as_str());
+        }
+        Ok(published)
     }
 
     /// Refuses further publications (shutdown).

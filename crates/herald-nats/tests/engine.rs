@@ -147,6 +147,7 @@ fn node_parts(hub: Arc<Hub>, channels: &ChannelsConfig) -> NodeParts {
         stats: Arc::new(Stats::default()),
         publish_limits: PublisherLimits {
             max_data_bytes: 65536,
+            idempotency_window: std::time::Duration::from_secs(600),
         },
     }
 }

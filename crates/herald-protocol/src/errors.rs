@@ -52,6 +52,8 @@ pub enum ErrorCode {
     ServerFull,
     /// A rate or per-address limit was reached; slow down.
     RateLimited,
+    /// The request repeats an earlier one's idempotency key with a different body.
+    Conflict,
     /// The engine cannot take the request now (shutting down, backend down).
     Unavailable,
     /// Something failed inside Herald; details are in the server log.
@@ -83,6 +85,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ServerFull => "server_full",
             Self::RateLimited => "rate_limited",
+            Self::Conflict => "conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

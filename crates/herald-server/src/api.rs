@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use herald_core::{ChannelName, ConnId, HistoryQuery, Publication, Transport};
-use herald_protocol::{parse_sse_id, CloseCode, ErrorCode};
+use herald_protocol::{parse_sse_id, CloseCode, ErrorCode, StreamPosition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -78,6 +78,8 @@ pub(crate) struct PublishBody {
     channel: String,
     event: Option<String>,
     data: Box<RawValue>,
+    /// Publish at most once for this key on the channel, within `publish.idempotency_window`.
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,17 +99,58 @@ fn published(p: &Publication) -> Value {
     })
 }
 
+/// A repeat of a publish with an idempotency key: the first one's position.
+fn repeated(channel: &ChannelName, position: &StreamPosition, time_ms: u64) -> Value {
+    json!({
+        "channel": channel.as_str(),
+        "offset": position.offset,
+        "epoch": position.epoch.as_str(),
+        "time": time_ms,
+        "duplicate": true,
+    })
+}
+
+/// A validated command and, with an idempotency key, what makes it happen once.
+type Command = (herald_core::Prepared, Option<herald_core::Once>);
+
+fn command(app: &App, body: PublishBody) -> Result<Command, herald_core::PublishError> {
+    let publisher = &app.node.publisher;
+    let prepared = publisher.prepare(&body.channel, body.event.as_deref(), body.data)?;
+    let once = match &body.idempotency_key {
+        Some(key) => Some(publisher.once(&prepared, key)?),
+        None => None,
+    };
+    Ok((prepared, once))
+}
+
+/// Publishes one command; the answer is its position (a repeat's says `duplicate`).
+async fn apply(app: &App, (prepared, once): Command) -> Result<Value, herald_core::PublishError> {
+    let publisher = &app.node.publisher;
+    let Some(once) = once else {
+        let p = publisher
+            .publish(prepared, herald_core::Source::Http)
+            .await?;
+        return Ok(published(&p));
+    };
+    let channel = prepared.channel().clone();
+    match publisher
+        .publish_once(prepared, herald_core::Source::Http, &once)
+        .await?
+    {
+        herald_core::Published::New(p) => Ok(published(&p)),
+        herald_core::Published::Repeat { position, time_ms } => {
+            Ok(repeated(&channel, &position, time_ms))
+        }
+    }
+}
+
 /// `POST /api/publish`.
 pub(crate) async fn publish(
     State(app): State<App>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let publisher = &app.node.publisher;
-    let prepared = publisher.prepare(&body.channel, body.event.as_deref(), body.data)?;
-    let p = publisher
-        .publish(prepared, herald_core::Source::Http)
-        .await?;
-    Ok(Json(published(&p)))
+    let command = command(&app, body)?;
+    Ok(Json(apply(&app, command).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,7 +170,10 @@ pub(crate) async fn broadcast(
     let publisher = &app.node.publisher;
     let mut prepared = Vec::with_capacity(body.channels.len());
     for c in &body.channels {
-        prepared.push(publisher.prepare(c, body.event.as_deref(), body.data.clone())?);
+        prepared.push((
+            publisher.prepare(c, body.event.as_deref(), body.data.clone())?,
+            None,
+        ));
     }
     run_in_order(&app, prepared).await
 }
@@ -144,16 +190,13 @@ pub(crate) async fn batch(
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Json<Value>, ApiError> {
     list_size("commands", body.commands.len(), MAX_BATCH_COMMANDS)?;
-    let publisher = &app.node.publisher;
     let mut prepared = Vec::with_capacity(body.commands.len());
     for (i, c) in body.commands.into_iter().enumerate() {
-        let p = publisher
-            .prepare(&c.channel, c.event.as_deref(), c.data)
-            .map_err(|e| {
-                let mut err = ApiError::from(e);
-                err.message = format!("commands[{i}]: {}", err.message);
-                err
-            })?;
+        let p = command(&app, c).map_err(|e| {
+            let mut err = ApiError::from(e);
+            err.message = format!("commands[{i}]: {}", err.message);
+            err
+        })?;
         prepared.push(p);
     }
     run_in_order(&app, prepared).await
@@ -172,20 +215,12 @@ fn list_size(what: &str, len: usize, max: usize) -> Result<(), ApiError> {
     }
 }
 
-async fn run_in_order(
-    app: &App,
-    prepared: Vec<herald_core::Prepared>,
-) -> Result<Json<Value>, ApiError> {
+async fn run_in_order(app: &App, prepared: Vec<Command>) -> Result<Json<Value>, ApiError> {
     let total = prepared.len();
     let mut results = Vec::with_capacity(total);
     for p in prepared {
-        match app
-            .node
-            .publisher
-            .publish(p, herald_core::Source::Http)
-            .await
-        {
-            Ok(p) => results.push(published(&p)),
+        match apply(app, p).await {
+            Ok(v) => results.push(v),
             Err(e) => {
                 let mut err = ApiError::from(e);
                 err.message = format!(

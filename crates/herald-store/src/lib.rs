@@ -125,7 +125,14 @@ impl SqliteJournal {
                     publication: p,
                     history,
                     latest,
+                    once,
                 } => {
+                    if let Some((scope, key, v)) = once {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO state (scope, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![scope, key, &v.bytes[..], v.expires_ms.map(clamp)])?;
+                    }
                     let offset = p.position.offset;
                     tops.insert(&p.channel, (p.position.epoch.as_str(), offset));
                     let fields = (

@@ -314,3 +314,79 @@ async fn without_fsync_a_machine_stop_under_a_run_starts_new_epochs() {
     assert_eq!(node.engine.latest(&c).await.unwrap().top, page.top);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_outlives_a_restart_and_concurrent_repeats_get_one_position() {
+    let dir = TempDir::new("once");
+    let c = channel("jobs:1");
+    let once = herald_core::Once {
+        key: "job-1-step-3".into(),
+        digest: "00ff".into(),
+        window: Duration::from_secs(600),
+    };
+    let node = start(&dir.0);
+    // Ten at once: the first is written, the others wait for it and answer its position.
+    let tries = (0..10).map(|_| {
+        node.engine
+            .publish_once(c.clone(), EventName::message(), data(1), KEEP, &once)
+    });
+    let results = futures_join(tries).await;
+    let mut positions = Vec::new();
+    let mut new = 0;
+    for r in results {
+        match r.unwrap() {
+            herald_core::Published::New(p) => {
+                new += 1;
+                positions.push(p.position.clone());
+            }
+            herald_core::Published::Repeat { position, .. } => positions.push(position),
+        }
+    }
+    assert_eq!(new, 1);
+    assert!(positions.windows(2).all(|w| w[0] == w[1]), "{positions:?}");
+    node.stop().await;
+    let node = start(&dir.0);
+    match node
+        .engine
+        .publish_once(c.clone(), EventName::message(), data(1), KEEP, &once)
+        .await
+        .unwrap()
+    {
+        herald_core::Published::Repeat { position, .. } => assert_eq!(position, positions[0]),
+        herald_core::Published::New(_) => panic!("published again after a restart"),
+    }
+    assert_eq!(node.engine.latest(&c).await.unwrap().top.offset, 1);
+    node.stop().await;
+}
+
+/// Runs every future to completion, concurrently, in order of their results.
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.map(Box::pin).collect();
+    let mut out = Vec::new();
+    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut left = false;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => left = true,
+                }
+            }
+        }
+        if left {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    for r in results {
+        out.extend(r);
+    }
+    out
+}

@@ -46,6 +46,7 @@ pub(crate) async fn build(
         stats: stats.clone(),
         publish_limits: PublisherLimits {
             max_data_bytes: usize::try_from(config.publish.max_data.as_u64()).unwrap_or(usize::MAX),
+            idempotency_window: config.publish.idempotency_window,
         },
     };
     let token = root.clone();

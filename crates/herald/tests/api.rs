@@ -64,6 +64,54 @@ async fn publish_broadcast_and_batch_deliver_in_order() {
 }
 
 #[tokio::test]
+async fn an_idempotency_key_publishes_once_and_a_changed_body_is_a_conflict() {
+    let server = TestServer::start(CONFIG).await;
+    let mut sse = Sse::connect(&server, &["jobs:1"], None).await;
+    let body =
+        r#"{"channel":"jobs:1","event":"progress","data":{"pct":10},"idempotency_key":"job-1-10"}"#;
+    let (status, first) = server.post("/api/publish", body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first.get("duplicate"), None);
+    let (status, again) = server.post("/api/publish", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(
+        (&again["offset"], &again["epoch"], &again["time"]),
+        (&first["offset"], &first["epoch"], &first["time"])
+    );
+    // The same key with another body is refused; nothing is published.
+    let changed =
+        r#"{"channel":"jobs:1","event":"progress","data":{"pct":20},"idempotency_key":"job-1-10"}"#;
+    let (status, v) = server.post("/api/publish", changed).await;
+    assert_eq!((status, code(&v)), (409, "conflict"), "{v}");
+    // In a batch, each command has its own key; a repeat answers with its first position.
+    let batch = json!({"commands": [
+        {"channel": "jobs:1", "event": "progress", "data": {"pct": 10}, "idempotency_key": "job-1-10"},
+        {"channel": "jobs:1", "event": "progress", "data": {"pct": 50}, "idempotency_key": "job-1-50"},
+    ]});
+    let (status, v) = server.post("/api/batch", &batch.to_string()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["duplicate"], true);
+    assert_eq!(v["results"][0]["offset"], first["offset"]);
+    assert_eq!(v["results"][1]["offset"], 2);
+    // Subscribers saw each publication once.
+    for want in [10, 50] {
+        let (event, p) = sse.next_json().await;
+        assert_eq!(
+            (event.as_str(), &p["data"]["pct"]),
+            ("progress", &json!(want))
+        );
+    }
+    let (_, history) = server.get("/api/history?channel=jobs:1").await;
+    assert_eq!(offsets(&history), vec![1, 2]);
+    for key in [json!(""), json!("x".repeat(257)), json!("a\nb")] {
+        let body = json!({"channel": "jobs:1", "data": 1, "idempotency_key": key});
+        let (status, v) = server.post("/api/publish", &body.to_string()).await;
+        assert_eq!((status, code(&v)), (422, "bad_request"), "{v}");
+    }
+}
+
+#[tokio::test]
 async fn a_batch_with_one_bad_command_applies_nothing() {
     let server = TestServer::start(CONFIG).await;
     let body = json!({"commands": [

@@ -73,6 +73,9 @@ impl Applier {
         let refused = |e: &str| EngineError::Storage(e.to_owned());
         match op.then {
             Then::Nothing => {}
+            Then::Barrier(reply) => {
+                let _ = reply.send(());
+            }
             Then::Publish {
                 slot,
                 generation: _,
@@ -80,10 +83,23 @@ impl Applier {
                 retention,
                 expires,
                 reply,
+                once,
                 _permit,
             } => {
                 if let Some(e) = failed {
                     self.counters.refused.fetch_add(1, Relaxed);
+                    // Its key no longer names a position: a retry publishes.
+                    if let Some((map, key)) = once {
+                        let mut map = lock(&map);
+                        let mine = map.get(&key).is_some_and(|v| {
+                            v.bytes.split(|b| *b == b' ').nth(1).is_some_and(|o| {
+                                o == publication.position.offset.to_string().as_bytes()
+                            })
+                        });
+                        if mine {
+                            map.remove(&key);
+                        }
+                    }
                     lock(&slot).waiting -= 1;
                     let _ = reply.send(Err(refused(e)));
                     return;

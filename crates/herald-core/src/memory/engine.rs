@@ -12,10 +12,10 @@ use super::presence::MemoryPresenceStore;
 use super::writer::{lock, Op, Slot, StateMap, Then, Writer};
 use crate::{
     Broker, ChannelName, EngineError, EngineParts, EngineStatus, EventName, Hub, KeepLatest,
-    LatestState, NodeParts, Outgoing, PresenceEvent, Publication, Retention, LATEST_STATE_BOUND,
+    LatestState, NodeParts, Once, Outgoing, PresenceEvent, Publication, Published, Retention,
+    LATEST_STATE_BOUND,
 };
 use async_trait::async_trait;
-use herald_protocol::StreamPosition;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -72,7 +72,7 @@ impl Default for MemoryEngineConfig {
 pub struct MemoryEngine {
     shards: Box<[Mutex<HashMap<ChannelName, Slot>>]>,
     hasher: RandomState,
-    hub: Arc<Hub>,
+    pub(super) hub: Arc<Hub>,
     pub(super) config: MemoryEngineConfig,
     channels: AtomicUsize,
     /// Channels keeping latest state.
@@ -311,7 +311,7 @@ impl MemoryEngine {
 
     /// Before an offset is taken: trims what expired and counts the channel in the
     /// latest-state bound if it starts keeping latest state (a refusal leaves no trace).
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         channel: &ChannelName,
         st: &mut ChannelState,
@@ -391,71 +391,27 @@ impl Broker for MemoryEngine {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
-        let Some(w) = &self.writer else {
-            let slot = self.slot(&channel)?;
-            let mut st = lock(&slot);
-            let now = Instant::now();
-            self.prepare(&channel, &mut st, retention, now)?;
-            st.next += 1;
-            let position = StreamPosition::new(st.epoch.clone(), st.next);
-            let p = Arc::new(Publication::new(
-                channel,
-                event,
-                data,
-                position,
-                crate::now_ms(),
-            ));
-            st.keep(
-                &p,
-                retention,
-                now + retention.ttl,
-                now,
-                &mut Gone::default(),
-            );
-            // Fan-out happens under the channel's lock so delivery order equals offset order.
-            self.hub
-                .fan_out(&p.channel, &Outgoing::Publication(p.clone()));
-            return Ok(p);
-        };
-        let permit = w.admit().await?;
-        let slot = self.slot(&channel)?;
-        let rx = {
-            let mut st = lock(&slot);
-            let now = Instant::now();
-            self.prepare(&channel, &mut st, retention, now)?;
-            st.next += 1;
-            let position = StreamPosition::new(st.epoch.clone(), st.next);
-            let p = Arc::new(Publication::new(
-                channel,
-                event,
-                data,
-                position,
-                crate::now_ms(),
-            ));
-            let ms = |d: Duration| p.time_ms + u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            let entry = Entry::Publication {
-                publication: p.clone(),
-                history: (retention.size > 0).then(|| ms(retention.ttl)),
-                latest: (retention.latest.mode != LatestState::Off)
-                    .then(|| (retention.latest.mode, retention.latest.ttl.map(ms))),
-            };
-            let (reply, rx) = oneshot::channel();
-            w.push(Op {
-                entry: Some(entry),
-                then: Then::Publish {
-                    slot: slot.clone(),
-                    generation: st.generation,
-                    publication: p,
-                    retention,
-                    expires: now + retention.ttl,
-                    reply,
-                    _permit: permit,
-                },
-            })?;
-            st.waiting += 1;
-            rx
-        };
-        rx.await.unwrap_or(Err(STOPPED))
+        match self
+            .publish_with(channel, event, data, retention, None)
+            .await?
+        {
+            Published::New(p) => Ok(p),
+            Published::Repeat { .. } => Err(EngineError::Unavailable(
+                "a publish without a key was taken for a repeat",
+            )),
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+        once: &Once,
+    ) -> Result<Published, EngineError> {
+        self.publish_with(channel, event, data, retention, Some(once))
+            .await
     }
 
     async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {

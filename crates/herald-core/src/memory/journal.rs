@@ -31,6 +31,8 @@ pub enum Entry {
         history: Option<u64>,
         /// `Some`: kept as latest state in this mode, until the expiry if any.
         latest: Option<(LatestState, Option<u64>)>,
+        /// Its idempotency key's record (scope, key, value), kept with it in one step.
+        once: Option<(String, String, StateValue)>,
     },
     /// `channel`'s history at or below offset `through` left (trimmed or expired).
     Trim {

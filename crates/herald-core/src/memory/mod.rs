@@ -9,6 +9,7 @@ mod engine;
 mod history;
 mod journal;
 mod presence;
+mod publish;
 mod state;
 #[cfg(test)]
 mod tests;

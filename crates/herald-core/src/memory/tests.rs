@@ -133,3 +133,97 @@ async fn channel_bound_is_enforced() {
         Err(EngineError::LimitReached(_))
     ));
 }
+
+fn once(key: &str, digest: &str, window: Duration) -> crate::Once {
+    crate::Once {
+        key: key.to_owned(),
+        digest: digest.to_owned(),
+        window,
+    }
+}
+
+#[tokio::test]
+async fn a_key_publishes_once_within_its_window() {
+    let e = engine();
+    let c = ChannelName::parse("c").unwrap();
+    let minute = Duration::from_secs(60);
+    let first = e
+        .publish_once(
+            c.clone(),
+            EventName::message(),
+            data(),
+            KEEP3,
+            &once("k", "d1", minute),
+        )
+        .await
+        .unwrap();
+    let crate::Published::New(first) = first else {
+        panic!("first publish was taken for a repeat")
+    };
+    let again = e
+        .publish_once(
+            c.clone(),
+            EventName::message(),
+            data(),
+            KEEP3,
+            &once("k", "d1", minute),
+        )
+        .await
+        .unwrap();
+    match again {
+        crate::Published::Repeat { position, time_ms } => {
+            assert_eq!(position, first.position);
+            assert_eq!(time_ms, first.time_ms);
+        }
+        crate::Published::New(_) => panic!("a repeat was published"),
+    }
+    assert_eq!(
+        e.read(
+            &c,
+            HistoryQuery {
+                since: None,
+                limit: 10
+            }
+        )
+        .await
+        .unwrap()
+        .publications
+        .len(),
+        1
+    );
+    // Another body under the same key is a conflict; the key on another channel is its own.
+    assert!(matches!(
+        e.publish_once(
+            c.clone(),
+            EventName::message(),
+            data(),
+            KEEP3,
+            &once("k", "d2", minute)
+        )
+        .await,
+        Err(EngineError::Conflict)
+    ));
+    let other = ChannelName::parse("other").unwrap();
+    assert!(matches!(
+        e.publish_once(
+            other,
+            EventName::message(),
+            data(),
+            KEEP3,
+            &once("k", "d1", minute)
+        )
+        .await,
+        Ok(crate::Published::New(_))
+    ));
+    // Past its window the key publishes again.
+    let brief = once("brief", "d", Duration::from_millis(30));
+    e.publish_once(c.clone(), EventName::message(), data(), KEEP3, &brief)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(matches!(
+        e.publish_once(c.clone(), EventName::message(), data(), KEEP3, &brief)
+            .await,
+        Ok(crate::Published::New(p)) if p.position.offset == 3
+    ));
+}

@@ -49,8 +49,12 @@ pub(super) enum Then {
         retention: Retention,
         expires: Instant,
         reply: oneshot::Sender<Result<Arc<Publication>, EngineError>>,
+        /// Its idempotency key's record, dropped if the write fails.
+        once: Option<(Arc<StateMap>, (String, String))>,
         _permit: OwnedSemaphorePermit,
     },
+    /// Fires once everything queued before it is applied.
+    Barrier(oneshot::Sender<()>),
     /// The channel's epoch is durable once this commits (when the op carries the entry) or
     /// already was (when an earlier op did).
     Durable {
@@ -259,12 +263,6 @@ impl Thread {
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
-            }
-            if !ops.is_empty() {
-                // Let the publishers that are running go on queueing: on a busy core the
-                // writer would otherwise preempt them at their first record and commit it
-                // alone (a group commit of one).
-                std::thread::yield_now();
             }
             let mut drained = false;
             while ops.len() < MAX_BATCH {

@@ -257,6 +257,7 @@ fn node_with(options: NamespaceOptions, max_latest: usize) -> (Node, Arc<MemoryE
         channels.clone(),
         PublisherLimits {
             max_data_bytes: 1024,
+            idempotency_window: std::time::Duration::from_secs(600),
         },
         stats.clone(),
     ));

@@ -193,6 +193,10 @@ pub fn publish_error_code(e: &PublishError) -> ErrorCode {
         PublishError::BadEvent(_) => ErrorCode::BadEvent,
         PublishError::BadData(_) => ErrorCode::BadRequest,
         PublishError::TooLarge { .. } => ErrorCode::TooLarge,
+        PublishError::BadKey(_) | PublishError::Engine(EngineError::Unsupported(_)) => {
+            ErrorCode::BadRequest
+        }
+        PublishError::Engine(EngineError::Conflict) => ErrorCode::Conflict,
         PublishError::ShuttingDown | PublishError::Engine(_) => ErrorCode::Unavailable,
     }
 }

@@ -92,12 +92,17 @@ pub(crate) struct PublishConfig {
     /// Largest `data` payload of one publication.
     #[serde(serialize_with = "herald_server::exact_size")]
     pub(crate) max_data: ByteSize,
+    /// How long a publication's `idempotency_key` is remembered: a repeat within it publishes
+    /// nothing and answers with the first one's position.
+    #[serde(with = "humantime_serde")]
+    pub(crate) idempotency_window: std::time::Duration,
 }
 
 impl Default for PublishConfig {
     fn default() -> Self {
         Self {
             max_data: ByteSize::kib(64),
+            idempotency_window: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -418,6 +423,12 @@ impl Config {
                 "ws.max_message ({}) must exceed publish.max_data ({}) by at least 1KiB, so a client can publish the largest allowed payload",
                 self.ws.max_message, self.publish.max_data
             ));
+        }
+        let window = self.publish.idempotency_window;
+        if window < std::time::Duration::from_secs(1)
+            || window > std::time::Duration::from_secs(86_400)
+        {
+            out.push("publish.idempotency_window must be 1s to 1day".to_owned());
         }
         if self.sse.keepalive.is_zero() {
             out.push("sse.keepalive must be more than 0s".to_owned());

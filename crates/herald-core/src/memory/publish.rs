@@ -1,0 +1,212 @@
+//! Publishing on the embedded engine: the offset is taken under the channel's lock, then the
+//! publication is kept and fanned out there (memory only) or queued to the writer (with a
+//! data directory). An idempotency key is checked and recorded under the same lock, so two
+//! publishes with one key are ordered like any two publishes of the channel.
+
+use super::channel::{ChannelState, Gone};
+use super::engine::{MemoryEngine, STOPPED};
+use super::journal::{Entry, StateValue};
+use super::writer::{lock, Op, Then};
+use crate::{
+    ChannelName, EngineError, EventName, LatestState, Once, Outgoing, Publication, Published,
+    Retention,
+};
+use herald_protocol::{Epoch, StreamPosition};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// The state-store scope of idempotency keys; the key is `CHANNEL\nKEY`.
+pub(super) const ONCE_SCOPE: &str = "publish";
+
+/// What an idempotency key says, read under the channel's lock.
+enum Seen {
+    /// Not published within the window.
+    Fresh,
+    /// Published, at this position.
+    Repeat(Published),
+    /// Published with another body.
+    Conflict,
+    /// Published, but still being written: wait for its outcome.
+    Pending,
+}
+
+/// What a publish waits for once the channel's lock is released.
+enum Step {
+    /// A repeat still being written: its outcome, then check again.
+    Wait(oneshot::Receiver<()>),
+    /// This publication's commit.
+    Written(oneshot::Receiver<Result<Arc<Publication>, EngineError>>),
+}
+
+fn record(p: &Publication, once: &Once) -> StateValue {
+    let window = u64::try_from(once.window.as_millis()).unwrap_or(u64::MAX);
+    StateValue {
+        bytes: format!(
+            "{} {} {} {}",
+            p.position.epoch.as_str(),
+            p.position.offset,
+            p.time_ms,
+            once.digest
+        )
+        .into_bytes()
+        .into(),
+        expires_ms: Some(crate::now_ms().saturating_add(window)),
+    }
+}
+
+impl MemoryEngine {
+    fn seen(&self, st: &ChannelState, key: &(String, String), once: &Once) -> Seen {
+        let now_ms = crate::now_ms();
+        let map = lock(&self.state);
+        let Some(v) = map
+            .get(key)
+            .filter(|v| v.expires_ms.is_none_or(|e| e > now_ms))
+        else {
+            return Seen::Fresh;
+        };
+        let text = std::str::from_utf8(&v.bytes).unwrap_or_default();
+        let mut parts = text.split(' ');
+        let (Some(epoch), Some(offset), Some(time_ms), Some(digest)) = (
+            parts.next().and_then(|e| Epoch::parse(e).ok()),
+            parts.next().and_then(|o| o.parse::<u64>().ok()),
+            parts.next().and_then(|t| t.parse::<u64>().ok()),
+            parts.next(),
+        ) else {
+            return Seen::Fresh;
+        };
+        if digest != once.digest {
+            Seen::Conflict
+        } else if epoch == st.epoch && offset > st.top {
+            Seen::Pending
+        } else {
+            Seen::Repeat(Published::Repeat {
+                position: StreamPosition::new(epoch, offset),
+                time_ms,
+            })
+        }
+    }
+
+    /// Publishes, at most once per `once` key when given.
+    pub(super) async fn publish_with(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+        once: Option<&Once>,
+    ) -> Result<Published, EngineError> {
+        let key = once.map(|o| (ONCE_SCOPE.to_owned(), format!("{}\n{}", channel, o.key)));
+        let mut permit = match &self.writer {
+            Some(w) => Some(w.admit().await?),
+            None => None,
+        };
+        let mut data = Some(data);
+        let slot = self.slot(&channel)?;
+        loop {
+            let step = {
+                let mut st = lock(&slot);
+                let seen = match (once, &key) {
+                    (Some(o), Some(k)) => self.seen(&st, k, o),
+                    _ => Seen::Fresh,
+                };
+                match seen {
+                    Seen::Repeat(p) => return Ok(p),
+                    Seen::Conflict => return Err(EngineError::Conflict),
+                    Seen::Pending => {
+                        let (reply, rx) = oneshot::channel();
+                        if let Some(w) = &self.writer {
+                            w.push(Op {
+                                entry: None,
+                                then: Then::Barrier(reply),
+                            })?;
+                        }
+                        Step::Wait(rx)
+                    }
+                    Seen::Fresh => {
+                        if let Some(k) = &key {
+                            let map = lock(&self.state);
+                            if !map.contains_key(k) && map.len() >= self.config.max_state_keys {
+                                return Err(EngineError::LimitReached("engine.max_state_keys"));
+                            }
+                        }
+                        let data = data.take().ok_or(STOPPED)?;
+                        let now = Instant::now();
+                        self.prepare(&channel, &mut st, retention, now)?;
+                        st.next += 1;
+                        let position = StreamPosition::new(st.epoch.clone(), st.next);
+                        let p = Arc::new(Publication::new(
+                            channel.clone(),
+                            event.clone(),
+                            data,
+                            position,
+                            crate::now_ms(),
+                        ));
+                        let kept = match (once, &key) {
+                            (Some(o), Some(k)) => Some((k.clone(), record(&p, o))),
+                            _ => None,
+                        };
+                        let Some(w) = &self.writer else {
+                            st.keep(
+                                &p,
+                                retention,
+                                now + retention.ttl,
+                                now,
+                                &mut Gone::default(),
+                            );
+                            // Under the channel's lock: delivery order equals offset order.
+                            self.hub
+                                .fan_out(&p.channel, &Outgoing::Publication(p.clone()));
+                            if let Some((k, v)) = kept {
+                                lock(&self.state).insert(k, v);
+                            }
+                            return Ok(Published::New(p));
+                        };
+                        let ms = |d: Duration| {
+                            p.time_ms + u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+                        };
+                        let entry = Entry::Publication {
+                            publication: p.clone(),
+                            history: (retention.size > 0).then(|| ms(retention.ttl)),
+                            latest: (retention.latest.mode != LatestState::Off)
+                                .then(|| (retention.latest.mode, retention.latest.ttl.map(ms))),
+                            once: kept
+                                .as_ref()
+                                .map(|((scope, k), v)| (scope.clone(), k.clone(), v.clone())),
+                        };
+                        let (reply, rx) = oneshot::channel();
+                        w.push(Op {
+                            entry: Some(entry),
+                            then: Then::Publish {
+                                slot: slot.clone(),
+                                generation: st.generation,
+                                publication: p,
+                                retention,
+                                expires: now + retention.ttl,
+                                reply,
+                                once: kept.as_ref().map(|(k, _)| (self.state.clone(), k.clone())),
+                                _permit: permit.take().ok_or(STOPPED)?,
+                            },
+                        })?;
+                        // A repeat arriving now finds the key pending until the commit.
+                        if let Some((k, v)) = kept {
+                            lock(&self.state).insert(k, v);
+                        }
+                        st.waiting += 1;
+                        Step::Written(rx)
+                    }
+                }
+            };
+            match step {
+                Step::Wait(rx) => {
+                    let _ = rx.await;
+                }
+                Step::Written(rx) => {
+                    return rx.await.unwrap_or(Err(STOPPED)).map(Published::New);
+                }
+            }
+        }
+    }
+}
