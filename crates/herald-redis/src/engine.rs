@@ -29,6 +29,7 @@ pub struct RedisEngine {
     /// Namespace options: how a dead node's members are announced.
     pub(crate) channels: Arc<herald_core::ChannelsConfig>,
     pub(crate) publish_script: Lua,
+    pub(crate) publish_once_script: Lua,
     pub(crate) read_script: Lua,
     pub(crate) latest_script: Lua,
     pub(crate) count_latest_script: Lua,

@@ -5,8 +5,8 @@ use crate::engine::{unavailable, RedisEngine, LATEST_COUNTED_CACHE};
 use async_trait::async_trait;
 use fred::interfaces::{ClientLike, PubsubInterface};
 use herald_core::{
-    Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, PresenceEvent,
-    PresenceKind, Publication, Retention, LATEST_STATE_BOUND, MAX_LATEST_EVENTS,
+    Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, Once, PresenceEvent,
+    PresenceKind, Publication, Published, Retention, LATEST_STATE_BOUND, MAX_LATEST_EVENTS,
 };
 use herald_protocol::{Epoch, StreamPosition};
 use serde_json::value::RawValue;
@@ -28,17 +28,74 @@ impl RedisEngine {
         if !self.remote.health().accepts_publishes() {
             return Err(EngineError::Unavailable("redis engine not ready"));
         }
+        if retention.latest.mode != LatestState::Off {
+            self.count_latest(channel, retention).await?;
+        }
+        let (mut keys, mut args) = self.publish_args(channel, event, data, retention);
+        if let Some((id, window)) = dedupe {
+            keys.push(self.key(channel, "i"));
+            args.push(id.to_owned());
+            args.push(Self::ms(window));
+        }
+        let started = Instant::now();
+        let reply = self
+            .eval(&self.publish_script, keys, args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.remote.health().publish_took(started.elapsed());
+        let parts = reply.into_array();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Self::published(channel, event, data, parts).map(Some)
+    }
+
+    /// The publication a publish script's `{epoch, offset, time}` names.
+    fn published(
+        channel: &ChannelName,
+        event: &EventName,
+        data: &RawValue,
+        parts: Vec<fred::types::Value>,
+    ) -> Result<Arc<Publication>, EngineError> {
+        let mut parts = parts.into_iter();
+        let (Some(epoch), Some(offset), Some(time)) = (
+            parts
+                .next()
+                .and_then(|e| e.as_str().and_then(|e| Epoch::parse(&e).ok())),
+            parts.next().and_then(|v| v.as_u64()),
+            parts.next().and_then(|v| v.as_u64()),
+        ) else {
+            return Err(EngineError::Unavailable(
+                "redis engine gave a malformed reply",
+            ));
+        };
+        // Already valid JSON: copied, not parsed again.
+        let data: Box<RawValue> = data.to_owned();
+        Ok(Arc::new(Publication::new(
+            channel.clone(),
+            event.clone(),
+            data,
+            StreamPosition::new(epoch, offset),
+            time,
+        )))
+    }
+
+    /// The keys and arguments the publish scripts share (see `scripts::PUBLISH`).
+    fn publish_args(
+        &self,
+        channel: &ChannelName,
+        event: &EventName,
+        data: &RawValue,
+        retention: Retention,
+    ) -> (Vec<String>, Vec<String>) {
         let latest = retention.latest;
         let mode = match latest.mode {
             LatestState::Off => "",
             LatestState::Last => "last",
             LatestState::PerEvent => "per_event",
         };
-        if latest.mode != LatestState::Off {
-            self.count_latest(channel, retention).await?;
-        }
-        let mut keys = self.channel_keys(channel);
-        let mut args = vec![
+        let keys = self.channel_keys(channel);
+        let args = vec![
             herald_core::new_epoch().as_str().to_owned(),
             Self::ms(self.config.channel_state_ttl.max(retention.ttl)),
             retention.size.to_string(),
@@ -51,39 +108,61 @@ impl RedisEngine {
             latest.ttl.map_or_else(|| "0".to_owned(), Self::ms),
             MAX_LATEST_EVENTS.to_string(),
         ];
-        if let Some((id, window)) = dedupe {
-            keys.push(self.key(channel, "i"));
-            args.push(id.to_owned());
-            args.push(Self::ms(window));
+        (keys, args)
+    }
+
+    /// Publishes unless `once.key` was published on `channel` within its window; the check
+    /// and the record are one script with the publish, so every node sees the same answer.
+    async fn publish_keyed(
+        &self,
+        channel: &ChannelName,
+        event: &EventName,
+        data: &RawValue,
+        retention: Retention,
+        once: &Once,
+    ) -> Result<Published, EngineError> {
+        if !self.remote.health().accepts_publishes() {
+            return Err(EngineError::Unavailable("redis engine not ready"));
         }
+        if retention.latest.mode != LatestState::Off {
+            self.count_latest(channel, retention).await?;
+        }
+        let (mut keys, mut args) = self.publish_args(channel, event, data, retention);
+        keys.push(self.key(channel, &format!("o:{}", once.key)));
+        args.push(once.digest.clone());
+        args.push(Self::ms(once.window));
         let started = Instant::now();
         let reply = self
-            .eval(&self.publish_script, keys, args)
+            .eval(&self.publish_once_script, keys, args)
             .await
             .map_err(|e| unavailable(&e))?;
         self.remote.health().publish_took(started.elapsed());
-        let mut parts = reply.into_array().into_iter();
-        let Some(epoch) = parts.next() else {
-            return Ok(None);
-        };
-        let (Some(epoch), Some(offset), Some(time)) = (
-            epoch.as_str().and_then(|e| Epoch::parse(&e).ok()),
-            parts.next().and_then(|v| v.as_u64()),
-            parts.next().and_then(|v| v.as_u64()),
+        let parts = reply.into_array();
+        if parts.first().and_then(|v| v.as_str()).as_deref() != Some("=") {
+            return Self::published(channel, event, data, parts).map(Published::New);
+        }
+        let seen = parts
+            .get(1)
+            .and_then(|v| v.as_str().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let mut fields = seen.split(' ');
+        let (Some(epoch), Some(offset), Some(time_ms), Some(digest)) = (
+            fields.next().and_then(|e| Epoch::parse(e).ok()),
+            fields.next().and_then(|o| o.parse::<u64>().ok()),
+            fields.next().and_then(|t| t.parse::<u64>().ok()),
+            fields.next(),
         ) else {
             return Err(EngineError::Unavailable(
-                "redis engine gave a malformed reply",
+                "redis engine holds a malformed idempotency record",
             ));
         };
-        // Already valid JSON: copied, not parsed again.
-        let data: Box<RawValue> = data.to_owned();
-        Ok(Some(Arc::new(Publication::new(
-            channel.clone(),
-            event.clone(),
-            data,
-            StreamPosition::new(epoch, offset),
-            time,
-        ))))
+        if digest != once.digest {
+            return Err(EngineError::Conflict);
+        }
+        Ok(Published::Repeat {
+            position: StreamPosition::new(epoch, offset),
+            time_ms,
+        })
     }
 }
 
@@ -150,6 +229,18 @@ impl Broker for RedisEngine {
         self.publish_deduped(&channel, &event, &data, retention, None)
             .await?
             .ok_or(EngineError::Unavailable("redis engine gave an empty reply"))
+    }
+
+    async fn publish_once(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+        once: &Once,
+    ) -> Result<Published, EngineError> {
+        self.publish_keyed(&channel, &event, &data, retention, once)
+            .await
     }
 
     async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {

@@ -37,31 +37,11 @@ end
     };
 }
 
-/// Publish: assign the next offset, append to history and deliver over pub/sub in one step.
-/// For a worker's stream entry, its id is recorded in the channel's dedupe set in the same
-/// step, and an id already recorded is not published again.
-///
-/// The channel's latest state (`latest_state`) is a hash, one field per event name (one field
-/// in all for `last`), each `offset time expiry` and a newline before the data; `expiry` 0
-/// keeps it until replaced. While it exists the meta hash lives as long as it does.
-///
-/// KEYS: meta, stream, latest, [dedupe set]
-/// ARGV: new epoch, state ttl ms, history size, history ttl ms, event, data, pub/sub channel,
-///       publish command (PUBLISH or SPUBLISH), latest mode ("", "last" or "per_event"),
-///       latest ttl ms (0: until replaced), most event names kept, [entry id, dedupe window ms]
-/// Returns `{epoch, offset, time}`, or `{}` when the entry was already published.
-pub(crate) const PUBLISH: &str = concat!(
-    now_ms!(),
-    r#"
-if KEYS[4] then
-  if redis.call('ZADD', KEYS[4], 'NX', now, ARGV[12]) == 0 then return {} end
-  local window = tonumber(ARGV[13])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
-  redis.call('PEXPIRE', KEYS[4], window)
-end
-"#,
-    channel_state!(),
-    r#"
+/// The publish step itself (after `channel_state!`): assign the offset, append to the
+/// stream, keep latest state and deliver over pub/sub. See [`PUBLISH`] for KEYS and ARGV.
+macro_rules! publish_body {
+    () => {
+        r#"
 t = redis.call('HINCRBY', KEYS[1], 't', 1)
 local size = tonumber(ARGV[3])
 if size > 0 then
@@ -97,6 +77,55 @@ if mode ~= '' then
   end
 end
 redis.call(ARGV[8], ARGV[7], 'P ' .. e .. ' ' .. t .. ' ' .. now .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
+"#
+    };
+}
+
+/// Publish: assign the next offset, append to history and deliver over pub/sub in one step.
+/// For a worker's stream entry, its id is recorded in the channel's dedupe set in the same
+/// step, and an id already recorded is not published again.
+///
+/// The channel's latest state (`latest_state`) is a hash, one field per event name (one field
+/// in all for `last`), each `offset time expiry` and a newline before the data; `expiry` 0
+/// keeps it until replaced. While it exists the meta hash lives as long as it does.
+///
+/// KEYS: meta, stream, latest, [dedupe set]
+/// ARGV: new epoch, state ttl ms, history size, history ttl ms, event, data, pub/sub channel,
+///       publish command (PUBLISH or SPUBLISH), latest mode ("", "last" or "per_event"),
+///       latest ttl ms (0: until replaced), most event names kept, [entry id, dedupe window ms]
+/// Returns `{epoch, offset, time}`, or `{}` when the entry was already published.
+pub(crate) const PUBLISH: &str = concat!(
+    now_ms!(),
+    r#"
+if KEYS[4] then
+  if redis.call('ZADD', KEYS[4], 'NX', now, ARGV[12]) == 0 then return {} end
+  local window = tonumber(ARGV[13])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[4], window)
+end
+"#,
+    channel_state!(),
+    publish_body!(),
+    "return {e, t, now}\n"
+);
+
+/// Publish at most once per idempotency key: [`PUBLISH`] without the dedupe set, checking and
+/// recording the key in the same step, so a repeat sent to any node is caught.
+///
+/// KEYS: meta, stream, latest, the key's record (`{channel}:o:KEY`)
+/// ARGV: as [`PUBLISH`] up to the most event names kept, then the digest of the event and
+///       payload, and how long the key is remembered (ms)
+/// Returns `{epoch, offset, time}`, or `{'=', "EPOCH OFFSET TIME DIGEST"}` for a repeat.
+pub(crate) const PUBLISH_ONCE: &str = concat!(
+    now_ms!(),
+    r#"
+local seen = redis.call('GET', KEYS[4])
+if seen then return {'=', seen} end
+"#,
+    channel_state!(),
+    publish_body!(),
+    r#"
+redis.call('SET', KEYS[4], e .. ' ' .. t .. ' ' .. now .. ' ' .. ARGV[12], 'PX', ARGV[13])
 return {e, t, now}
 "#
 );

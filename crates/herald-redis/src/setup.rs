@@ -106,6 +106,7 @@ impl RedisEngine {
             presence,
             channels,
             publish_script: Lua::new(scripts::PUBLISH),
+            publish_once_script: Lua::new(scripts::PUBLISH_ONCE),
             read_script: Lua::new(scripts::READ),
             latest_script: Lua::new(scripts::READ_LATEST),
             count_latest_script: Lua::new(scripts::LATEST_COUNT),

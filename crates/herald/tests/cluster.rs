@@ -602,6 +602,48 @@ hmac_secrets = ["{USERS_SECRET}"]
     );
 }
 
+/// A retry with the same idempotency key on another node publishes nothing and answers with
+/// the first publication's position; another body under the key is a conflict.
+async fn idempotency_key_across_nodes(kind: Kind) {
+    let Some(backend) = Backend::start(kind) else {
+        return;
+    };
+    let config = config(&backend, "");
+    let a = started(&config).await;
+    let b = started(&config).await;
+    let mut sse = Sse::connect(&b, &["jobs:9"], None).await;
+    let body = r#"{"channel":"jobs:9","data":{"pct":10},"idempotency_key":"job-9-10"}"#;
+    let (status, first) = a.post("/api/publish", body).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = b.post("/api/publish", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(
+        (&again["epoch"], &again["offset"]),
+        (&first["epoch"], &first["offset"])
+    );
+    let changed = r#"{"channel":"jobs:9","data":{"pct":11},"idempotency_key":"job-9-10"}"#;
+    let (status, v) = b.post("/api/publish", changed).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("conflict")),
+        "{v}"
+    );
+    b.publish("jobs:9", None, json!({"pct": 20})).await;
+    let (_, p) = sse.next_json().await;
+    assert_eq!(p["data"]["pct"], 10);
+    let (_, p) = sse.next_json().await;
+    assert_eq!(
+        (p["data"]["pct"].clone(), p["offset"].clone()),
+        (json!(20), json!(2))
+    );
+}
+
+#[tokio::test]
+async fn redis_idempotency_key_across_nodes() {
+    idempotency_key_across_nodes(Kind::Redis).await;
+}
+
 #[tokio::test]
 async fn redis_presence_by_user_across_nodes() {
     presence_by_user_across_nodes(Kind::Redis).await;
