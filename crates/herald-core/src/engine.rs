@@ -187,7 +187,7 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Published, EngineError> {
         let _ = (channel, event, data, retention, once);
         Err(EngineError::Unsupported(
-            "idempotency_key is not supported by this engine yet (only by the memory engine)",
+            "idempotency_key is not supported by this engine",
         ))
     }
     /// Delivers a presence event to every subscribed node (not kept in history).

@@ -21,6 +21,8 @@ pub(crate) const TIME: &str = "Herald-Time";
 pub(crate) const PREV: &str = "Herald-Prev";
 /// Fan-out only: `p` (publication), `j` (join) or `l` (leave).
 pub(crate) const KIND: &str = "Herald-Kind";
+/// Header: digest of the event and payload of a publish with an idempotency key.
+pub(crate) const DIGEST: &str = "Herald-Digest";
 
 /// Lowercase hex of `s`: channel and namespace names hold characters that subjects cannot
 /// (`.`, and `*`/`>` would be wildcards), and hex is also a valid key-value key.

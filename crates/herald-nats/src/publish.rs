@@ -2,7 +2,7 @@
 //! sequence (retried when another node appended first), then the fan-out message, both under
 //! the channel's local stripe lock.
 
-use crate::codec::{self, hex, KIND, PREV};
+use crate::codec::{self, hex, DIGEST, KIND, PREV};
 use crate::engine::{NatsEngine, Tip};
 use crate::util::{call, unavailable, within};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -11,8 +11,8 @@ use async_nats::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
-    now_ms, Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, PresenceEvent,
-    PresenceKind, Publication, Retention,
+    now_ms, Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, Once,
+    PresenceEvent, PresenceKind, Publication, Published, Retention,
 };
 use herald_protocol::StreamPosition;
 use serde_json::value::RawValue;
@@ -24,10 +24,6 @@ const MAX_ATTEMPTS: usize = 50;
 
 #[async_trait]
 impl Broker for NatsEngine {
-    /// Appends to the channel's history subject at the next offset (see the crate docs), then
-    /// fans the publication out, and keeps it as latest state where the namespace asks
-    /// (`latest.rs`). History retention is not taken from `retention`: each namespace's is
-    /// configured on its stream at connect.
     async fn publish(
         &self,
         channel: ChannelName,
@@ -35,6 +31,77 @@ impl Broker for NatsEngine {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
+        match self
+            .publish_with(channel, event, data, retention, None)
+            .await?
+        {
+            Published::New(p) => Ok(p),
+            Published::Repeat { .. } => Err(EngineError::Unavailable(
+                "nats took a publish without a key for a repeat",
+            )),
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+        once: &Once,
+    ) -> Result<Published, EngineError> {
+        self.publish_with(channel, event, data, retention, Some(once))
+            .await
+    }
+
+    async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {
+        let kind = match event.kind {
+            PresenceKind::Join => "j",
+            PresenceKind::Leave => "l",
+            // Totals are node-local: each node reads and sends its own.
+            PresenceKind::Counts => return Ok(()),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND, kind);
+        let payload = serde_json::to_vec(&event.member)
+            .map_err(|e| unavailable("presence encoding failed")(&e))?;
+        let subject = self.fanout_subject(&hex(event.channel.as_str()));
+        call(
+            self.timeout(),
+            "nats presence publish failed",
+            self.client
+                .publish_with_headers(subject, headers, payload.into()),
+        )
+        .await
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.remote.sync(self, channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.remote.sync(self, channel).await
+    }
+
+    fn status(&self) -> EngineStatus {
+        self.remote.status()
+    }
+}
+
+impl NatsEngine {
+    /// Appends to the channel's history subject at the next offset (see the crate docs), then
+    /// fans the publication out, and keeps it as latest state where the namespace asks
+    /// (`latest.rs`). With `once`, its key is the message id, so JetStream drops a repeat
+    /// within the stream's duplicate window, on whichever node it arrives. History retention
+    /// is not taken from `retention`: each namespace's is configured on its stream at connect.
+    async fn publish_with(
+        &self,
+        channel: ChannelName,
+        event: EventName,
+        data: Box<RawValue>,
+        retention: Retention,
+        once: Option<&Once>,
+    ) -> Result<Published, EngineError> {
         if !self.remote.health().accepts_publishes() {
             return Err(EngineError::Unavailable("nats engine not ready"));
         }
@@ -71,12 +138,25 @@ impl Broker for NatsEngine {
             let position = StreamPosition::new(t.epoch, t.offset + 1);
             let mut headers = codec::headers(&position, &event, time_ms);
             headers.insert(PREV, t.seq.to_string());
-            let message = PublishMessage::build()
+            if let Some(once) = once {
+                headers.insert(DIGEST, once.digest.as_str());
+            }
+            // The headers first: setting them replaces the message id's.
+            let mut message = PublishMessage::build()
                 .headers(headers)
                 .payload(kept.clone())
                 .expected_last_subject_sequence(t.seq);
+            if let Some(once) = once {
+                message = message.message_id(format!("{chan}.{}", once.key));
+            }
             let append = async { self.js.send_publish(subject.clone(), message).await?.await };
             match within(self.timeout(), "nats publish timed out", append).await? {
+                Ok(ack) if ack.duplicate => {
+                    // Published before under this key: nothing was appended now.
+                    *cache = None;
+                    drop(cache);
+                    return self.repeat(ns, ack.sequence, once).await;
+                }
                 Ok(ack) => {
                     appended = Some((position, ack.sequence));
                     break;
@@ -123,41 +203,38 @@ impl Broker for NatsEngine {
         }
         drop(cache);
         self.remote.health().publish_took(started.elapsed());
-        Ok(Arc::new(Publication::new(
+        Ok(Published::New(Arc::new(Publication::new(
             channel, event, data, position, time_ms,
-        )))
+        ))))
     }
 
-    async fn publish_presence(&self, event: PresenceEvent) -> Result<(), EngineError> {
-        let kind = match event.kind {
-            PresenceKind::Join => "j",
-            PresenceKind::Leave => "l",
-            // Totals are node-local: each node reads and sends its own.
-            PresenceKind::Counts => return Ok(()),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(KIND, kind);
-        let payload = serde_json::to_vec(&event.member)
-            .map_err(|e| unavailable("presence encoding failed")(&e))?;
-        let subject = self.fanout_subject(&hex(event.channel.as_str()));
-        call(
+    /// The answer to a repeat: the position of the message JetStream kept at `seq`.
+    async fn repeat(
+        &self,
+        ns: &crate::engine::Namespace,
+        seq: u64,
+        once: Option<&Once>,
+    ) -> Result<Published, EngineError> {
+        let got = within(
             self.timeout(),
-            "nats presence publish failed",
-            self.client
-                .publish_with_headers(subject, headers, payload.into()),
+            "nats history read timed out",
+            ns.stream.direct_get(seq),
         )
-        .await
-    }
-
-    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.remote.sync(self, channel).await
-    }
-
-    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.remote.sync(self, channel).await
-    }
-
-    fn status(&self) -> EngineStatus {
-        self.remote.status()
+        .await?;
+        let message = got.map_err(|_| {
+            EngineError::Unavailable(
+                "the first publication with this idempotency_key left history; its position is unknown",
+            )
+        })?;
+        let digest = message.headers.get(DIGEST).map(|v| v.as_str().to_owned());
+        let stored = codec::Stored::decode(&message.headers, message.payload, seq)
+            .ok_or(EngineError::Unavailable("nats holds a malformed message"))?;
+        if digest.as_deref() != once.map(|o| o.digest.as_str()) {
+            return Err(EngineError::Conflict);
+        }
+        Ok(Published::Repeat {
+            position: stored.position,
+            time_ms: stored.time_ms,
+        })
     }
 }

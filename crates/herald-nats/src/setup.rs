@@ -33,7 +33,13 @@ impl NatsEngine {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<EngineParts, EngineError> {
-        let engine = Self::connect(config, node.hub.clone(), &node.channels).await?;
+        let engine = Self::connect(
+            config,
+            node.hub.clone(),
+            &node.channels,
+            node.publish_limits.idempotency_window,
+        )
+        .await?;
         let publisher = node.publisher(engine.clone());
         loops::spawn(&engine, &shutdown, tracker);
         engine.remote.start(engine.clone(), shutdown, tracker).await;
@@ -49,6 +55,7 @@ impl NatsEngine {
         config: NatsEngineConfig,
         hub: Arc<Hub>,
         channels: &ChannelsConfig,
+        idempotency_window: Duration,
     ) -> Result<Arc<Self>, EngineError> {
         check_config(&config, channels)?;
         let remote = Remote::new::<Self>(hub);
@@ -75,10 +82,11 @@ impl NatsEngine {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.command_timeout);
 
-        let default_ns = ensure_stream(&js, &config, "", &channels.defaults).await?;
+        let window = idempotency_window;
+        let default_ns = ensure_stream(&js, &config, "", &channels.defaults, window).await?;
         let mut namespaces = HashMap::new();
         for (name, options) in &channels.namespaces {
-            let ns = ensure_stream(&js, &config, name, options).await?;
+            let ns = ensure_stream(&js, &config, name, options, window).await?;
             namespaces.insert(name.clone(), ns);
         }
         let upper = config.prefix.to_uppercase();
@@ -138,11 +146,14 @@ impl NatsEngine {
 }
 
 /// Creates or updates the history stream of namespace `name` (`""`: the default namespace).
+/// Its duplicate window is `publish.idempotency_window` (at most the stream's age): the
+/// `idempotency_key` of a publish is its message id.
 async fn ensure_stream(
     js: &jetstream::Context,
     config: &NatsEngineConfig,
     name: &str,
     options: &NamespaceOptions,
+    idempotency_window: Duration,
 ) -> Result<Namespace, EngineError> {
     let label = label(name);
     let retained = options.retained();
@@ -158,6 +169,7 @@ async fn ensure_stream(
         subjects: vec![format!("{}.h.{token}.*", config.prefix)],
         max_messages_per_subject: i64::try_from(retained.max(1)).unwrap_or(i64::MAX),
         max_age,
+        duplicate_window: idempotency_window.min(max_age),
         allow_direct: true,
         storage: StorageType::File,
         discard: DiscardPolicy::Old,

@@ -645,6 +645,11 @@ async fn redis_idempotency_key_across_nodes() {
 }
 
 #[tokio::test]
+async fn nats_idempotency_key_across_nodes() {
+    idempotency_key_across_nodes(Kind::Nats).await;
+}
+
+#[tokio::test]
 async fn redis_presence_by_user_across_nodes() {
     presence_by_user_across_nodes(Kind::Redis).await;
 }
