@@ -60,6 +60,15 @@
 //!   headers with an empty payload, to a stream with `max_messages_per_subject` = 1: the last
 //!   message is the channel's position, and no history is ever served from it.
 //!
+//! # Idempotency keys
+//!
+//! A publish with an `idempotency_key` sends `{chanhex}.{key}` as its `Nats-Msg-Id` and the
+//! digest of its event and payload as `Herald-Digest`. History streams keep message ids for
+//! `publish.idempotency_window` (their `duplicate_window`, at most their `max_age`), so a
+//! repeat on any node is acknowledged as a duplicate with the first message's sequence,
+//! appends nothing, and is answered with that message's position, read back by a direct get
+//! (503 if it already left the subject).
+//!
 //! # Reads
 //!
 //! A history read gets the channel's last message (direct get by subject) and, for up to 32
