@@ -90,7 +90,7 @@ struct Published<'a> {
     time: u64,
 }
 
-fn published(p: &Publication) -> Value {
+pub(crate) fn published(p: &Publication) -> Value {
     json!(Published {
         channel: p.channel.as_str(),
         offset: p.position.offset,
@@ -452,6 +452,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         "resets": s.resets,
         "memory": { "rss_bytes": rss_bytes() },
         "engine": engine,
+        "ingest": app.shared.webhooks.stats(),
     }))
 }
 

@@ -15,6 +15,7 @@ mod direct;
 mod error;
 mod gate;
 mod health;
+mod ingest;
 mod instrumented;
 mod lifecycle;
 mod limits;
@@ -33,6 +34,7 @@ pub use admin::{hash_password, AdminConfig};
 pub use app_proxy::{signature, HttpProxy, ProxyConfig};
 pub use config::{exact_size, ApiKey, AuthConfig, ServerConfig, SseConfig, WsConfig};
 pub use error::ApiError;
+pub use ingest::{webhook_problems, WebhookConfig};
 pub use listener::serve;
 
 use axum::routing::{get, post};
@@ -93,6 +95,8 @@ struct Shared {
     http_metrics: Arc<metrics::HttpMetrics>,
     /// The admin page's logins; None while it is off.
     admin: Option<admin::Admin>,
+    /// Webhook sources (`POST /ingest/{source}`) and their counters.
+    webhooks: Arc<ingest::Webhooks>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -110,6 +114,8 @@ pub struct EdgeSettings {
     pub auth: AuthConfig,
     /// The admin page.
     pub admin: AdminConfig,
+    /// Webhook sources (`[[connectors.webhook]]`).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl App {
@@ -161,6 +167,7 @@ impl App {
                 node_id: herald_core::new_epoch().to_string().into(),
                 http_metrics: Arc::default(),
                 admin,
+                webhooks: ingest::Webhooks::new(&settings.webhooks),
             }),
         })
     }
@@ -202,6 +209,7 @@ pub fn router(app: App) -> Router {
         .route("/sse", get(sse::handler))
         .route("/ws", get(ws::handler))
         .merge(api)
+        .route("/ingest/{source}", post(ingest::ingest))
         .route("/auth/telegram", post(tokens::telegram_login))
         .route("/auth/refresh", post(tokens::refresh))
         .route("/health/live", get(health::live))

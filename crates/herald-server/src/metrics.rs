@@ -494,6 +494,26 @@ pub(crate) fn render(app: &App) -> String {
         x.sample("herald_engine_events_total", &[("event", event)], n);
     }
 
+    x.family(
+        "herald_ingest_deliveries_total",
+        "counter",
+        "Webhook deliveries (POST /ingest/SOURCE) by source and outcome; source \"\" counts unknown sources.",
+    );
+    for (source, counts) in app.shared.webhooks.counts() {
+        for (outcome, n) in counts {
+            x.sample(
+                "herald_ingest_deliveries_total",
+                &[("source", source), ("outcome", outcome)],
+                n,
+            );
+        }
+    }
+    x.sample(
+        "herald_ingest_deliveries_total",
+        &[("source", ""), ("outcome", "unknown_source")],
+        app.shared.webhooks.unknown(),
+    );
+
     let http = &app.shared.http_metrics;
     x.family(
         "herald_http_requests_total",

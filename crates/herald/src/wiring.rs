@@ -179,6 +179,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             limits: config.connection.limits(),
             auth: config.auth.clone(),
             admin: config.admin.clone(),
+            webhooks: config.connectors.webhook.clone(),
         },
         root.clone(),
         tracker.clone(),

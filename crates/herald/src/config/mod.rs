@@ -32,7 +32,16 @@ pub(crate) struct Config {
     pub(crate) proxy: ProxyConfig,
     pub(crate) metrics: MetricsConfig,
     pub(crate) admin: herald_server::AdminConfig,
+    pub(crate) connectors: ConnectorsConfig,
     pub(crate) log: LogConfig,
+}
+
+/// Where events come from besides the HTTP API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConnectorsConfig {
+    /// Signed webhooks, each POSTed to `/ingest/NAME`.
+    pub(crate) webhook: Vec<herald_server::WebhookConfig>,
 }
 
 /// Per-connection bounds.
@@ -312,6 +321,7 @@ pub(crate) fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Pro
         proxy: section(&checked, "proxy", &mut problems),
         metrics: section(&checked, "metrics", &mut problems),
         admin: section(&checked, "admin", &mut problems),
+        connectors: section(&checked, "connectors", &mut problems),
         log: section(&checked, "log", &mut problems),
     };
     problems.extend(config.problems());
@@ -424,6 +434,7 @@ impl Config {
                 self.ws.max_message, self.publish.max_data
             ));
         }
+        out.extend(herald_server::webhook_problems(&self.connectors.webhook));
         let window = self.publish.idempotency_window;
         if window < std::time::Duration::from_secs(1)
             || window > std::time::Duration::from_secs(86_400)
