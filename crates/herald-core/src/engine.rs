@@ -160,6 +160,67 @@ pub enum Published {
     },
 }
 
+impl Published {
+    /// The publication of a publish made without a key (which is never a repeat).
+    pub fn into_new(self) -> Result<Arc<Publication>, EngineError> {
+        match self {
+            Self::New(p) => Ok(p),
+            Self::Repeat { .. } => Err(EngineError::Unavailable(
+                "the engine took a publish without a key for a repeat",
+            )),
+        }
+    }
+}
+
+/// What an engine keeps for an idempotency key: `EPOCH OFFSET TIME DIGEST`, one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceRecord {
+    /// The first publication's position.
+    pub position: StreamPosition,
+    /// Its time (Unix milliseconds).
+    pub time_ms: u64,
+    /// The digest of its event and payload.
+    pub digest: String,
+}
+
+impl OnceRecord {
+    /// The record of `p`, published with `once`.
+    pub fn text(p: &Publication, once: &Once) -> String {
+        format!(
+            "{} {} {} {}",
+            p.position.epoch.as_str(),
+            p.position.offset,
+            p.time_ms,
+            once.digest
+        )
+    }
+
+    /// Reads a record; `None` when malformed.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let epoch = herald_protocol::Epoch::parse(parts.next()?).ok()?;
+        let offset = parts.next()?.parse().ok()?;
+        let time_ms = parts.next()?.parse().ok()?;
+        let digest = parts.next()?.to_owned();
+        Some(Self {
+            position: StreamPosition::new(epoch, offset),
+            time_ms,
+            digest,
+        })
+    }
+
+    /// The answer to a repeat with `once`: the first position, or a conflict.
+    pub fn answer(self, once: &Once) -> Result<Published, EngineError> {
+        if self.digest != once.digest {
+            return Err(EngineError::Conflict);
+        }
+        Ok(Published::Repeat {
+            position: self.position,
+            time_ms: self.time_ms,
+        })
+    }
+}
+
 /// Moves publications and presence events to every node's hub, assigning offsets and appending
 /// to history in the same ordered step.
 #[async_trait]

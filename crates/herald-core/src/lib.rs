@@ -35,7 +35,7 @@ pub use conn_id::ConnId;
 pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
-    LatencySummary, Once, PresenceStore, Published, ResetReason, Retention, StateStore,
+    LatencySummary, Once, OnceRecord, PresenceStore, Published, ResetReason, Retention, StateStore,
     LATEST_STATE_BOUND,
 };
 pub use histogram::{Histogram, HistogramSnapshot, Percentiles, BUCKETS_US};

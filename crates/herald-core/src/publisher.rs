@@ -193,14 +193,7 @@ impl Publisher {
             .broker
             .publish(p.channel, p.event, p.data, retention)
             .await
-            .inspect_err(|e| {
-                if matches!(e, EngineError::LimitReached(LATEST_STATE_BOUND)) {
-                    self.stats
-                        .refused
-                        .latest_state_channels
-                        .fetch_add(1, Relaxed);
-                }
-            })?;
+            .inspect_err(|e| self.count_refusal(e))?;
         self.count_published(source, publication.event.as_str());
         tracing::trace!(channel = %publication.channel, offset = publication.position.offset, "Published.");
         Ok(publication)
@@ -241,18 +234,21 @@ impl Publisher {
             .broker
             .publish_once(p.channel, p.event, p.data, retention, once)
             .await
-            .inspect_err(|e| {
-                if matches!(e, EngineError::LimitReached(LATEST_STATE_BOUND)) {
-                    self.stats
-                        .refused
-                        .latest_state_channels
-                        .fetch_add(1, Relaxed);
-                }
-            })?;
+            .inspect_err(|e| self.count_refusal(e))?;
         if let Published::New(p) = &published {
             self.count_published(source, p.event.as_str());
         }
         Ok(published)
+    }
+
+    /// Counts an engine refusal that has a counter of its own.
+    fn count_refusal(&self, e: &EngineError) {
+        if matches!(e, EngineError::LimitReached(LATEST_STATE_BOUND)) {
+            self.stats
+                .refused
+                .latest_state_channels
+                .fetch_add(1, Relaxed);
+        }
     }
 
     /// Refuses further publications (shutdown).

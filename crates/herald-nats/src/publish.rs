@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     now_ms, Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, Once,
-    PresenceEvent, PresenceKind, Publication, Published, Retention,
+    OnceRecord, PresenceEvent, PresenceKind, Publication, Published, Retention,
 };
 use herald_protocol::StreamPosition;
 use serde_json::value::RawValue;
@@ -31,15 +31,9 @@ impl Broker for NatsEngine {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
-        match self
-            .publish_with(channel, event, data, retention, None)
+        self.publish_with(channel, event, data, retention, None)
             .await?
-        {
-            Published::New(p) => Ok(p),
-            Published::Repeat { .. } => Err(EngineError::Unavailable(
-                "nats took a publish without a key for a repeat",
-            )),
-        }
+            .into_new()
     }
 
     async fn publish_once(
@@ -226,15 +220,21 @@ impl NatsEngine {
                 "the first publication with this idempotency_key left history; its position is unknown",
             )
         })?;
-        let digest = message.headers.get(DIGEST).map(|v| v.as_str().to_owned());
+        let digest = message
+            .headers
+            .get(DIGEST)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
         let stored = codec::Stored::decode(&message.headers, message.payload, seq)
             .ok_or(EngineError::Unavailable("nats holds a malformed message"))?;
-        if digest.as_deref() != once.map(|o| o.digest.as_str()) {
-            return Err(EngineError::Conflict);
-        }
-        Ok(Published::Repeat {
+        let once = once.ok_or(EngineError::Unavailable(
+            "nats took a publish without a key for a repeat",
+        ))?;
+        OnceRecord {
             position: stored.position,
             time_ms: stored.time_ms,
-        })
+            digest,
+        }
+        .answer(once)
     }
 }

@@ -5,8 +5,9 @@ use crate::engine::{unavailable, RedisEngine, LATEST_COUNTED_CACHE};
 use async_trait::async_trait;
 use fred::interfaces::{ClientLike, PubsubInterface};
 use herald_core::{
-    Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, Once, PresenceEvent,
-    PresenceKind, Publication, Published, Retention, LATEST_STATE_BOUND, MAX_LATEST_EVENTS,
+    Broker, ChannelName, EngineError, EngineStatus, EventName, LatestState, Once, OnceRecord,
+    PresenceEvent, PresenceKind, Publication, Published, Retention, LATEST_STATE_BOUND,
+    MAX_LATEST_EVENTS,
 };
 use herald_protocol::{Epoch, StreamPosition};
 use serde_json::value::RawValue;
@@ -145,24 +146,11 @@ impl RedisEngine {
             .get(1)
             .and_then(|v| v.as_str().map(|s| s.to_string()))
             .unwrap_or_default();
-        let mut fields = seen.split(' ');
-        let (Some(epoch), Some(offset), Some(time_ms), Some(digest)) = (
-            fields.next().and_then(|e| Epoch::parse(e).ok()),
-            fields.next().and_then(|o| o.parse::<u64>().ok()),
-            fields.next().and_then(|t| t.parse::<u64>().ok()),
-            fields.next(),
-        ) else {
-            return Err(EngineError::Unavailable(
+        OnceRecord::parse(&seen)
+            .ok_or(EngineError::Unavailable(
                 "redis engine holds a malformed idempotency record",
-            ));
-        };
-        if digest != once.digest {
-            return Err(EngineError::Conflict);
-        }
-        Ok(Published::Repeat {
-            position: StreamPosition::new(epoch, offset),
-            time_ms,
-        })
+            ))?
+            .answer(once)
     }
 }
 

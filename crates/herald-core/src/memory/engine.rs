@@ -391,15 +391,9 @@ impl Broker for MemoryEngine {
         data: Box<RawValue>,
         retention: Retention,
     ) -> Result<Arc<Publication>, EngineError> {
-        match self
-            .publish_with(channel, event, data, retention, None)
+        self.publish_with(channel, event, data, retention, None)
             .await?
-        {
-            Published::New(p) => Ok(p),
-            Published::Repeat { .. } => Err(EngineError::Unavailable(
-                "a publish without a key was taken for a repeat",
-            )),
-        }
+            .into_new()
     }
 
     async fn publish_once(

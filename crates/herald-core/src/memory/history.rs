@@ -1,9 +1,9 @@
 //! The embedded engine's history store: reads from memory (the journal is never read after
 //! start-up).
 
-use super::channel::Gone;
+use super::channel::{ChannelState, Gone};
 use super::engine::MemoryEngine;
-use super::writer::lock;
+use super::writer::{lock, Slot};
 use crate::{ChannelName, EngineError, HistoryPage, HistoryQuery, HistoryStore};
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -15,14 +15,9 @@ impl HistoryStore for MemoryEngine {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<HistoryPage, EngineError> {
-        let slot = self.slot(channel)?;
-        self.make_durable(channel, &slot).await?;
+        let slot = self.readable(channel).await?;
         let mut st = lock(&slot);
-        let mut gone = Gone::default();
-        st.trim_expired(Instant::now(), &mut gone);
-        if let Some(w) = &self.writer {
-            w.tidy(channel, gone);
-        }
+        self.trim(channel, &mut st);
         let top = st.position();
         let Some(since) = query.since else {
             let skip = st.ring.len().saturating_sub(query.limit);
@@ -56,14 +51,9 @@ impl HistoryStore for MemoryEngine {
     }
 
     async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
-        let slot = self.slot(channel)?;
-        self.make_durable(channel, &slot).await?;
+        let slot = self.readable(channel).await?;
         let mut st = lock(&slot);
-        let mut gone = Gone::default();
-        st.trim_expired(Instant::now(), &mut gone);
-        if let Some(w) = &self.writer {
-            w.tidy(channel, gone);
-        }
+        self.trim(channel, &mut st);
         let publications = st.latest.as_ref().map_or_else(Vec::new, |l| {
             l.0.iter().map(|(_, _, p)| p.clone()).collect()
         });
@@ -72,5 +62,23 @@ impl HistoryStore for MemoryEngine {
             top: st.position(),
             reset: None,
         })
+    }
+}
+
+impl MemoryEngine {
+    /// `channel`'s slot, once its epoch is durable (a position read from it survives a crash).
+    async fn readable(&self, channel: &ChannelName) -> Result<Slot, EngineError> {
+        let slot = self.slot(channel)?;
+        self.make_durable(channel, &slot).await?;
+        Ok(slot)
+    }
+
+    /// Drops what expired from `st`, and from the journal.
+    fn trim(&self, channel: &ChannelName, st: &mut ChannelState) {
+        let mut gone = Gone::default();
+        st.trim_expired(Instant::now(), &mut gone);
+        if let Some(w) = &self.writer {
+            w.tidy(channel, gone);
+        }
     }
 }

@@ -8,10 +8,10 @@ use super::engine::{MemoryEngine, STOPPED};
 use super::journal::{Entry, StateValue};
 use super::writer::{lock, Op, Then};
 use crate::{
-    ChannelName, EngineError, EventName, LatestState, Once, Outgoing, Publication, Published,
-    Retention,
+    ChannelName, EngineError, EventName, LatestState, Once, OnceRecord, Outgoing, Publication,
+    Published, Retention,
 };
-use herald_protocol::{Epoch, StreamPosition};
+use herald_protocol::StreamPosition;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,15 +44,7 @@ enum Step {
 fn record(p: &Publication, once: &Once) -> StateValue {
     let window = u64::try_from(once.window.as_millis()).unwrap_or(u64::MAX);
     StateValue {
-        bytes: format!(
-            "{} {} {} {}",
-            p.position.epoch.as_str(),
-            p.position.offset,
-            p.time_ms,
-            once.digest
-        )
-        .into_bytes()
-        .into(),
+        bytes: OnceRecord::text(p, once).into_bytes().into(),
         expires_ms: Some(crate::now_ms().saturating_add(window)),
     }
 }
@@ -68,24 +60,15 @@ impl MemoryEngine {
             return Seen::Fresh;
         };
         let text = std::str::from_utf8(&v.bytes).unwrap_or_default();
-        let mut parts = text.split(' ');
-        let (Some(epoch), Some(offset), Some(time_ms), Some(digest)) = (
-            parts.next().and_then(|e| Epoch::parse(e).ok()),
-            parts.next().and_then(|o| o.parse::<u64>().ok()),
-            parts.next().and_then(|t| t.parse::<u64>().ok()),
-            parts.next(),
-        ) else {
+        let Some(record) = OnceRecord::parse(text) else {
             return Seen::Fresh;
         };
-        if digest != once.digest {
-            Seen::Conflict
-        } else if epoch == st.epoch && offset > st.top {
-            Seen::Pending
-        } else {
-            Seen::Repeat(Published::Repeat {
-                position: StreamPosition::new(epoch, offset),
-                time_ms,
-            })
+        if record.position.epoch == st.epoch && record.position.offset > st.top {
+            return Seen::Pending;
+        }
+        match record.answer(once) {
+            Ok(repeat) => Seen::Repeat(repeat),
+            Err(_) => Seen::Conflict,
         }
     }
 
