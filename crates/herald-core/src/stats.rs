@@ -100,11 +100,18 @@ pub enum Source {
     Client,
     /// The Redis engine's ingest of plain `PUBLISH`es and stream entries.
     RedisIngest,
+    /// A signed webhook delivery (`POST /ingest/{source}`).
+    Webhook,
 }
 
 impl Source {
     /// Every source, in counter order.
-    pub const ALL: [Source; 3] = [Source::Http, Source::Client, Source::RedisIngest];
+    pub const ALL: [Source; 4] = [
+        Source::Http,
+        Source::Client,
+        Source::RedisIngest,
+        Source::Webhook,
+    ];
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
@@ -112,6 +119,7 @@ impl Source {
             Source::Http => "http",
             Source::Client => "client",
             Source::RedisIngest => "redis_ingest",
+            Source::Webhook => "webhook",
         }
     }
 }
@@ -123,7 +131,7 @@ pub const MAX_EVENT_LABELS: usize = 100;
 /// Publications accepted, by source and by event name.
 #[derive(Debug, Default)]
 pub struct PublicationCounts {
-    by_source: [AtomicU64; 3],
+    by_source: [AtomicU64; 4],
     /// Read-locked on every publication (a new name, at most 100 times, takes the write lock).
     by_event: std::sync::RwLock<std::collections::HashMap<Box<str>, AtomicU64>>,
     other_events: AtomicU64,

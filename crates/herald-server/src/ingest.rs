@@ -376,7 +376,7 @@ async fn deliver(
         .map_err(|e| ("bad_body", ApiError::from(e)))?;
     let Some(key) = key else {
         let p = publisher
-            .publish(prepared, herald_core::Source::Http)
+            .publish(prepared, herald_core::Source::Webhook)
             .await
             .map_err(failed)?;
         return Ok((crate::api::published(&p), false));
@@ -385,7 +385,7 @@ async fn deliver(
         .once(&prepared, &key)
         .map_err(|e| ("bad_body", ApiError::from(e)))?;
     match publisher
-        .publish_once(prepared, herald_core::Source::Http, &once)
+        .publish_once(prepared, herald_core::Source::Webhook, &once)
         .await
         .map_err(failed)?
     {

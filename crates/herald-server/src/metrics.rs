@@ -335,7 +335,7 @@ pub(crate) fn render(app: &App) -> String {
     x.family(
         "herald_publications_total",
         "counter",
-        "Publications accepted by this node, by source (http: the HTTP API; client: WebSocket publishes; redis_ingest: plain Redis PUBLISH and stream entries).",
+        "Publications accepted by this node, by source (http: the HTTP API; client: WebSocket publishes; redis_ingest: plain Redis PUBLISH and stream entries; webhook: signed webhook deliveries).",
     );
     for source in herald_core::Source::ALL {
         x.sample(

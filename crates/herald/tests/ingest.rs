@@ -137,6 +137,7 @@ async fn signed_deliveries_publish_once_and_bad_ones_are_refused_and_counted() {
     assert_eq!(counts["bad_body"], 1);
     assert_eq!(counts["too_large"], 1);
     assert_eq!(stats["ingest"]["unknown_source"], 1);
+    assert_eq!(stats["publications_by_source"]["webhook"], 2);
     let metrics = server
         .wait_metrics(|m| {
             m.contains(
