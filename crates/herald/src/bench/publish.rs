@@ -31,6 +31,9 @@ pub(crate) struct PublishArgs {
     /// Channels to publish to (round robin).
     #[arg(long, default_value_t = 100)]
     pub(crate) channels: usize,
+    /// Give every publish its own `idempotency_key` (Herald only).
+    #[arg(long)]
+    pub(crate) idempotency_keys: bool,
 }
 
 async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<u16> {
@@ -83,6 +86,7 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> 
         let pad = pad.clone();
         let target = args.server.target;
         let channels = args.channels.max(1);
+        let keyed = args.idempotency_keys;
         tasks.push(tokio::spawn(async move {
             let mut stream = wire::tcp(&ep, w).await?;
             let mut buf = BytesMut::with_capacity(4096);
@@ -92,6 +96,12 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<serde_json::Value> 
                 let channel = format!("bench_{}", (w + i * 7) % channels);
                 let data = format!(r#"{{"q":{i},"p":"{pad}"}}"#);
                 let (path, body) = match target {
+                    Target::Herald | Target::Ceiling if keyed => (
+                        "/api/publish".to_owned(),
+                        format!(
+                            r#"{{"channel":"{channel}","data":{data},"idempotency_key":"w{w}-{i}"}}"#
+                        ),
+                    ),
                     Target::Herald | Target::Ceiling => (
                         "/api/publish".to_owned(),
                         format!(r#"{{"channel":"{channel}","data":{data}}}"#),
