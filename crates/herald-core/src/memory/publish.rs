@@ -33,14 +33,6 @@ enum Seen {
     Pending,
 }
 
-/// What a publish waits for once the channel's lock is released.
-enum Step {
-    /// A repeat still being written: its outcome, then check again.
-    Wait(oneshot::Receiver<()>),
-    /// This publication's commit.
-    Written(oneshot::Receiver<Result<Arc<Publication>, EngineError>>),
-}
-
 fn record(p: &Publication, once: &Once) -> StateValue {
     let window = u64::try_from(once.window.as_millis()).unwrap_or(u64::MAX);
     StateValue {
@@ -82,114 +74,106 @@ impl MemoryEngine {
         once: Option<&Once>,
     ) -> Result<Published, EngineError> {
         let key = once.map(|o| (ONCE_SCOPE.to_owned(), format!("{}\n{}", channel, o.key)));
-        let mut permit = match &self.writer {
+        let permit = match &self.writer {
             Some(w) => Some(w.admit().await?),
             None => None,
         };
-        let mut data = Some(data);
         let slot = self.slot(&channel)?;
-        loop {
-            let step = {
-                let mut st = lock(&slot);
-                let seen = match (once, &key) {
-                    (Some(o), Some(k)) => self.seen(&st, k, o),
-                    _ => Seen::Fresh,
+        // Holding the channel's lock from here to the offset: a key is checked and recorded
+        // in one step. A repeat of one still being written waits for its outcome first.
+        let rx = {
+            let mut st = loop {
+                let wait = {
+                    let st = lock(&slot);
+                    let (Some(o), Some(k)) = (once, &key) else {
+                        break st;
+                    };
+                    match self.seen(&st, k, o) {
+                        Seen::Fresh => break st,
+                        Seen::Repeat(p) => return Ok(p),
+                        Seen::Conflict => return Err(EngineError::Conflict),
+                        Seen::Pending => {
+                            let (reply, rx) = oneshot::channel();
+                            if let Some(w) = &self.writer {
+                                w.push(Op {
+                                    entry: None,
+                                    then: Then::Barrier(reply),
+                                })?;
+                            }
+                            rx
+                        }
+                    }
                 };
-                match seen {
-                    Seen::Repeat(p) => return Ok(p),
-                    Seen::Conflict => return Err(EngineError::Conflict),
-                    Seen::Pending => {
-                        let (reply, rx) = oneshot::channel();
-                        if let Some(w) = &self.writer {
-                            w.push(Op {
-                                entry: None,
-                                then: Then::Barrier(reply),
-                            })?;
-                        }
-                        Step::Wait(rx)
-                    }
-                    Seen::Fresh => {
-                        if let Some(k) = &key {
-                            let map = lock(&self.state);
-                            if !map.contains_key(k) && map.len() >= self.config.max_state_keys {
-                                return Err(EngineError::LimitReached("engine.max_state_keys"));
-                            }
-                        }
-                        let data = data.take().ok_or(STOPPED)?;
-                        let now = Instant::now();
-                        self.prepare(&channel, &mut st, retention, now)?;
-                        st.next += 1;
-                        let position = StreamPosition::new(st.epoch.clone(), st.next);
-                        let p = Arc::new(Publication::new(
-                            channel.clone(),
-                            event.clone(),
-                            data,
-                            position,
-                            crate::now_ms(),
-                        ));
-                        let kept = match (once, &key) {
-                            (Some(o), Some(k)) => Some((k.clone(), record(&p, o))),
-                            _ => None,
-                        };
-                        let Some(w) = &self.writer else {
-                            st.keep(
-                                &p,
-                                retention,
-                                now + retention.ttl,
-                                now,
-                                &mut Gone::default(),
-                            );
-                            // Under the channel's lock: delivery order equals offset order.
-                            self.hub
-                                .fan_out(&p.channel, &Outgoing::Publication(p.clone()));
-                            if let Some((k, v)) = kept {
-                                lock(&self.state).insert(k, v);
-                            }
-                            return Ok(Published::New(p));
-                        };
-                        let ms = |d: Duration| {
-                            p.time_ms + u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-                        };
-                        let entry = Entry::Publication {
-                            publication: p.clone(),
-                            history: (retention.size > 0).then(|| ms(retention.ttl)),
-                            latest: (retention.latest.mode != LatestState::Off)
-                                .then(|| (retention.latest.mode, retention.latest.ttl.map(ms))),
-                            once: kept
-                                .as_ref()
-                                .map(|((scope, k), v)| (scope.clone(), k.clone(), v.clone())),
-                        };
-                        let (reply, rx) = oneshot::channel();
-                        w.push(Op {
-                            entry: Some(entry),
-                            then: Then::Publish {
-                                slot: slot.clone(),
-                                generation: st.generation,
-                                publication: p,
-                                retention,
-                                expires: now + retention.ttl,
-                                reply,
-                                once: kept.as_ref().map(|(k, _)| (self.state.clone(), k.clone())),
-                                _permit: permit.take().ok_or(STOPPED)?,
-                            },
-                        })?;
-                        // A repeat arriving now finds the key pending until the commit.
-                        if let Some((k, v)) = kept {
-                            lock(&self.state).insert(k, v);
-                        }
-                        st.waiting += 1;
-                        Step::Written(rx)
-                    }
-                }
+                let _ = wait.await;
             };
-            match step {
-                Step::Wait(rx) => {
-                    let _ = rx.await;
-                }
-                Step::Written(rx) => {
-                    return rx.await.unwrap_or(Err(STOPPED)).map(Published::New);
+            if let Some(k) = &key {
+                let map = lock(&self.state);
+                if !map.contains_key(k) && map.len() >= self.config.max_state_keys {
+                    return Err(EngineError::LimitReached("engine.max_state_keys"));
                 }
             }
-        }
+            let now = Instant::now();
+            self.prepare(&channel, &mut st, retention, now)?;
+            st.next += 1;
+            let position = StreamPosition::new(st.epoch.clone(), st.next);
+            let p = Arc::new(Publication::new(
+                channel,
+                event,
+                data,
+                position,
+                crate::now_ms(),
+            ));
+            let kept = match (once, key) {
+                (Some(o), Some(k)) => Some((k, record(&p, o))),
+                _ => None,
+            };
+            let (Some(w), Some(permit)) = (&self.writer, permit) else {
+                st.keep(
+                    &p,
+                    retention,
+                    now + retention.ttl,
+                    now,
+                    &mut Gone::default(),
+                );
+                // Under the channel's lock: delivery order equals offset order.
+                self.hub
+                    .fan_out(&p.channel, &Outgoing::Publication(p.clone()));
+                if let Some((k, v)) = kept {
+                    lock(&self.state).insert(k, v);
+                }
+                return Ok(Published::New(p));
+            };
+            let ms = |d: Duration| p.time_ms + u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let entry = Entry::Publication {
+                publication: p.clone(),
+                history: (retention.size > 0).then(|| ms(retention.ttl)),
+                latest: (retention.latest.mode != LatestState::Off)
+                    .then(|| (retention.latest.mode, retention.latest.ttl.map(ms))),
+                once: kept
+                    .as_ref()
+                    .map(|((scope, k), v)| (scope.clone(), k.clone(), v.clone())),
+            };
+            let (reply, rx) = oneshot::channel();
+            w.push(Op {
+                entry: Some(entry),
+                then: Then::Publish {
+                    slot: slot.clone(),
+                    generation: st.generation,
+                    publication: p,
+                    retention,
+                    expires: now + retention.ttl,
+                    reply,
+                    once: kept.as_ref().map(|(k, _)| (self.state.clone(), k.clone())),
+                    _permit: permit,
+                },
+            })?;
+            // A repeat arriving now finds the key pending until the commit.
+            if let Some((k, v)) = kept {
+                lock(&self.state).insert(k, v);
+            }
+            st.waiting += 1;
+            rx
+        };
+        rx.await.unwrap_or(Err(STOPPED)).map(Published::New)
     }
 }
