@@ -7,7 +7,7 @@
 
 use crate::{ApiError, App};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use herald_core::Secret;
@@ -238,8 +238,7 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Ap
 pub(crate) async fn ingest(
     State(app): State<App>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let webhooks = &app.shared.webhooks;
     let Some(source) = webhooks.sources.get(&name) else {
@@ -255,7 +254,22 @@ pub(crate) async fn ingest(
             source.counts[i].fetch_add(1, Relaxed);
         }
     };
-    let outcome = deliver(&app, &source.config, &headers, &body).await;
+    let (parts, body) = request.into_parts();
+    // Read up to server.max_body, like the API's bodies (not axum's own default limit).
+    let limit = usize::try_from(app.server.max_body.as_u64()).unwrap_or(usize::MAX);
+    let outcome = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => deliver(&app, &source.config, &parts.headers, &body).await,
+        Err(_) => Err((
+            "too_large",
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                format!(
+                    "the delivery is larger than {limit} bytes (server.max_body) or was cut short"
+                ),
+            ),
+        )),
+    };
     match &outcome {
         Ok((_, duplicate)) => count(if *duplicate { "duplicate" } else { "published" }),
         Err((outcome, _)) => count(outcome),
@@ -277,16 +291,6 @@ async fn deliver(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Value, bool), Refusal> {
-    if body.len() > app.server.max_body.as_u64() as usize {
-        return Err((
-            "too_large",
-            refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                "the delivery is larger than server.max_body",
-            ),
-        ));
-    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let unauthorized = |why: String| refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, why);
     let mut mac = Hmac::<Sha256>::new_from_slice(source.secret.as_bytes()).map_err(|_| {

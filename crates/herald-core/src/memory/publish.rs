@@ -55,7 +55,11 @@ impl MemoryEngine {
         let Some(record) = OnceRecord::parse(text) else {
             return Seen::Fresh;
         };
-        if record.position.epoch == st.epoch && record.position.offset > st.top {
+        // Only a journal leaves a recorded offset above the channel's top, until its commit.
+        if self.writer.is_some()
+            && record.position.epoch == st.epoch
+            && record.position.offset > st.top
+        {
             return Seen::Pending;
         }
         match record.answer(once) {
