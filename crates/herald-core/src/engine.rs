@@ -377,3 +377,18 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// The current members of `channel`.
     async fn members(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError>;
 }
+
+/// How long a lease lasts unless its holder renews it; holders renew every third of it.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Named leases shared by the nodes of a cluster, so a pulled source (a Postgres outbox, a
+/// Twitch session, a Redis stream) is consumed by exactly one node at a time. A holder that
+/// stops renewing loses its lease after [`LEASE_TTL`]; another node then takes it.
+#[async_trait]
+pub trait Leases: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes `name` for `holder` when it is free, or renews it when `holder` has it, for
+    /// [`LEASE_TTL`]. True while `holder` has it.
+    async fn hold(&self, name: &str, holder: &str) -> Result<bool, EngineError>;
+    /// Gives `name` up when `holder` has it, so another node need not wait for it to expire.
+    async fn release(&self, name: &str, holder: &str) -> Result<(), EngineError>;
+}

@@ -8,6 +8,7 @@
 mod authn;
 mod channel;
 mod conn_id;
+mod connector;
 mod counts;
 mod engine;
 mod histogram;
@@ -27,16 +28,18 @@ pub mod roster;
 mod secret;
 mod session;
 mod stats;
+pub mod template;
 mod topic;
 
 pub use authn::{Authenticator, TokenRefused};
 pub use channel::{ChannelError, ChannelName, EventName, MAX_CHANNEL_BYTES, MAX_EVENT_BYTES};
 pub use conn_id::ConnId;
+pub use connector::{ConnectorOutcome, ConnectorState, ConnectorStatus, Connectors};
 pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
-    LatencySummary, Once, OnceRecord, PresenceStore, Published, ResetReason, Retention, StateStore,
-    LATEST_STATE_BOUND,
+    LatencySummary, Leases, Once, OnceRecord, PresenceStore, Published, ResetReason, Retention,
+    StateStore, LATEST_STATE_BOUND, LEASE_TTL,
 };
 pub use histogram::{Histogram, HistogramSnapshot, Percentiles, BUCKETS_US};
 pub use hub::{ConnectionInfo, Hub};

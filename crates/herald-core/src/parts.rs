@@ -3,7 +3,8 @@
 //! wiring names a backend only to call its `start`.
 
 use crate::{
-    Broker, ChannelsConfig, HistoryStore, Hub, PresenceStore, Publisher, PublisherLimits, Stats,
+    Broker, ChannelsConfig, HistoryStore, Hub, Leases, PresenceStore, Publisher, PublisherLimits,
+    Stats,
 };
 use std::sync::Arc;
 
@@ -44,4 +45,6 @@ pub struct EngineParts {
     pub presence: Arc<dyn PresenceStore>,
     /// The single front door for publishing, built on `broker`.
     pub publisher: Arc<Publisher>,
+    /// Leases of pulled sources, shared by the engine's nodes.
+    pub leases: Arc<dyn Leases>,
 }

@@ -102,15 +102,24 @@ pub enum Source {
     RedisIngest,
     /// A signed webhook delivery (`POST /ingest/{source}`).
     Webhook,
+    /// A Postgres connector (`[[connectors.postgres]]`).
+    Postgres,
+    /// A Twitch connector (`[[connectors.twitch]]`).
+    Twitch,
+    /// A Redis connector (`[[connectors.redis]]`).
+    RedisConnector,
 }
 
 impl Source {
     /// Every source, in counter order.
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 7] = [
         Source::Http,
         Source::Client,
         Source::RedisIngest,
         Source::Webhook,
+        Source::Postgres,
+        Source::Twitch,
+        Source::RedisConnector,
     ];
 
     /// The metric label.
@@ -120,6 +129,9 @@ impl Source {
             Source::Client => "client",
             Source::RedisIngest => "redis_ingest",
             Source::Webhook => "webhook",
+            Source::Postgres => "postgres",
+            Source::Twitch => "twitch",
+            Source::RedisConnector => "redis_connector",
         }
     }
 }
@@ -131,7 +143,7 @@ pub const MAX_EVENT_LABELS: usize = 100;
 /// Publications accepted, by source and by event name.
 #[derive(Debug, Default)]
 pub struct PublicationCounts {
-    by_source: [AtomicU64; 4],
+    by_source: [AtomicU64; Source::ALL.len()],
     /// Read-locked on every publication (a new name, at most 100 times, takes the write lock).
     by_event: std::sync::RwLock<std::collections::HashMap<Box<str>, AtomicU64>>,
     other_events: AtomicU64,

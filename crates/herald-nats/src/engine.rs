@@ -63,6 +63,8 @@ pub struct NatsEngine {
     pub(crate) latest_channels_stream: Stream,
     /// Channels this node has counted in `latest_channels`.
     pub(crate) latest_counted: Mutex<std::collections::HashSet<ChannelName>>,
+    /// Leases of pulled sources (see `lease.rs`).
+    pub(crate) leases: kv::Store,
     pub(crate) presence: Arc<NatsPresence>,
     /// What this engine shares with the other remote engines' parts: delivery, health,
     /// subscriptions, recovery.

@@ -110,6 +110,7 @@ mod config;
 mod engine;
 mod history;
 mod latest;
+mod lease;
 mod loops;
 mod presence;
 mod publish;

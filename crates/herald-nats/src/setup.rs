@@ -48,6 +48,7 @@ impl NatsEngine {
             history: engine.clone(),
             presence: engine.presence.clone(),
             publisher,
+            leases: engine.clone(),
         })
     }
 
@@ -95,6 +96,8 @@ impl NatsEngine {
         let latest_stream = ensure_latest_stream(&js, &config).await?;
         let (latest_channels, latest_channels_stream) =
             ensure_bucket(&js, format!("{upper}_LATEST_CHANNELS"), Duration::ZERO).await?;
+        let (leases, _) =
+            ensure_bucket(&js, format!("{upper}_LEASES"), herald_core::LEASE_TTL).await?;
         let bucket = format!("{upper}_PRESENCE");
         let (presence_kv, presence_stream) =
             ensure_bucket(&js, bucket.clone(), config.presence_lease).await?;
@@ -130,6 +133,7 @@ impl NatsEngine {
             latest_channels,
             latest_channels_stream,
             latest_counted: Mutex::new(std::collections::HashSet::new()),
+            leases,
             presence,
             remote,
             subs: Mutex::new(HashMap::new()),

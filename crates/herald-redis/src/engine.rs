@@ -33,6 +33,8 @@ pub struct RedisEngine {
     pub(crate) read_script: Lua,
     pub(crate) latest_script: Lua,
     pub(crate) count_latest_script: Lua,
+    pub(crate) lease_hold_script: Lua,
+    pub(crate) lease_release_script: Lua,
     /// Channels this node counted among those keeping latest state until replaced (no
     /// `latest_state_ttl`), so it counts each once; cleared when it reaches
     /// [`LATEST_COUNTED_CACHE`].

@@ -25,6 +25,7 @@ mod config;
 mod engine;
 mod history;
 mod ingest;
+mod lease;
 mod loops;
 mod presence;
 mod publish;

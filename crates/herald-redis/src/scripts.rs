@@ -287,3 +287,23 @@ impl Lua {
         }
     }
 }
+
+/// Take a lease when free or renew it when the caller holds it.
+///
+/// KEYS: lease key. ARGV: holder, ttl ms. Returns 1 while the caller holds it, else 0.
+pub(crate) const LEASE_HOLD: &str = r#"
+local h = redis.call('GET', KEYS[1])
+if not h or h == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Give a lease up when the caller holds it.
+///
+/// KEYS: lease key. ARGV: holder.
+pub(crate) const LEASE_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"#;

@@ -46,6 +46,7 @@ impl RedisEngine {
             history: engine.clone(),
             presence: engine.presence.clone(),
             publisher,
+            leases: engine.clone(),
         })
     }
 
@@ -110,6 +111,8 @@ impl RedisEngine {
             read_script: Lua::new(scripts::READ),
             latest_script: Lua::new(scripts::READ_LATEST),
             count_latest_script: Lua::new(scripts::LATEST_COUNT),
+            lease_hold_script: Lua::new(scripts::LEASE_HOLD),
+            lease_release_script: Lua::new(scripts::LEASE_RELEASE),
             latest_counted: std::sync::Mutex::new(std::collections::HashSet::new()),
             canary_channel,
             canary_seen: AtomicU64::new(0),

@@ -453,6 +453,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
         "memory": { "rss_bytes": rss_bytes() },
         "engine": engine,
         "ingest": app.shared.webhooks.stats(),
+        "connectors": app.shared.connectors.list.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
     }))
 }
 

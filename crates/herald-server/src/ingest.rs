@@ -172,62 +172,12 @@ pub fn webhook_problems(configs: &[WebhookConfig]) -> Vec<String> {
             out.push(format!("{at}.tolerance must be more than 0s"));
         }
         for (what, t) in [("channel", &c.channel), ("event", &c.event)] {
-            if let Err(e) = check_template(t) {
+            if let Err(e) = herald_core::template::check(t) {
                 out.push(format!("{at}.{what}: {e}"));
             }
         }
     }
     out
-}
-
-fn check_template(t: &str) -> Result<(), String> {
-    if t.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let mut rest = t;
-    while let Some(open) = rest.find(['{', '}']) {
-        if rest.as_bytes()[open] == b'}' {
-            return Err(format!("a '}}' without its '{{' in {t:?}"));
-        }
-        let Some(close) = rest[open..].find('}') else {
-            return Err(format!("a '{{' without its '}}' in {t:?}"));
-        };
-        let path = &rest[open + 1..open + close];
-        if path.is_empty() || path.contains('{') {
-            return Err(format!("an empty or nested field in {t:?}"));
-        }
-        rest = &rest[open + close + 1..];
-    }
-    Ok(())
-}
-
-/// The body's value at `path` (`a.b.c`; the whole body when empty).
-fn field<'a>(body: &'a Value, path: &str) -> Option<&'a Value> {
-    if path.is_empty() {
-        return Some(body);
-    }
-    path.split('.').try_fold(body, |v, k| v.get(k))
-}
-
-/// Fills `{field}`s of `template` from `body`.
-fn render(template: &str, body: &Value) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("bad template {template:?}"))?;
-        let path = &rest[open + 1..open + close];
-        match field(body, path) {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
-            _ => return Err(format!("the body has no text or number at `{path}`")),
-        }
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -354,15 +304,15 @@ async fn deliver(
             refuse(StatusCode::BAD_REQUEST, ErrorCode::BadJson, e.to_string()),
         )
     })?;
-    let channel = render(&source.channel, &parsed).map_err(bad)?;
-    let event = render(&source.event, &parsed).map_err(bad)?;
-    let data = field(&parsed, &source.data)
+    let channel = herald_core::template::render(&source.channel, &parsed).map_err(bad)?;
+    let event = herald_core::template::render(&source.event, &parsed).map_err(bad)?;
+    let data = herald_core::template::field(&parsed, &source.data)
         .ok_or_else(|| bad(format!("the body has no field `{}`", source.data)))?;
     let data = RawValue::from_string(data.to_string()).map_err(|e| bad(e.to_string()))?;
     let key = if source.id.is_empty() {
         None
     } else {
-        match field(&parsed, &source.id) {
+        match herald_core::template::field(&parsed, &source.id) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(v @ Value::Number(_)) => Some(v.to_string()),
             _ => {
@@ -404,28 +354,5 @@ async fn deliver(
             }),
             true,
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_fill_from_the_body_and_bad_ones_are_named() {
-        let body = json!({"streamer": {"id": 42, "login": "kai"}, "kind": "tip"});
-        assert_eq!(
-            render("donations:{streamer.login}-{streamer.id}", &body).unwrap(),
-            "donations:kai-42"
-        );
-        assert_eq!(render("{kind}", &body).unwrap(), "tip");
-        assert!(render("{missing}", &body).is_err());
-        assert!(render("{streamer}", &body).is_err());
-        assert!(check_template("a:{b}").is_ok());
-        assert!(check_template("a:{b").is_err());
-        assert!(check_template("a:}b").is_err());
-        assert!(check_template("a:{}").is_err());
-        assert_eq!(field(&body, "streamer.id"), Some(&json!(42)));
-        assert_eq!(field(&body, ""), Some(&body));
     }
 }

@@ -97,6 +97,8 @@ struct Shared {
     admin: Option<admin::Admin>,
     /// Webhook sources (`POST /ingest/{source}`) and their counters.
     webhooks: Arc<ingest::Webhooks>,
+    /// The pulled connectors' states.
+    connectors: Arc<herald_core::Connectors>,
 }
 
 /// The settings the HTTP edge runs with, as configured.
@@ -116,6 +118,8 @@ pub struct EdgeSettings {
     pub admin: AdminConfig,
     /// Webhook sources (`[[connectors.webhook]]`).
     pub webhooks: Vec<WebhookConfig>,
+    /// The pulled connectors' states.
+    pub connectors: Arc<herald_core::Connectors>,
 }
 
 impl App {
@@ -168,6 +172,7 @@ impl App {
                 http_metrics: Arc::default(),
                 admin,
                 webhooks: ingest::Webhooks::new(&settings.webhooks),
+                connectors: settings.connectors.clone(),
             }),
         })
     }

@@ -335,7 +335,7 @@ pub(crate) fn render(app: &App) -> String {
     x.family(
         "herald_publications_total",
         "counter",
-        "Publications accepted by this node, by source (http: the HTTP API; client: WebSocket publishes; redis_ingest: plain Redis PUBLISH and stream entries; webhook: signed webhook deliveries).",
+        "Publications accepted by this node, by source (http: the HTTP API; client: WebSocket publishes; redis_ingest: the Redis engine's worker stream; webhook: signed webhook deliveries; postgres, twitch, redis_connector: the connectors).",
     );
     for source in herald_core::Source::ALL {
         x.sample(
@@ -514,6 +514,8 @@ pub(crate) fn render(app: &App) -> String {
         app.shared.webhooks.unknown(),
     );
 
+    connector_metrics(&mut x, &app.shared.connectors);
+
     let http = &app.shared.http_metrics;
     x.family(
         "herald_http_requests_total",
@@ -552,4 +554,93 @@ pub(crate) fn render(app: &App) -> String {
         }
     }
     x.finish()
+}
+
+/// Each pulled connector's state, events, errors, reconnects and lag.
+fn connector_metrics(x: &mut Exposition, connectors: &herald_core::Connectors) {
+    use herald_core::{ConnectorOutcome, ConnectorState};
+    let list = &connectors.list;
+    fn id(c: &herald_core::ConnectorStatus) -> [(&'static str, &str); 2] {
+        [("kind", c.kind), ("name", c.name.as_str())]
+    }
+    x.family(
+        "herald_connector_up",
+        "gauge",
+        "1 while the connector is connected to its source on this node.",
+    );
+    for c in list {
+        x.sample(
+            "herald_connector_up",
+            &id(c),
+            u8::from(c.state() == ConnectorState::Connected),
+        );
+    }
+    x.family(
+        "herald_connector_leader",
+        "gauge",
+        "1 while this node holds the connector's lease (runs it); another node stands by.",
+    );
+    for c in list {
+        x.sample("herald_connector_leader", &id(c), u8::from(c.leader()));
+    }
+    x.family(
+        "herald_connector_events_total",
+        "counter",
+        "Source events by outcome: published, duplicate (already published, nothing sent), rejected (set aside with the reason), and kind-specific counts.",
+    );
+    for c in list {
+        let [kind, name] = id(c);
+        for o in ConnectorOutcome::ALL {
+            x.sample(
+                "herald_connector_events_total",
+                &[kind, name, ("outcome", o.as_str())],
+                c.counted(o),
+            );
+        }
+        for (k, n) in c.extra() {
+            x.sample(
+                "herald_connector_events_total",
+                &[kind, name, ("outcome", k)],
+                n,
+            );
+        }
+    }
+    x.family(
+        "herald_connector_errors_total",
+        "counter",
+        "Connector errors: failed connections, reads and publishes (the last is in /api/stats).",
+    );
+    for c in list {
+        x.sample("herald_connector_errors_total", &id(c), c.errors());
+    }
+    x.family(
+        "herald_connector_reconnects_total",
+        "counter",
+        "Connections to the source made again after the first (lost connections, watchdogs, hand-offs).",
+    );
+    for c in list {
+        x.sample("herald_connector_reconnects_total", &id(c), c.reconnects());
+    }
+    x.family(
+        "herald_connector_lag_seconds",
+        "gauge",
+        "Age of the oldest event the connector has read but not yet published (0 when caught up).",
+    );
+    for c in list {
+        #[allow(clippy::cast_precision_loss)]
+        let lag = c.lag_ms() as f64 / 1e3;
+        x.sample("herald_connector_lag_seconds", &id(c), lag);
+    }
+    x.family(
+        "herald_connector_last_event_timestamp_seconds",
+        "gauge",
+        "Unix time of the connector's last event on this node (0 before the first).",
+    );
+    for c in list {
+        x.sample(
+            "herald_connector_last_event_timestamp_seconds",
+            &id(c),
+            c.last_event_ms() / 1000,
+        );
+    }
 }

@@ -24,13 +24,14 @@ use tokio_util::task::TaskTracker;
 /// Most (namespace, user) publish buckets remembered at once.
 const USER_RATE_KEYS: usize = 100_000;
 
-/// Builds the engine parts for `config`, spawning their background tasks on `tracker`.
-/// Fails when a shared engine cannot be reached or cannot honour the configuration.
+/// Builds the engine parts for `config`, spawning their background tasks and the connectors
+/// on `tracker`. Fails when a shared engine cannot be reached or cannot honour the
+/// configuration.
 pub(crate) async fn build(
     config: &Config,
     root: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<Node> {
+) -> anyhow::Result<(Node, Arc<herald_core::Connectors>)> {
     let stats = Arc::new(Stats::default());
     let hub = Arc::new(Hub::with_lag(
         stats.clone(),
@@ -55,6 +56,7 @@ pub(crate) async fn build(
         history,
         presence,
         publisher,
+        leases,
     } = match &config.engine {
         EngineConfig::Memory(m) => match &m.data_dir {
             None => MemoryEngine::start(m.clone(), &node, token, tracker),
@@ -98,7 +100,14 @@ pub(crate) async fn build(
     } else {
         None
     };
-    Ok(Node {
+    let connectors = herald_connectors::start(
+        &config.connectors.pulled(),
+        &publisher,
+        &leases,
+        root,
+        tracker,
+    );
+    let node = Node {
         hub,
         broker,
         history,
@@ -110,14 +119,15 @@ pub(crate) async fn build(
             user_rates: KeyedBuckets::new(0, 60.0, USER_RATE_KEYS),
             proxy,
         }),
-    })
+    };
+    Ok((node, connectors))
 }
 
 /// Runs the server until SIGINT/SIGTERM, then shuts down within the grace period.
 pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let node = build(&config, &root, &tracker).await?;
+    let (node, connectors) = build(&config, &root, &tracker).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -180,6 +190,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             auth: config.auth.clone(),
             admin: config.admin.clone(),
             webhooks: config.connectors.webhook.clone(),
+            connectors,
         },
         root.clone(),
         tracker.clone(),

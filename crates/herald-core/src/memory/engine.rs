@@ -179,6 +179,7 @@ impl MemoryEngine {
             history: engine.clone(),
             presence: Arc::new(MemoryPresenceStore::default()),
             publisher: node.publisher(engine),
+            leases: Arc::new(super::MemoryLeases::default()),
         }
     }
 

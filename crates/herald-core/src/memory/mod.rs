@@ -8,6 +8,7 @@ mod channel;
 mod engine;
 mod history;
 mod journal;
+mod lease;
 mod presence;
 mod publish;
 mod state;
@@ -19,4 +20,5 @@ pub use engine::{MemoryEngine, MemoryEngineConfig};
 pub use journal::{
     stored_publication, Entry, Journal, JournalError, Recovered, RecoveredChannel, StateValue,
 };
+pub use lease::MemoryLeases;
 pub use presence::MemoryPresenceStore;

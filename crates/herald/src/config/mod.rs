@@ -42,6 +42,17 @@ pub(crate) struct Config {
 pub(crate) struct ConnectorsConfig {
     /// Signed webhooks, each POSTed to `/ingest/NAME`.
     pub(crate) webhook: Vec<herald_server::WebhookConfig>,
+    /// Postgres outboxes and NOTIFY triggers.
+    pub(crate) postgres: Vec<herald_connectors::PostgresConfig>,
+}
+
+impl ConnectorsConfig {
+    /// The connectors that pull from a source (run under a lease).
+    pub(crate) fn pulled(&self) -> herald_connectors::ConnectorSet {
+        herald_connectors::ConnectorSet {
+            postgres: self.postgres.clone(),
+        }
+    }
 }
 
 /// Per-connection bounds.
@@ -435,6 +446,7 @@ impl Config {
             ));
         }
         out.extend(herald_server::webhook_problems(&self.connectors.webhook));
+        out.extend(herald_connectors::problems(&self.connectors.pulled()));
         let window = self.publish.idempotency_window;
         if window < std::time::Duration::from_secs(1)
             || window > std::time::Duration::from_secs(86_400)

@@ -1,0 +1,78 @@
+//! Connectors: sources outside Herald whose events become channel publications, through the
+//! same [`Publisher`] as the HTTP API.
+//!
+//! - `postgres`: an outbox table filled by `herald_publish()` inside the application's
+//!   transactions (lossless, commit order per channel), or existing triggers' NOTIFYs.
+//! - `redis`: plain `PUBLISH`es on any Redis (at most once) and a stream read as a consumer
+//!   group (lossless).
+//!
+//! Each pulled source runs on one node of a cluster at a time: the node holding its lease in
+//! the engine ([`herald_core::Leases`]); when that node dies its lease expires and another
+//! takes over. Lossless sources publish with an idempotency key naming the source's own
+//! position, so what the dead node published but had not yet marked done is not published
+//! twice. Each connector's state is a [`ConnectorStatus`] on the node's [`Connectors`].
+//! Webhooks, which need no lease, are served by `herald-server`.
+
+mod postgres;
+mod run;
+
+pub use postgres::{PostgresConfig, PostgresMode};
+
+use herald_core::{ConnectorStatus, Connectors, Leases, Publisher};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Every pulled connector of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorSet {
+    /// `[[connectors.postgres]]`.
+    pub postgres: Vec<PostgresConfig>,
+}
+
+/// Every problem with the connectors, for `check-config`.
+pub fn problems(set: &ConnectorSet) -> Vec<String> {
+    let mut out = Vec::new();
+    postgres::problems(&set.postgres, &mut out);
+    let mut seen = std::collections::HashSet::new();
+    for (kind, name) in set.postgres.iter().map(|c| ("postgres", &c.name)) {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            out.push(format!(
+                "connectors.{kind} name {name:?} must be letters, digits, '-' or '_'"
+            ));
+        } else if !seen.insert((kind, name.clone())) {
+            out.push(format!("connectors.{kind} name {name:?} is used twice"));
+        }
+    }
+    out
+}
+
+/// Starts every connector on `tracker`; they stop when `token` is cancelled.
+pub fn start(
+    set: &ConnectorSet,
+    publisher: &Arc<Publisher>,
+    leases: &Arc<dyn Leases>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Arc<Connectors> {
+    let holder = format!("node-{:016x}", fastrand::u64(..));
+    let mut list = Vec::new();
+    for c in &set.postgres {
+        let status = ConnectorStatus::new("postgres", c.name.clone());
+        list.push(status.clone());
+        let config = Arc::new(c.clone());
+        let publisher = publisher.clone();
+        tracker.spawn(run::lead(
+            leases.clone(),
+            holder.clone(),
+            status.clone(),
+            token.clone(),
+            move |t| postgres::run(config.clone(), publisher.clone(), status.clone(), t),
+        ));
+    }
+    Arc::new(Connectors { list })
+}
