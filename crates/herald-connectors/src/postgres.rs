@@ -210,13 +210,21 @@ async fn connect(
                     NotifyAction::Wait(fut) => fut.await,
                 },
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break e.to_string(),
+                Some(Err(e)) => break why(&e),
                 None => break "the connection closed".to_owned(),
             }
         };
         let _ = ended_tx.send(why);
     });
     Ok((client, ended))
+}
+
+/// A Postgres error with the server's message, where `Display` says only "db error".
+fn why(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// What the connection task does after a notification.
@@ -295,18 +303,18 @@ async fn outbox(
         NotifyAction::Done
     })
     .await
-    .map_err(|e| format!("connecting: {e}"))?;
+    .map_err(|e| format!("connecting: {}", why(&e)))?;
     let schema = &config.schema;
     if config.create {
         client
             .batch_execute(&format!("BEGIN; {} COMMIT;", setup_sql(schema)))
             .await
-            .map_err(|e| format!("creating {schema}.herald_outbox: {e}"))?;
+            .map_err(|e| format!("creating {schema}.herald_outbox: {}", why(&e)))?;
     }
     client
         .batch_execute(&format!("LISTEN {WAKE_CHANNEL}"))
         .await
-        .map_err(|e| format!("LISTEN: {e}"))?;
+        .map_err(|e| format!("LISTEN: {}", why(&e)))?;
     let table: u32 = client
         .query_one(
             &format!("SELECT '\"{schema}\".herald_outbox'::regclass::oid"),
@@ -314,7 +322,10 @@ async fn outbox(
         )
         .await
         .map_err(|e| {
-            format!("{schema}.herald_outbox is missing ({e}); set create = true or create it")
+            format!(
+                "{schema}.herald_outbox is missing ({}); set create = true or create it",
+                why(&e)
+            )
         })?
         .get(0);
     let read = client
@@ -324,7 +335,7 @@ async fn outbox(
              FROM \"{schema}\".herald_outbox ORDER BY id LIMIT $1"
         ))
         .await
-        .map_err(|e| format!("preparing the read: {e}"))?;
+        .map_err(|e| format!("preparing the read: {}", why(&e)))?;
     let finish = client
         .prepare(&format!(
             "WITH moved AS (INSERT INTO \"{schema}\".herald_rejected \
@@ -336,7 +347,7 @@ async fn outbox(
              DELETE FROM \"{schema}\".herald_outbox WHERE id = ANY($1::bigint[]) OR id = ANY($2::bigint[])"
         ))
         .await
-        .map_err(|e| format!("preparing the delete: {e}"))?;
+        .map_err(|e| format!("preparing the delete: {}", why(&e)))?;
     status.set_state(ConnectorState::Connected);
     backoff.reset();
     tracing::info!(connector = %config.name, schema = %schema, "Postgres outbox connected; publishing herald_publish() calls.");
@@ -349,7 +360,7 @@ async fn outbox(
         let rows = client
             .query(&read, &[&limit])
             .await
-            .map_err(|e| format!("reading the outbox: {e}"))?;
+            .map_err(|e| format!("reading the outbox: {}", why(&e)))?;
         if rows.is_empty() {
             status.set_lag_ms(0);
             tokio::select! {
@@ -414,7 +425,7 @@ async fn outbox(
             client
                 .execute(&finish, &[&done, &rejected, &reasons])
                 .await
-                .map_err(|e| format!("deleting published rows: {e}"))?;
+                .map_err(|e| format!("deleting published rows: {}", why(&e)))?;
         }
         if let Some(e) = retry {
             status.error(&e);
@@ -507,12 +518,12 @@ async fn trigger(
         }
     })
     .await
-    .map_err(|e| format!("connecting: {e}"))?;
+    .map_err(|e| format!("connecting: {}", why(&e)))?;
     for l in &config.listen {
         client
             .batch_execute(&format!("LISTEN \"{l}\""))
             .await
-            .map_err(|e| format!("LISTEN {l}: {e}"))?;
+            .map_err(|e| format!("LISTEN {l}: {}", why(&e)))?;
     }
     status.set_state(ConnectorState::Connected);
     backoff.reset();

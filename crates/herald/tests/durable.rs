@@ -7,7 +7,6 @@ mod common;
 
 use common::{TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
-use herald_protocol::SseDecoder;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -77,6 +76,19 @@ fn record(into: &mut Received, v: &Value) {
     into.entry(channel).or_default().push((offset, seq));
 }
 
+/// The publishers' sequence numbers of what a follower received.
+fn seqs(f: common::Followed) -> Received {
+    f.into_iter()
+        .map(|(c, v)| {
+            let v = v
+                .into_iter()
+                .map(|(o, d)| (o, d["seq"].as_u64().expect("seq")))
+                .collect();
+            (c, v)
+        })
+        .collect()
+}
+
 fn done(got: &Received, targets: &Option<HashMap<String, u64>>) -> bool {
     targets.as_ref().is_some_and(|t| {
         t.iter().all(|(c, top)| {
@@ -85,70 +97,6 @@ fn done(got: &Received, targets: &Option<HashMap<String, u64>>) -> bool {
                 .is_some_and(|(o, _)| o >= top)
         })
     })
-}
-
-/// Follows every channel over SSE, reconnecting with `Last-Event-ID` to whatever node is up.
-async fn sse_follower(
-    url: watch::Receiver<String>,
-    targets: watch::Receiver<Option<HashMap<String, u64>>>,
-) -> Received {
-    let http = reqwest::Client::new();
-    let mut got = Received::new();
-    let mut last_id = String::new();
-    let query: Vec<String> = CHANNELS.iter().map(|c| format!("channel={c}")).collect();
-    let mut resumes = 0;
-    loop {
-        if done(&got, &targets.borrow()) {
-            return got;
-        }
-        let base = url.borrow().clone();
-        let mut req = http.get(format!("{base}/sse?{}", query.join("&")));
-        if !last_id.is_empty() {
-            req = req.header("last-event-id", &last_id);
-        }
-        let Ok(resp) = req.send().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.bytes_stream();
-        let mut decoder = SseDecoder::new();
-        let mut hello = true;
-        loop {
-            if done(&got, &targets.borrow()) {
-                return got;
-            }
-            let chunk = match tokio::time::timeout(Duration::from_millis(200), body.next()).await {
-                Err(_) => continue,
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(_) => break,
-            };
-            let mut events = Vec::new();
-            decoder.feed(&chunk, &mut events);
-            for e in events {
-                let v: Value = serde_json::from_str(&e.data).expect("JSON");
-                match e.event.as_str() {
-                    "herald.connected" => {
-                        if hello && !last_id.is_empty() {
-                            resumes += 1;
-                            assert!(
-                                v["recovered"]
-                                    .as_array()
-                                    .is_some_and(|r| r.iter().all(|b| b == true)),
-                                "SSE resume #{resumes} not recovered: {v}"
-                            );
-                        }
-                        hello = false;
-                    }
-                    "herald.reset" => panic!("SSE reset after a restart: {v}"),
-                    _ => record(&mut got, &v),
-                }
-            }
-            if !decoder.last_event_id().is_empty() {
-                last_id = decoder.last_event_id().to_owned();
-            }
-        }
-    }
 }
 
 /// Follows every channel over WebSocket, resubscribing with `since` to whatever node is up.
@@ -265,7 +213,8 @@ async fn kill_9_three_times(fsync: bool) {
     let mut server = start_with(&dir, fsync).await;
     let (url_tx, url_rx) = watch::channel(server.url.clone());
     let (targets_tx, targets_rx) = watch::channel(None);
-    let sse = tokio::spawn(sse_follower(url_rx.clone(), targets_rx.clone()));
+    let (u, t) = (url_rx.clone(), targets_rx.clone());
+    let sse = tokio::spawn(async move { seqs(common::follow_sse(u, &CHANNELS, t).await) });
     let ws = tokio::spawn(ws_follower(url_rx.clone(), targets_rx.clone()));
     // Followers first hold positions at offset 0: those must survive the first kill too.
     tokio::time::sleep(Duration::from_millis(300)).await;

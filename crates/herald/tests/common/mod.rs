@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod backends;
+pub mod postgres;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::{SseDecoder, SseEvent};
@@ -489,4 +490,93 @@ pub fn npm_test(workspace: &str, herald: &str) {
         .status()
         .expect("run npm test");
     assert!(status.success(), "npm test in {workspace} failed: {status}");
+}
+
+/// What a follower received, per channel: (offset, data) in arrival order.
+pub type Followed = std::collections::BTreeMap<String, Vec<(u64, Value)>>;
+
+/// Each channel's offset a follower must reach before it returns; `None` until known.
+pub type Targets = tokio::sync::watch::Receiver<Option<std::collections::HashMap<String, u64>>>;
+
+fn followed_all(got: &Followed, targets: &Targets) -> bool {
+    targets.borrow().as_ref().is_some_and(|t| {
+        t.iter().all(|(c, top)| {
+            got.get(c)
+                .and_then(|v| v.last())
+                .is_some_and(|(o, _)| o >= top)
+        })
+    })
+}
+
+/// Follows `channels` over SSE, reconnecting with `Last-Event-ID` to whatever node `url`
+/// names, until every channel reached its target. Every resume must be recovered (the hello's
+/// `recovered` all true) and no reset may come.
+pub async fn follow_sse(
+    url: tokio::sync::watch::Receiver<String>,
+    channels: &[&str],
+    targets: Targets,
+) -> Followed {
+    let http = reqwest::Client::new();
+    let mut got = Followed::new();
+    let mut last_id = String::new();
+    let query: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
+    let mut resumes = 0;
+    loop {
+        if followed_all(&got, &targets) {
+            return got;
+        }
+        let base = url.borrow().clone();
+        let mut req = http.get(format!("{base}/sse?{}", query.join("&")));
+        if !last_id.is_empty() {
+            req = req.header("last-event-id", &last_id);
+        }
+        let Ok(resp) = req.send().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut decoder = SseDecoder::new();
+        let mut hello = true;
+        loop {
+            if followed_all(&got, &targets) {
+                return got;
+            }
+            let chunk = match tokio::time::timeout(Duration::from_millis(200), body.next()).await {
+                Err(_) => continue,
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(_) => break,
+            };
+            let mut events = Vec::new();
+            decoder.feed(&chunk, &mut events);
+            for e in events {
+                let v: Value = serde_json::from_str(&e.data).expect("JSON");
+                match e.event.as_str() {
+                    "herald.connected" => {
+                        if hello && !last_id.is_empty() {
+                            resumes += 1;
+                            assert!(
+                                v["recovered"]
+                                    .as_array()
+                                    .is_some_and(|r| r.iter().all(|b| b == true)),
+                                "SSE resume #{resumes} not recovered: {v}"
+                            );
+                        }
+                        hello = false;
+                    }
+                    "herald.reset" => panic!("SSE reset after a restart: {v}"),
+                    _ => {
+                        let channel = v["channel"].as_str().expect("channel").to_owned();
+                        let offset = v["offset"].as_u64().expect("offset");
+                        got.entry(channel)
+                            .or_default()
+                            .push((offset, v["data"].clone()));
+                    }
+                }
+            }
+            if !decoder.last_event_id().is_empty() {
+                last_id = decoder.last_event_id().to_owned();
+            }
+        }
+    }
 }
