@@ -14,9 +14,11 @@
 //! Webhooks, which need no lease, are served by `herald-server`.
 
 mod postgres;
+mod redis;
 mod run;
 
 pub use postgres::{PostgresConfig, PostgresMode};
+pub use redis::RedisSourceConfig;
 
 use herald_core::{ConnectorStatus, Connectors, Leases, Publisher};
 use std::sync::Arc;
@@ -28,14 +30,22 @@ use tokio_util::task::TaskTracker;
 pub struct ConnectorSet {
     /// `[[connectors.postgres]]`.
     pub postgres: Vec<PostgresConfig>,
+    /// `[[connectors.redis]]`.
+    pub redis: Vec<RedisSourceConfig>,
+    /// The Redis engine's key prefix, when the engine is Redis: its own traffic is never
+    /// read back by a Redis connector.
+    pub engine_prefix: Option<String>,
 }
 
 /// Every problem with the connectors, for `check-config`.
 pub fn problems(set: &ConnectorSet) -> Vec<String> {
     let mut out = Vec::new();
     postgres::problems(&set.postgres, &mut out);
+    redis::problems(&set.redis, set.engine_prefix.as_deref(), &mut out);
     let mut seen = std::collections::HashSet::new();
-    for (kind, name) in set.postgres.iter().map(|c| ("postgres", &c.name)) {
+    let names = set.postgres.iter().map(|c| ("postgres", &c.name));
+    let names = names.chain(set.redis.iter().map(|c| ("redis", &c.name)));
+    for (kind, name) in names {
         if name.is_empty()
             || !name
                 .bytes()
@@ -72,6 +82,28 @@ pub fn start(
             status.clone(),
             token.clone(),
             move |t| postgres::run(config.clone(), publisher.clone(), status.clone(), t),
+        ));
+    }
+    for c in &set.redis {
+        let status = ConnectorStatus::new("redis", c.name.clone());
+        list.push(status.clone());
+        let config = Arc::new(c.clone());
+        let publisher = publisher.clone();
+        let prefix = set.engine_prefix.clone();
+        tracker.spawn(run::lead(
+            leases.clone(),
+            holder.clone(),
+            status.clone(),
+            token.clone(),
+            move |t| {
+                redis::run(
+                    config.clone(),
+                    publisher.clone(),
+                    status.clone(),
+                    prefix.clone(),
+                    t,
+                )
+            },
         ));
     }
     Arc::new(Connectors { list })

@@ -101,7 +101,7 @@ pub(crate) async fn build(
         None
     };
     let connectors = herald_connectors::start(
-        &config.connectors.pulled(),
+        &config.connectors.pulled(&config.engine),
         &publisher,
         &leases,
         root,

@@ -369,8 +369,9 @@ data = "data"
         .await;
 }
 
-/// One Postgres for the binary: the trigger mapping, then the outbox on the durable embedded
-/// storage and on the Redis engine.
+/// One Postgres for the binary: the trigger mapping, the outbox on the durable embedded
+/// storage and on the Redis engine, then the outbox's node killed in a two-node cluster on
+/// Redis and on NATS.
 #[tokio::test]
 async fn postgres_outbox_and_triggers() {
     let Some(pg) = Postgres::start() else { return };
@@ -382,4 +383,212 @@ async fn postgres_outbox_and_triggers() {
         return;
     };
     outbox_exactly_once(&pg, Engine::Redis(redis.url()), "outbox_redis").await;
+    for (kind, database) in [
+        (Kind::Redis, "takeover_redis"),
+        (Kind::Nats, "takeover_nats"),
+    ] {
+        let url = pg.create_database(database).await;
+        let client = pg.connect(database).await;
+        let connector = format!("[[connectors.postgres]]\nname = \"app\"\nurl = \"{url}\"\n");
+        let client = &client;
+        takeover(kind, &connector, |channel, seq| async move {
+            let data = json!({"seq": seq}).to_string();
+            client
+                .execute(
+                    "SELECT herald_publish($1, 'change', $2::text::jsonb)",
+                    &[&channel, &data],
+                )
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+}
+
+/// A lossless source in a two-node cluster on `kind`: node A runs the connector, node B
+/// stands by; A is killed with `kill -9` mid-stream, B takes the lease over and a subscriber
+/// on B receives every event once, in order.
+async fn takeover<F, Fut>(kind: Kind, connector: &str, produce: F)
+where
+    F: Fn(&'static str, u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(engine) = Backend::start(kind) else {
+        return;
+    };
+    let engine_kind = match kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    let config = format!(
+        "[engine]\nkind = \"{engine_kind}\"\nurl = \"{}\"\n{HISTORY}\n{connector}",
+        engine.url()
+    );
+    let a = TestServer::start(&config).await;
+    a.wait_stats("A leads", |s| s["connectors"][0]["leader"] == true)
+        .await;
+    let b = TestServer::start(&config).await;
+    b.wait_stats("B stands by", |s| s["connectors"][0]["state"] == "standby")
+        .await;
+    const JOBS: [&str; 2] = ["jobs:a", "jobs:b"];
+    let (_url_tx, url_rx) = watch::channel(b.url.clone());
+    let (targets_tx, targets_rx) = watch::channel(None);
+    let follower = tokio::spawn(common::follow_sse(url_rx, &JOBS, targets_rx));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    const EACH: u64 = 600;
+    let mut a = Some(a);
+    for seq in 0..EACH {
+        for channel in JOBS {
+            produce(channel, seq).await;
+        }
+        if seq == EACH / 3 {
+            kill9(a.take().unwrap()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    targets_tx
+        .send(Some(JOBS.iter().map(|c| (c.to_string(), EACH)).collect()))
+        .unwrap();
+    let got = common::within(WAIT * 6, follower).await.unwrap();
+    let stats = b.stats().await;
+    eprintln!("takeover on {kind:?}: B {}", stats["connectors"][0]);
+    assert_eq!(stats["connectors"][0]["leader"], true);
+    for c in JOBS {
+        let seen: Vec<(u64, u64)> = got[c]
+            .iter()
+            .map(|(o, d)| (*o, d["seq"].as_u64().unwrap()))
+            .collect();
+        let want: Vec<(u64, u64)> = (0..EACH).map(|s| (s + 1, s)).collect();
+        assert_eq!(
+            seen, want,
+            "{c} on {kind:?}: not every event once, in order"
+        );
+    }
+}
+
+/// Plain Redis as a source, beside the memory engine: PSUBSCRIBEd messages (non-JSON refused
+/// and counted) and stream entries (a bad one set aside with its reason).
+#[tokio::test]
+async fn redis_patterns_and_stream_on_the_memory_engine() {
+    let Some(source) = Backend::start(Kind::Redis) else {
+        return;
+    };
+    let config = format!(
+        r#"{HISTORY}
+[[connectors.redis]]
+name = "workers"
+url = "{}"
+patterns = ["job_progress:*"]
+event = "{{data.type}}"
+stream = "jobs"
+"#,
+        source.url()
+    );
+    let server = TestServer::start(&config).await;
+    server
+        .wait_stats("connected", |s| s["connectors"][0]["state"] == "connected")
+        .await;
+    let mut sse = common::Sse::connect(&server, &["job_progress:job_123"], None).await;
+    // The state may say connected before PSUBSCRIBE took effect: publish until one arrives.
+    let mut first = None;
+    for _ in 0..100 {
+        source.redis_cli(&[
+            "PUBLISH",
+            "job_progress:job_123",
+            r#"{"type":"job_progress","progress":0.1}"#,
+        ]);
+        let next = tokio::time::timeout(Duration::from_millis(100), sse.next_json()).await;
+        if let Ok((e, v)) = next {
+            if e == "job_progress" {
+                first = Some(v);
+                break;
+            }
+        }
+    }
+    assert_eq!(first.expect("a PUBLISH arrived")["data"]["progress"], 0.1);
+    source.redis_cli(&["PUBLISH", "job_progress:job_123", "not json"]);
+    source.redis_cli(&[
+        "PUBLISH",
+        "job_progress:job_123",
+        r#"{"type":"job_progress","progress":0.5}"#,
+    ]);
+    source.redis_cli(&[
+        "XADD",
+        "jobs",
+        "*",
+        "channel",
+        "job_progress:job_123",
+        "event",
+        "job_done",
+        "data",
+        r#"{"url":"/out.mp4"}"#,
+    ]);
+    source.redis_cli(&["XADD", "jobs", "*", "data", "{}"]);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (e, v) = common::within(WAIT, sse.next_json()).await;
+        if e.starts_with("herald.") || v["data"]["progress"] == 0.1 {
+            continue;
+        }
+        got.push((e, v["data"].clone()));
+    }
+    // Pub/sub and the stream are read side by side: compare as a set.
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(got[0], ("job_done".to_owned(), json!({"url": "/out.mp4"})));
+    assert_eq!(
+        got[1],
+        (
+            "job_progress".to_owned(),
+            json!({"type": "job_progress", "progress": 0.5})
+        )
+    );
+    server
+        .wait_stats("both refusals", |s| {
+            s["connectors"][0]["events"]["rejected"] == 2
+        })
+        .await;
+    let rejected = source.redis_cli(&["XRANGE", "jobs:rejected", "-", "+"]);
+    assert!(
+        rejected.contains("the entry has no channel field"),
+        "{rejected}"
+    );
+    assert_eq!(source.redis_cli(&["XLEN", "jobs"]).trim(), "0");
+}
+
+fn xadd(source: &Backend, channel: &str, seq: u64) {
+    let data = json!({"seq": seq}).to_string();
+    source.redis_cli(&["XADD", "work", "*", "channel", channel, "data", &data]);
+}
+
+fn stream_connector(source: &Backend) -> String {
+    format!(
+        "[[connectors.redis]]\nname = \"work\"\nurl = \"{}\"\nstream = \"work\"\n",
+        source.url()
+    )
+}
+
+/// The Redis stream connector's node killed mid-stream, on a Redis engine cluster.
+#[tokio::test]
+async fn redis_stream_survives_its_node_on_redis() {
+    let Some(source) = Backend::start(Kind::Redis) else {
+        return;
+    };
+    takeover(Kind::Redis, &stream_connector(&source), |c, s| {
+        xadd(&source, c, s);
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// The Redis stream connector's node killed mid-stream, on a NATS engine cluster.
+#[tokio::test]
+async fn redis_stream_survives_its_node_on_nats() {
+    let Some(source) = Backend::start(Kind::Redis) else {
+        return;
+    };
+    takeover(Kind::Nats, &stream_connector(&source), |c, s| {
+        xadd(&source, c, s);
+        std::future::ready(())
+    })
+    .await;
 }

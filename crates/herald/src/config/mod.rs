@@ -44,13 +44,20 @@ pub(crate) struct ConnectorsConfig {
     pub(crate) webhook: Vec<herald_server::WebhookConfig>,
     /// Postgres outboxes and NOTIFY triggers.
     pub(crate) postgres: Vec<herald_connectors::PostgresConfig>,
+    /// Pub/sub patterns and streams on any Redis.
+    pub(crate) redis: Vec<herald_connectors::RedisSourceConfig>,
 }
 
 impl ConnectorsConfig {
-    /// The connectors that pull from a source (run under a lease).
-    pub(crate) fn pulled(&self) -> herald_connectors::ConnectorSet {
+    /// The connectors that pull from a source (run under a lease), beside `engine`.
+    pub(crate) fn pulled(&self, engine: &EngineConfig) -> herald_connectors::ConnectorSet {
         herald_connectors::ConnectorSet {
             postgres: self.postgres.clone(),
+            redis: self.redis.clone(),
+            engine_prefix: match engine {
+                EngineConfig::Redis(r) => Some(r.prefix.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -446,7 +453,9 @@ impl Config {
             ));
         }
         out.extend(herald_server::webhook_problems(&self.connectors.webhook));
-        out.extend(herald_connectors::problems(&self.connectors.pulled()));
+        out.extend(herald_connectors::problems(
+            &self.connectors.pulled(&self.engine),
+        ));
         let window = self.publish.idempotency_window;
         if window < std::time::Duration::from_secs(1)
             || window > std::time::Duration::from_secs(86_400)
