@@ -5,6 +5,7 @@
 //!   transactions (lossless, commit order per channel), or existing triggers' NOTIFYs.
 //! - `redis`: plain `PUBLISH`es on any Redis (at most once) and a stream read as a consumer
 //!   group (lossless).
+//! - `twitch`: a broadcaster's EventSub WebSocket session and a Helix stats poll.
 //!
 //! Each pulled source runs on one node of a cluster at a time: the node holding its lease in
 //! the engine ([`herald_core::Leases`]); when that node dies its lease expires and another
@@ -16,9 +17,11 @@
 mod postgres;
 mod redis;
 mod run;
+mod twitch;
 
 pub use postgres::{PostgresConfig, PostgresMode};
 pub use redis::RedisSourceConfig;
+pub use twitch::{TwitchConfig, DEFAULT_EVENTS};
 
 use herald_core::{ConnectorStatus, Connectors, Leases, Publisher};
 use std::sync::Arc;
@@ -32,6 +35,8 @@ pub struct ConnectorSet {
     pub postgres: Vec<PostgresConfig>,
     /// `[[connectors.redis]]`.
     pub redis: Vec<RedisSourceConfig>,
+    /// `[[connectors.twitch]]`.
+    pub twitch: Vec<TwitchConfig>,
     /// The Redis engine's key prefix, when the engine is Redis: its own traffic is never
     /// read back by a Redis connector.
     pub engine_prefix: Option<String>,
@@ -42,9 +47,11 @@ pub fn problems(set: &ConnectorSet) -> Vec<String> {
     let mut out = Vec::new();
     postgres::problems(&set.postgres, &mut out);
     redis::problems(&set.redis, set.engine_prefix.as_deref(), &mut out);
+    twitch::problems(&set.twitch, &mut out);
     let mut seen = std::collections::HashSet::new();
     let names = set.postgres.iter().map(|c| ("postgres", &c.name));
     let names = names.chain(set.redis.iter().map(|c| ("redis", &c.name)));
+    let names = names.chain(set.twitch.iter().map(|c| ("twitch", &c.name)));
     for (kind, name) in names {
         if name.is_empty()
             || !name
@@ -104,6 +111,19 @@ pub fn start(
                     t,
                 )
             },
+        ));
+    }
+    for c in &set.twitch {
+        let status = ConnectorStatus::new("twitch", c.name.clone());
+        list.push(status.clone());
+        let config = Arc::new(c.clone());
+        let publisher = publisher.clone();
+        tracker.spawn(run::lead(
+            leases.clone(),
+            holder.clone(),
+            status.clone(),
+            token.clone(),
+            move |t| twitch::run(config.clone(), publisher.clone(), status.clone(), t),
         ));
     }
     Arc::new(Connectors { list })

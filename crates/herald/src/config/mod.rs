@@ -46,6 +46,8 @@ pub(crate) struct ConnectorsConfig {
     pub(crate) postgres: Vec<herald_connectors::PostgresConfig>,
     /// Pub/sub patterns and streams on any Redis.
     pub(crate) redis: Vec<herald_connectors::RedisSourceConfig>,
+    /// Twitch accounts: EventSub and the stats poll.
+    pub(crate) twitch: Vec<herald_connectors::TwitchConfig>,
 }
 
 impl ConnectorsConfig {
@@ -54,6 +56,7 @@ impl ConnectorsConfig {
         herald_connectors::ConnectorSet {
             postgres: self.postgres.clone(),
             redis: self.redis.clone(),
+            twitch: self.twitch.clone(),
             engine_prefix: match engine {
                 EngineConfig::Redis(r) => Some(r.prefix.clone()),
                 _ => None,
