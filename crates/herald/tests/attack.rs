@@ -1333,9 +1333,9 @@ async fn telegram_login_checks_the_ed25519_signature_with_only_a_bot_id() {
 /// short 200 stream ending in `herald.disconnect`; they are reported with that close code.
 enum Admission {
     /// Admitted; the connection is held open until dropped.
-    Sse(#[allow(dead_code)] Sse),
+    Sse(#[allow(dead_code)] Box<Sse>),
     /// Admitted; the connection is held open until dropped.
-    Ws(#[allow(dead_code)] Ws),
+    Ws(#[allow(dead_code)] Box<Ws>),
     Refused(u16, String),
 }
 
@@ -1381,7 +1381,7 @@ async fn knock_sse(
         let data: Value = serde_json::from_str(&last.data).unwrap();
         return Admission::Refused(200, format!("close {}", data["code"]));
     }
-    Admission::Sse(sse)
+    Admission::Sse(Box::new(sse))
 }
 
 async fn knock_ws(server: &TestServer, token: Option<&str>, headers: &[(&str, &str)]) -> Admission {
@@ -1391,7 +1391,7 @@ async fn knock_ws(server: &TestServer, token: Option<&str>, headers: &[(&str, &s
         all.push(("authorization", b));
     }
     match ws_with_headers(server, &all).await {
-        Ok(ws) => Admission::Ws(ws),
+        Ok(ws) => Admission::Ws(Box::new(ws)),
         Err((status, body)) => {
             Admission::Refused(status, body["error"]["code"].as_str().unwrap_or("").into())
         }

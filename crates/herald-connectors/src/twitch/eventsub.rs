@@ -23,8 +23,12 @@ const WELCOME_WAIT: Duration = Duration::from_secs(10);
 pub(crate) fn version(kind: &str) -> Option<&'static str> {
     match kind {
         "channel.follow" => Some("2"),
-        "channel.subscribe" | "channel.subscription.gift" | "channel.cheer" | "channel.raid"
-        | "stream.online" | "stream.offline" => Some("1"),
+        "channel.subscribe"
+        | "channel.subscription.gift"
+        | "channel.cheer"
+        | "channel.raid"
+        | "stream.online"
+        | "stream.offline" => Some("1"),
         _ => None,
     }
 }
@@ -141,12 +145,17 @@ async fn handle(account: &Account, token: &CancellationToken, v: &Value) -> Next
                 .unwrap_or_default();
             let event = &v["payload"]["event"];
             if id.is_empty() || kind.is_empty() {
-                account.status.count(herald_core::ConnectorOutcome::Rejected, 1);
+                account
+                    .status
+                    .count(herald_core::ConnectorOutcome::Rejected, 1);
                 return Next::Continue;
             }
             let mut backoff = Backoff::default();
-            while let Err(e) = account.publish_event(id, kind, event).await {
-                account.status.error(&e);
+            let new = loop {
+                match account.publish_event(id, kind, event).await {
+                    Ok(new) => break new,
+                    Err(e) => account.status.error(&e),
+                }
                 tokio::select! {
                     () = token.cancelled() => {
                         tracing::error!(connector = %account.config.name, kind, id, "A Twitch notification was not published before shutdown.");
@@ -154,6 +163,9 @@ async fn handle(account: &Account, token: &CancellationToken, v: &Value) -> Next
                     }
                     () = tokio::time::sleep(backoff.next()) => {}
                 }
+            };
+            if !new {
+                return Next::Continue;
             }
             match kind {
                 "channel.follow" => account.update_stats(|s| s.followers += 1).await,

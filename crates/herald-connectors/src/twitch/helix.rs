@@ -118,7 +118,9 @@ impl Helix {
             .map_err(|e| format!("refreshing the token: {e}"))?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
-        let (Some(access), Some(refresh)) = (v["access_token"].as_str(), v["refresh_token"].as_str()) else {
+        let (Some(access), Some(refresh)) =
+            (v["access_token"].as_str(), v["refresh_token"].as_str())
+        else {
             return Err(format!(
                 "refreshing the token failed ({status}): {}; the broadcaster must authorize again",
                 v["message"].as_str().unwrap_or("no token in the answer")
@@ -132,9 +134,8 @@ impl Helix {
                 .map(|s| herald_core::now_ms() + s * 1000),
         };
         if let Some(path) = &self.config.token_file {
-            save(path, &next).map_err(|e| {
-                format!("writing the refreshed tokens to {}: {e}", path.display())
-            })?;
+            save(path, &next)
+                .map_err(|e| format!("writing the refreshed tokens to {}: {e}", path.display()))?;
         }
         *tokens = next;
         self.status.add("token_refreshes", 1);

@@ -153,7 +153,10 @@ pub(crate) fn problems(configs: &[TwitchConfig], out: &mut Vec<String>) {
             ("oauth_url", &c.oauth_url, ["http://", "https://"]),
         ] {
             if !schemes.iter().any(|s| url.starts_with(s)) {
-                out.push(format!("{at}.{what} must start with {}", schemes.join(" or ")));
+                out.push(format!(
+                    "{at}.{what} must start with {}",
+                    schemes.join(" or ")
+                ));
             }
         }
     }
@@ -180,15 +183,21 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    /// Publishes a notification under its EventSub type, once per message id.
-    async fn publish_event(&self, message_id: &str, kind: &str, event: &Value) -> Result<(), String> {
+    /// Publishes a notification under its EventSub type, once per message id. True when it
+    /// was published now (not a repeat, not refused).
+    async fn publish_event(
+        &self,
+        message_id: &str,
+        kind: &str,
+        event: &Value,
+    ) -> Result<bool, String> {
         let data = serde_json::value::to_raw_value(event).map_err(|e| e.to_string())?;
         let prepared = match self.publisher.prepare(&self.channel, Some(kind), data) {
             Ok(p) => p,
             Err(e) => {
                 self.status.count(ConnectorOutcome::Rejected, 1);
                 tracing::warn!(connector = %self.config.name, kind, error = %e, "Refused a Twitch notification.");
-                return Ok(());
+                return Ok(false);
             }
         };
         let once = self
@@ -200,17 +209,23 @@ impl Account {
             .publish_once(prepared, Source::Twitch, &once)
             .await
         {
-            Ok(Published::New(_)) => self.status.count(ConnectorOutcome::Published, 1),
-            Ok(Published::Repeat { .. }) => self.status.count(ConnectorOutcome::Duplicate, 1),
+            Ok(Published::New(_)) => {
+                self.status.count(ConnectorOutcome::Published, 1);
+                Ok(true)
+            }
+            Ok(Published::Repeat { .. }) => {
+                self.status.count(ConnectorOutcome::Duplicate, 1);
+                Ok(false)
+            }
             Err(e) => match crate::postgres::refusal(e) {
                 Ok(reason) => {
                     self.status.count(ConnectorOutcome::Rejected, 1);
                     tracing::warn!(connector = %self.config.name, kind, reason, "Refused a Twitch notification.");
+                    Ok(false)
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             },
         }
-        Ok(())
     }
 
     /// Applies `change` to the stats and publishes them when they changed (always the first
@@ -233,10 +248,15 @@ impl Account {
             "followers": next.followers,
             "subs": next.subs,
         });
-        let Ok(data) = serde_json::value::to_raw_value(&data) else { return };
+        let Ok(data) = serde_json::value::to_raw_value(&data) else {
+            return;
+        };
         let mut backoff = Backoff::default();
         for _ in 0..5 {
-            let Ok(prepared) = self.publisher.prepare(&self.channel, Some("stats"), data.clone()) else {
+            let Ok(prepared) = self
+                .publisher
+                .prepare(&self.channel, Some("stats"), data.clone())
+            else {
                 return;
             };
             match self.publisher.publish(prepared, Source::Twitch).await {
