@@ -144,6 +144,17 @@ async fn handle(account: &Account, token: &CancellationToken, v: &Value) -> Next
                 .or_else(|| v["payload"]["subscription"]["type"].as_str())
                 .unwrap_or_default();
             let event = &v["payload"]["event"];
+            if let Some(sent) = meta["message_timestamp"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            {
+                let lag = std::time::SystemTime::now()
+                    .duration_since(sent)
+                    .unwrap_or_default();
+                account
+                    .status
+                    .set_lag_ms(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX));
+            }
             if id.is_empty() || kind.is_empty() {
                 account
                     .status

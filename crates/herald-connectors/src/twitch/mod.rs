@@ -288,6 +288,11 @@ pub(crate) async fn run(
             return;
         }
     };
+    if let Ok(name) = herald_core::ChannelName::parse(&channel) {
+        if publisher.retention(&name).latest.mode != herald_core::LatestState::PerEvent {
+            tracing::warn!(connector = %config.name, channel, "The Twitch channel's namespace does not keep the latest state per event: a widget opened between changes waits for the next stats. Set latest_state = \"per_event\" on its namespace.");
+        }
+    }
     let account = Arc::new(Account {
         helix: helix::Helix::new(config.clone(), status.clone()),
         config,
