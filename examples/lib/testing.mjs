@@ -1,0 +1,41 @@
+// What the examples' browser tests stand on: each example started with the one command its
+// README gives (`npm start` in its folder), Debian's Chromium through playwright-core, waiting.
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { ROOT } from "./herald.mjs";
+export { browserOrSkip, launch, sleep, until } from "../../sdk/js/test/e2e/harness.mjs";
+
+/**
+ * Runs `npm start` in `examples/NAME` with `env` and resolves with the URLs it prints
+ * (`NAME ready: URL` lines, by name), and a `stop()` that ends it and every process it started.
+ */
+export async function startExample(name, env = {}) {
+  const proc = spawn("npm", ["start", "--silent"], {
+    cwd: join(ROOT, "examples", name),
+    stdio: ["ignore", "pipe", "inherit"],
+    detached: true,
+    env: { ...process.env, ...env },
+  });
+  const urls = await new Promise((ok, fail) => {
+    let out = "";
+    proc.stdout.on("data", (d) => {
+      out += d;
+      if (/^Example ready\b/m.test(out)) {
+        const found = {};
+        for (const m of out.matchAll(/^(\S+) ready: (\S+)$/gm)) found[m[1]] = m[2];
+        ok(found);
+      }
+    });
+    proc.on("exit", (code) => fail(new Error(`npm start in examples/${name} exited with ${code}: ${out}`)));
+  });
+  proc.stdout.resume();
+  return {
+    urls,
+    proc,
+    stop(signal = "SIGKILL") {
+      try {
+        process.kill(-proc.pid, signal);
+      } catch {}
+    },
+  };
+}
