@@ -216,3 +216,64 @@ fn example_config_lists_every_key_with_its_default() {
         }
     }
 }
+
+#[test]
+fn connector_problems_are_listed_together() {
+    let f = file(
+        r#"
+[engine]
+kind = "redis"
+
+[[connectors.postgres]]
+name = "app"
+url = "mysql://nope"
+schema = "bad-schema"
+
+[[connectors.postgres]]
+name = "app"
+url = "postgres://u@h/db"
+mode = "trigger"
+channel = "{table"
+
+[[connectors.redis]]
+name = "workers"
+url = "redis://127.0.0.1:6379"
+
+[[connectors.redis]]
+name = "jobs"
+url = "redis://127.0.0.1:6379"
+stream = "herald:ingest"
+
+[[connectors.twitch]]
+name = "kai"
+client_id = "cid"
+client_secret = "s"
+broadcaster_id = "kai"
+broadcaster_login = "kai"
+access_token = "a"
+refresh_token = ""
+events = ["channel.follow", "channel.poll"]
+keepalive_timeout = "5s"
+helix_url = "ftp://x"
+"#,
+    );
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "connectors.postgres[0].url is not a Postgres URL",
+        "connectors.postgres[0].schema must be letters",
+        "connectors.postgres[1].listen must name at least one NOTIFY channel",
+        "connectors.postgres[1].channel: a '{' without its '}'",
+        "connectors.postgres name \"app\" is used twice",
+        "connectors.redis[0] needs patterns, a stream, or both",
+        "connectors.redis[1].stream \"herald:ingest\" is the Redis engine's own worker stream",
+        "connectors.twitch[0].refresh_token must not be empty",
+        "connectors.twitch[0].broadcaster_id must be the numeric user id",
+        "\"channel.poll\" is not one Herald subscribes to",
+        "connectors.twitch[0].keepalive_timeout must be 10s to 600s",
+        "connectors.twitch[0].helix_url must start with http:// or https://",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
