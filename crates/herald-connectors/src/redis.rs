@@ -109,6 +109,33 @@ pub(crate) fn problems(
     }
 }
 
+/// Which side of the connector: the pub/sub patterns or the stream.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    PubSub = 0,
+    Stream = 1,
+}
+
+/// The connector is `connected` once every configured side is.
+struct Sides<'a> {
+    status: &'a ConnectorStatus,
+    wanted: [bool; 2],
+    ready: [std::sync::atomic::AtomicBool; 2],
+}
+
+impl Sides<'_> {
+    fn set(&self, side: Side, ready: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.ready[side as usize].store(ready, Relaxed);
+        let all = (0..2).all(|i| !self.wanted[i] || self.ready[i].load(Relaxed));
+        self.status.set_state(if all {
+            ConnectorState::Connected
+        } else {
+            ConnectorState::Connecting
+        });
+    }
+}
+
 /// Runs the connector until `token` is cancelled: pub/sub and the stream side by side.
 pub(crate) async fn run(
     config: Arc<RedisSourceConfig>,
@@ -117,18 +144,31 @@ pub(crate) async fn run(
     own_prefix: Option<String>,
     token: CancellationToken,
 ) {
+    let sides = Sides {
+        status: &status,
+        wanted: [!config.patterns.is_empty(), !config.stream.is_empty()],
+        ready: Default::default(),
+    };
+    let sides = &sides;
     let subscribed = async {
         if !config.patterns.is_empty() {
-            retrying(&config, &status, &token, "pub/sub", || {
-                patterns(&config, &publisher, &status, own_prefix.as_deref(), &token)
+            retrying(&config, &status, &token, (sides, Side::PubSub), || {
+                patterns(
+                    &config,
+                    &publisher,
+                    &status,
+                    own_prefix.as_deref(),
+                    &token,
+                    sides,
+                )
             })
             .await;
         }
     };
     let streamed = async {
         if !config.stream.is_empty() {
-            retrying(&config, &status, &token, "stream", || {
-                stream(&config, &publisher, &status, &token)
+            retrying(&config, &status, &token, (sides, Side::Stream), || {
+                stream(&config, &publisher, &status, &token, sides)
             })
             .await;
         }
@@ -148,7 +188,7 @@ async fn retrying<F, Fut>(
     config: &RedisSourceConfig,
     status: &ConnectorStatus,
     token: &CancellationToken,
-    what: &str,
+    (sides, side): (&Sides<'_>, Side),
     mut session: F,
 ) where
     F: FnMut() -> Fut,
@@ -156,8 +196,12 @@ async fn retrying<F, Fut>(
 {
     let mut backoff = Backoff::default();
     let mut first = true;
+    let what = match side {
+        Side::PubSub => "pub/sub",
+        Side::Stream => "stream",
+    };
     while !token.is_cancelled() {
-        status.set_state(ConnectorState::Connecting);
+        sides.set(side, false);
         if !first {
             status.reconnected();
         }
@@ -202,6 +246,7 @@ async fn patterns(
     status: &ConnectorStatus,
     own_prefix: Option<&str>,
     token: &CancellationToken,
+    sides: &Sides<'_>,
 ) -> Result<(), Ended> {
     let lost = |why: String| Ended {
         why,
@@ -213,7 +258,7 @@ async fn patterns(
         .psubscribe(config.patterns.clone())
         .await
         .map_err(|e| lost(format!("PSUBSCRIBE: {e}")))?;
-    status.set_state(ConnectorState::Connected);
+    sides.set(Side::PubSub, true);
     tracing::info!(connector = %config.name, patterns = ?config.patterns, "Redis connector subscribed (pub/sub is at most once: messages published while it is disconnected are lost).");
     let ended = loop {
         let message = tokio::select! {
@@ -321,6 +366,7 @@ async fn stream(
     publisher: &Publisher,
     status: &ConnectorStatus,
     token: &CancellationToken,
+    sides: &Sides<'_>,
 ) -> Result<(), Ended> {
     let (client, mut handle) = connect(&config.url).await.map_err(|why| Ended {
         why,
@@ -336,7 +382,7 @@ async fn stream(
             });
         }
     }
-    status.set_state(ConnectorState::Connected);
+    sides.set(Side::Stream, true);
     tracing::info!(connector = %config.name, stream = key, group = %config.group, "Redis connector reading its stream.");
     // The lease makes this node the only reader, so one consumer name serves every node:
     // entries a dead holder read but did not acknowledge are this consumer's backlog.
@@ -349,7 +395,7 @@ async fn stream(
     };
     loop {
         let id = if backlog { "0" } else { ">" };
-        let read = client.xreadgroup_map::<String, String, String, String, _, _, _, _>(
+        let read = client.xreadgroup::<Value, _, _, _, _>(
             &config.group,
             consumer,
             Some(BATCH),
@@ -366,8 +412,16 @@ async fn stream(
                 _ => "the connection closed".to_owned(),
             })),
         };
-        let mut read = read.map_err(|e| failed(format!("XREADGROUP: {e}")))?;
-        let entries = read.remove(key).unwrap_or_default();
+        let read = read.map_err(|e| failed(format!("XREADGROUP: {e}")))?;
+        // A blocking read that timed out answers nil: no entries, not a failure.
+        let entries = if read.is_null() {
+            Vec::new()
+        } else {
+            let mut read: fred::types::streams::XReadResponse<String, String, String, String> =
+                read.into_xread_response()
+                    .map_err(|e| failed(format!("XREADGROUP answer: {e}")))?;
+            read.remove(key).unwrap_or_default()
+        };
         if backlog && entries.is_empty() {
             backlog = false;
             continue;

@@ -553,6 +553,19 @@ stream = "jobs"
         "{rejected}"
     );
     assert_eq!(source.redis_cli(&["XLEN", "jobs"]).trim(), "0");
+    // An idle stream is not a lost connection: blocking reads that time out (1 s each) are
+    // quiet.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let c = &server.stats().await["connectors"][0];
+    assert_eq!(
+        (
+            c["state"].as_str(),
+            c["errors"].as_u64(),
+            c["reconnects"].as_u64()
+        ),
+        (Some("connected"), Some(0), Some(0)),
+        "{c}"
+    );
 }
 
 fn xadd(source: &Backend, channel: &str, seq: u64) {
