@@ -15,6 +15,7 @@
 //! Webhooks, which need no lease, are served by `herald-server`.
 
 mod postgres;
+mod publish;
 mod redis;
 mod run;
 mod twitch;
@@ -68,6 +69,9 @@ pub fn problems(set: &ConnectorSet) -> Vec<String> {
     out
 }
 
+/// One run of a connector, until its token is cancelled.
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Starts every connector on `tracker`; they stop when `token` is cancelled.
 pub fn start(
     set: &ConnectorSet,
@@ -78,53 +82,59 @@ pub fn start(
 ) -> Arc<Connectors> {
     let holder = format!("node-{:016x}", fastrand::u64(..));
     let mut list = Vec::new();
-    for c in &set.postgres {
-        let status = ConnectorStatus::new("postgres", c.name.clone());
+    // Each connector runs under its lease; `work` makes one run of it.
+    let mut spawn = |status: Arc<ConnectorStatus>,
+                     work: Box<dyn FnMut(CancellationToken) -> Work + Send>| {
         list.push(status.clone());
-        let config = Arc::new(c.clone());
-        let publisher = publisher.clone();
         tracker.spawn(run::lead(
             leases.clone(),
             holder.clone(),
-            status.clone(),
+            status,
             token.clone(),
-            move |t| postgres::run(config.clone(), publisher.clone(), status.clone(), t),
+            work,
         ));
+    };
+    for c in &set.postgres {
+        let status = ConnectorStatus::new("postgres", c.name.clone());
+        let (config, publisher, s) = (Arc::new(c.clone()), publisher.clone(), status.clone());
+        spawn(
+            status,
+            Box::new(move |t| {
+                Box::pin(postgres::run(
+                    config.clone(),
+                    publisher.clone(),
+                    s.clone(),
+                    t,
+                ))
+            }),
+        );
     }
     for c in &set.redis {
         let status = ConnectorStatus::new("redis", c.name.clone());
-        list.push(status.clone());
-        let config = Arc::new(c.clone());
-        let publisher = publisher.clone();
+        let (config, publisher, s) = (Arc::new(c.clone()), publisher.clone(), status.clone());
         let prefix = set.engine_prefix.clone();
-        tracker.spawn(run::lead(
-            leases.clone(),
-            holder.clone(),
-            status.clone(),
-            token.clone(),
-            move |t| {
-                redis::run(
+        spawn(
+            status,
+            Box::new(move |t| {
+                Box::pin(redis::run(
                     config.clone(),
                     publisher.clone(),
-                    status.clone(),
+                    s.clone(),
                     prefix.clone(),
                     t,
-                )
-            },
-        ));
+                ))
+            }),
+        );
     }
     for c in &set.twitch {
         let status = ConnectorStatus::new("twitch", c.name.clone());
-        list.push(status.clone());
-        let config = Arc::new(c.clone());
-        let publisher = publisher.clone();
-        tracker.spawn(run::lead(
-            leases.clone(),
-            holder.clone(),
-            status.clone(),
-            token.clone(),
-            move |t| twitch::run(config.clone(), publisher.clone(), status.clone(), t),
-        ));
+        let (config, publisher, s) = (Arc::new(c.clone()), publisher.clone(), status.clone());
+        spawn(
+            status,
+            Box::new(move |t| {
+                Box::pin(twitch::run(config.clone(), publisher.clone(), s.clone(), t))
+            }),
+        );
     }
     Arc::new(Connectors { list })
 }

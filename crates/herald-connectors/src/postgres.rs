@@ -14,11 +14,11 @@
 //!   and event by template. NOTIFY delivers only to sessions listening at commit, so what is
 //!   sent while the connector is disconnected is lost (counted as reconnects).
 
+use crate::publish::{publish_keyed, refusal, Fate};
 use crate::run::{pause, Backoff};
 use futures_util::StreamExt;
 use herald_core::{
-    ConnectorOutcome, ConnectorState, ConnectorStatus, EngineError, PublishError, Published,
-    Publisher, SecretUrl, Source,
+    ConnectorOutcome, ConnectorState, ConnectorStatus, Publisher, SecretUrl, Source,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -279,16 +279,6 @@ struct Row {
     data: String,
 }
 
-/// What became of a row.
-enum Fate {
-    /// Published now or before: delete it.
-    Done,
-    /// Can never be published: move it aside with the reason.
-    Rejected(String),
-    /// The engine cannot take it now: keep it, and the rest of its channel, for later.
-    Retry(String),
-}
-
 async fn outbox(
     config: &PostgresConfig,
     publisher: &Publisher,
@@ -411,7 +401,7 @@ async fn outbox(
             (Vec::new(), Vec::new(), Vec::new(), None);
         for (id, fate) in outcomes.into_iter().flatten() {
             match fate {
-                Fate::Done => done.push(id),
+                Fate::Done { .. } => done.push(id),
                 Fate::Rejected(reason) => {
                     tracing::warn!(connector = %config.name, id, reason, "Moved an outbox row to herald_rejected.");
                     status.count(ConnectorOutcome::Rejected, 1);
@@ -455,46 +445,9 @@ async fn publish_row(
         Ok(d) => d,
         Err(e) => return Fate::Rejected(format!("data is not JSON: {e}")),
     };
-    let prepared = match publisher.prepare(&row.channel, Some(&row.event), data) {
-        Ok(p) => p,
-        Err(e) => return Fate::Rejected(e.to_string()),
-    };
     let key = format!("postgres:{}:{table}:{}", config.name, row.id);
-    let once = match publisher.once(&prepared, &key) {
-        Ok(o) => o,
-        Err(e) => return Fate::Rejected(e.to_string()),
-    };
-    match publisher
-        .publish_once(prepared, Source::Postgres, &once)
-        .await
-    {
-        Ok(Published::New(_)) => {
-            status.count(ConnectorOutcome::Published, 1);
-            Fate::Done
-        }
-        Ok(Published::Repeat { .. }) => {
-            status.count(ConnectorOutcome::Duplicate, 1);
-            Fate::Done
-        }
-        Err(e) => match refusal(e) {
-            Ok(reason) => Fate::Rejected(reason),
-            Err(e) => Fate::Retry(e),
-        },
-    }
-}
-
-/// Whether a refused publish can never succeed (`Ok(reason)`) or may later (`Err`).
-pub(crate) fn refusal(e: PublishError) -> Result<String, String> {
-    match e {
-        PublishError::ShuttingDown
-        | PublishError::Engine(
-            EngineError::Unavailable(_)
-            | EngineError::Storage(_)
-            | EngineError::Start { .. }
-            | EngineError::Config(_),
-        ) => Err(e.to_string()),
-        other => Ok(other.to_string()),
-    }
+    let event = (row.channel.as_str(), Some(row.event.as_str()), data);
+    publish_keyed(publisher, status, Source::Postgres, event, &key).await
 }
 
 async fn trigger(

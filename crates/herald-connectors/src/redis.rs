@@ -12,11 +12,12 @@
 //!   again by the next holder of the lease and published nothing the second time. An entry
 //!   that can never be published moves to `STREAM:rejected` with the reason.
 
+use crate::publish::{publish_keyed, Fate};
 use crate::run::{pause, Backoff};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, StreamsInterface};
 use fred::prelude::{Builder, Client, Config as FredConfig, Value};
 use herald_core::{
-    ConnectorOutcome, ConnectorState, ConnectorStatus, Published, Publisher, SecretUrl, Source,
+    ConnectorOutcome, ConnectorState, ConnectorStatus, Publisher, SecretUrl, Source,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -340,7 +341,7 @@ async fn publish_message(
         };
         match publisher.publish(prepared, Source::RedisConnector).await {
             Ok(_) => return status.count(ConnectorOutcome::Published, 1),
-            Err(e) => match crate::postgres::refusal(e) {
+            Err(e) => match crate::publish::refusal(e) {
                 Ok(reason) => return reject(config, status, reason),
                 Err(e) => {
                     status.error(&e);
@@ -352,13 +353,6 @@ async fn publish_message(
             },
         }
     }
-}
-
-/// What became of a stream entry.
-enum Fate {
-    Done,
-    Rejected(String),
-    Retry(String),
 }
 
 async fn stream(
@@ -430,7 +424,7 @@ async fn stream(
         let mut retry = None;
         for (id, fields) in &entries {
             match publish_entry(config, publisher, status, id, fields).await {
-                Fate::Done => {}
+                Fate::Done { .. } => {}
                 Fate::Rejected(reason) => {
                     status.count(ConnectorOutcome::Rejected, 1);
                     tracing::warn!(connector = %config.name, id, reason, "Moved a stream entry to its rejected stream.");
@@ -505,34 +499,15 @@ async fn publish_entry(
         Ok(d) => d,
         Err(e) => return Fate::Rejected(format!("data is not JSON: {e}")),
     };
-    let prepared = match publisher.prepare(channel, fields.get("event").map(String::as_str), data) {
-        Ok(p) => p,
-        Err(e) => return Fate::Rejected(e.to_string()),
-    };
     let key = format!(
         "redis:{}:{}",
         config.name,
         fields.get("id").map_or(id, String::as_str)
     );
-    let once = match publisher.once(&prepared, &key) {
-        Ok(o) => o,
-        Err(e) => return Fate::Rejected(e.to_string()),
-    };
-    match publisher
-        .publish_once(prepared, Source::RedisConnector, &once)
-        .await
-    {
-        Ok(Published::New(_)) => {
-            status.count(ConnectorOutcome::Published, 1);
-            Fate::Done
-        }
-        Ok(Published::Repeat { .. }) => {
-            status.count(ConnectorOutcome::Duplicate, 1);
-            Fate::Done
-        }
-        Err(e) => match crate::postgres::refusal(e) {
-            Ok(reason) => Fate::Rejected(reason),
-            Err(e) => Fate::Retry(e),
-        },
-    }
+    let event = (
+        channel.as_str(),
+        fields.get("event").map(String::as_str),
+        data,
+    );
+    publish_keyed(publisher, status, Source::RedisConnector, event, &key).await
 }

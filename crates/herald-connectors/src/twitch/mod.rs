@@ -19,10 +19,9 @@
 mod eventsub;
 mod helix;
 
+use crate::publish::{publish_keyed, Fate};
 use crate::run::{pause, Backoff};
-use herald_core::{
-    ConnectorOutcome, ConnectorState, ConnectorStatus, Published, Publisher, Secret, Source,
-};
+use herald_core::{ConnectorOutcome, ConnectorState, ConnectorStatus, Publisher, Secret, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -192,39 +191,16 @@ impl Account {
         event: &Value,
     ) -> Result<bool, String> {
         let data = serde_json::value::to_raw_value(event).map_err(|e| e.to_string())?;
-        let prepared = match self.publisher.prepare(&self.channel, Some(kind), data) {
-            Ok(p) => p,
-            Err(e) => {
+        let key = format!("twitch:{message_id}");
+        let event = (self.channel.as_str(), Some(kind), data);
+        match publish_keyed(&self.publisher, &self.status, Source::Twitch, event, &key).await {
+            Fate::Done { new } => Ok(new),
+            Fate::Rejected(reason) => {
                 self.status.count(ConnectorOutcome::Rejected, 1);
-                tracing::warn!(connector = %self.config.name, kind, error = %e, "Refused a Twitch notification.");
-                return Ok(false);
-            }
-        };
-        let once = self
-            .publisher
-            .once(&prepared, &format!("twitch:{message_id}"))
-            .map_err(|e| e.to_string())?;
-        match self
-            .publisher
-            .publish_once(prepared, Source::Twitch, &once)
-            .await
-        {
-            Ok(Published::New(_)) => {
-                self.status.count(ConnectorOutcome::Published, 1);
-                Ok(true)
-            }
-            Ok(Published::Repeat { .. }) => {
-                self.status.count(ConnectorOutcome::Duplicate, 1);
+                tracing::warn!(connector = %self.config.name, kind, reason, "Refused a Twitch notification.");
                 Ok(false)
             }
-            Err(e) => match crate::postgres::refusal(e) {
-                Ok(reason) => {
-                    self.status.count(ConnectorOutcome::Rejected, 1);
-                    tracing::warn!(connector = %self.config.name, kind, reason, "Refused a Twitch notification.");
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            },
+            Fate::Retry(e) => Err(e),
         }
     }
 
