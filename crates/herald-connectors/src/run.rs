@@ -138,7 +138,10 @@ mod tests {
         for _ in 0..30 {
             ceiling = (ceiling * 2).min(BACKOFF_CAP);
             let d = b.next();
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} outside {ceiling:?}");
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside {ceiling:?}"
+            );
         }
         b.reset();
         assert!(b.next() <= BACKOFF_FIRST);

@@ -277,3 +277,178 @@ helix_url = "ftp://x"
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn more_connector_problems_are_listed_together() {
+    let f = file(
+        r#"
+[engine]
+kind = "redis"
+prefix = "app"
+
+[[connectors.postgres]]
+name = "outbox"
+url = "postgres://u@h/db"
+schema = "1st"
+batch = 0
+poll_interval = "1ms"
+listen = ["realtime_events"]
+
+[[connectors.postgres]]
+name = "social"
+url = "postgres://u@h/db"
+mode = "trigger"
+listen = ["bad-name"]
+channel = "{table}:{data.room_id}"
+event = "}"
+
+[[connectors.redis]]
+name = "workers"
+url = "127.0.0.1:6379"
+patterns = [""]
+channel = "{channel"
+event = ""
+
+[[connectors.redis]]
+name = "workers"
+url = "redis://127.0.0.1:6379"
+stream = "app:ingest"
+group = ""
+
+[[connectors.redis]]
+name = "bad name"
+url = "redis://127.0.0.1:6379"
+patterns = ["x:*"]
+"#,
+    );
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "connectors.postgres[0].schema must be letters",
+        "connectors.postgres[0].batch must be 1 to 10000",
+        "connectors.postgres[0].poll_interval must be at least 10ms",
+        "connectors.postgres[0]: listen, channel and data belong to mode = \"trigger\"",
+        "connectors.postgres[1].listen \"bad-name\" must be letters, digits and '_'",
+        "connectors.postgres[1].event: a '}' without its '{'",
+        "connectors.redis[0].url is not a Redis URL",
+        "connectors.redis[0].patterns must not hold an empty pattern",
+        "connectors.redis[0].channel: a '{' without its '}'",
+        "connectors.redis[0].event: must not be empty",
+        "connectors.redis[1].group must not be empty",
+        "connectors.redis[1].stream \"app:ingest\" is the Redis engine's own worker stream",
+        "connectors.redis name \"workers\" is used twice",
+        "connectors.redis name \"bad name\" must be letters, digits, '-' or '_'",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(text.matches("\n  - ").count(), 14, "{text}");
+}
+
+#[test]
+fn a_connector_name_is_unique_per_kind_and_the_ingest_stream_only_beside_the_redis_engine() {
+    let connectors = r#"
+[[connectors.postgres]]
+name = "app"
+url = "postgres://u@h/db"
+
+[[connectors.redis]]
+name = "app"
+url = "redis://127.0.0.1:6379"
+stream = "herald:ingest"
+"#;
+    // On the memory engine `herald:ingest` is a stream like any other, and the same name
+    // under two kinds names two connectors.
+    let f = file(connectors);
+    let c = load(Some(&f.0), &Overrides::default()).unwrap_or_else(|p| panic!("{p}"));
+    let set = c.connectors.pulled(&c.engine);
+    assert_eq!((set.postgres.len(), set.redis.len()), (1, 1));
+    assert_eq!(set.engine_prefix, None);
+    // Beside a Redis engine with another prefix too; with the default prefix it is refused.
+    let f = file(&format!(
+        "[engine]\nkind = \"redis\"\nprefix = \"app\"\n{connectors}"
+    ));
+    let c = load(Some(&f.0), &Overrides::default()).unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(
+        c.connectors.pulled(&c.engine).engine_prefix.as_deref(),
+        Some("app")
+    );
+    let f = file(&format!("[engine]\nkind = \"redis\"\n{connectors}"));
+    let text = load(Some(&f.0), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("connectors.redis[0].stream \"herald:ingest\" is the Redis engine's own"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\n  - ").count(), 1, "{text}");
+}
+
+#[test]
+fn the_example_connector_blocks_load_once_uncommented() {
+    /// What a user does to add sources of `kinds`: delete their `KIND = []` lines under
+    /// [connectors] and uncomment their blocks, leaving the rest of the section as it is.
+    fn uncomment(section: &str, kinds: &[&str]) -> String {
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in section.lines() {
+            if kinds.iter().any(|k| line == format!("{k} = []")) {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# [[connectors.") {
+                in_block = kinds.iter().any(|k| rest == format!("{k}]]"));
+            } else if !line.starts_with("# ") {
+                in_block = false;
+            }
+            out.push_str(match line.strip_prefix("# ") {
+                Some(l) if in_block => l,
+                _ => line,
+            });
+            out.push('\n');
+        }
+        out
+    }
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../herald.example.toml"
+    ));
+    let example = std::fs::read_to_string(path).unwrap();
+    let (head, rest) = example.split_at(example.find("\n[connectors]\n").unwrap() + 1);
+    let (section, tail) = rest.split_at(rest.find("\n[log]\n").unwrap() + 1);
+    let all = ["webhook", "postgres", "redis", "twitch"];
+    let load_with = |kinds: &[&str]| {
+        let f = file(&format!("{head}{}{tail}", uncomment(section, kinds)));
+        load(Some(&f.0), &Overrides::default())
+            .unwrap_or_else(|p| panic!("uncommenting {kinds:?}: {p}"))
+            .connectors
+    };
+    for kind in all {
+        load_with(&[kind]);
+    }
+    let k = load_with(&all);
+    assert_eq!(
+        (
+            k.webhook.len(),
+            k.postgres.len(),
+            k.redis.len(),
+            k.twitch.len()
+        ),
+        (1, 2, 1, 1)
+    );
+    // The outbox block shows every key at its default.
+    let outbox = &k.postgres[0];
+    let defaults: herald_connectors::PostgresConfig = toml::from_str(&format!(
+        "name = {:?}\nurl = {:?}",
+        outbox.name, &*outbox.url
+    ))
+    .unwrap();
+    assert_eq!(outbox, &defaults);
+    assert_eq!(k.postgres[1].mode, herald_connectors::PostgresMode::Trigger);
+    let redis = &k.redis[0];
+    let defaults: herald_connectors::RedisSourceConfig =
+        toml::from_str(&format!("name = {:?}\nurl = {:?}", redis.name, &*redis.url)).unwrap();
+    assert_eq!(
+        (&redis.channel, &redis.event, &redis.group),
+        (&defaults.channel, &defaults.event, &defaults.group)
+    );
+}
