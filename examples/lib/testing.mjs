@@ -3,7 +3,18 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { ROOT } from "./herald.mjs";
+import { sleep } from "../../sdk/js/test/e2e/harness.mjs";
 export { browserOrSkip, launch, sleep, until } from "../../sdk/js/test/e2e/harness.mjs";
+
+/** Whether any process of the group `pgid` is still running. */
+function alive(pgid) {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Runs `npm start` in `examples/NAME` with `env` and resolves with the URLs it prints
@@ -36,6 +47,16 @@ export async function startExample(name, env = {}) {
       try {
         process.kill(-proc.pid, signal);
       } catch {}
+    },
+    /**
+     * Ends it as Ctrl-C would (SIGTERM to every process it started), so it stops what it runs
+     * outside its process group too (a database); whatever is left after `ms` is killed.
+     */
+    async end(ms = 15000) {
+      this.stop("SIGTERM");
+      const deadline = Date.now() + ms;
+      while (Date.now() < deadline && alive(proc.pid)) await sleep(50);
+      this.stop("SIGKILL");
     },
   };
 }

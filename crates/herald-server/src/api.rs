@@ -422,6 +422,7 @@ pub(crate) async fn stats(State(app): State<App>) -> Json<Value> {
     engine["publish_percentiles"] = json!(status.publish_durations.percentiles());
     engine["lag_percentiles"] = json!(status.lag.percentiles());
     Json(json!({
+        "node": &*app.shared.node_id,
         "uptime_seconds": s.uptime_seconds,
         "connections": {
             "ws": s.connections_ws,

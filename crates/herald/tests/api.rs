@@ -181,6 +181,12 @@ async fn history_channels_stats_and_health() {
     assert!(s["memory"]["rss_bytes"].as_u64().unwrap() > 1_000_000);
     assert!(s["uptime_seconds"].is_u64());
     assert!(s["deliveries"].is_u64());
+    let hello = ws.hello.as_ref().expect("the WebSocket's hello was read");
+    assert!(s["node"].as_str().is_some_and(|n| !n.is_empty()));
+    assert_eq!(
+        s["node"], hello["node"],
+        "stats name the node the hello names"
+    );
 
     assert_eq!(server.get("/health/live").await.0, 200);
     let (status, r) = server.get("/health/ready").await;

@@ -219,6 +219,27 @@ async fn herald_behind_nginx_streams_resumes_upgrades_and_limits_forwarded_addre
         );
     }
     drop(resumed);
+    // The Herald client's own path (`url: "/realtime"` reads /realtime/sse), query and all.
+    let resp = within(
+        WAIT,
+        visitor("127.0.0.14")
+            .get(nginx.url("/realtime/sse?channel=news"))
+            .header("origin", nginx.origin())
+            .header("last-event-id", &id)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let mut sdk_path = Sse::from_response(resp);
+    for want in ["two", "three"] {
+        let e = sdk_path.next().await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&e.data).unwrap()["data"],
+            want
+        );
+    }
+    drop(sdk_path);
 
     // WebSocket through the proxy, from a browser page on nginx's origin.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
