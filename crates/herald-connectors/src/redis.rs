@@ -80,9 +80,11 @@ pub(crate) fn problems(
 ) {
     for (i, c) in configs.iter().enumerate() {
         let at = format!("connectors.redis[{i}]");
-        if FredConfig::from_url(&c.url).is_err() {
+        // fred also parses other schemes (http://...) as a Redis address: ask for Redis's own.
+        let scheme_ok = c.url.starts_with("redis://") || c.url.starts_with("rediss://");
+        if !scheme_ok || FredConfig::from_url(&c.url).is_err() {
             out.push(format!(
-                "{at}.url is not a Redis URL (redis://host:port/db)"
+                "{at}.url is not a Redis URL (redis://host:port/db, or rediss:// for TLS)"
             ));
         }
         if c.patterns.is_empty() && c.stream.is_empty() {

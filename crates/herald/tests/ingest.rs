@@ -149,3 +149,63 @@ async fn signed_deliveries_publish_once_and_bad_ones_are_refused_and_counted() {
         metrics.contains(r#"herald_ingest_deliveries_total{source="",outcome="unknown_source"} 1"#)
     );
 }
+
+/// `herald check-config` with a bad source of every kind names every problem in one run and
+/// exits 2, before anything connects anywhere.
+#[tokio::test]
+async fn check_config_reports_every_bad_source_at_once() {
+    let file = common::TempFile::with(
+        r#"
+[[connectors.webhook]]
+name = "donations"
+secret = "short"
+signature_header = "x-signature"
+channel = "donations:{streamer"
+
+[[connectors.postgres]]
+name = "app"
+url = "mysql://app@127.0.0.1/app"
+
+[[connectors.redis]]
+name = "workers"
+url = "http://127.0.0.1:6379"
+
+[[connectors.twitch]]
+name = "tw"
+client_id = ""
+client_secret = "s"
+broadcaster_id = "streamer"
+broadcaster_login = "streamer"
+access_token = "a"
+refresh_token = "r"
+channel = "twitch:streamer"
+events = ["channel.follow", "channel.nonsense"]
+"#,
+    );
+    let out = common::within(
+        common::WAIT,
+        tokio::process::Command::new(common::herald_bin())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&file.0)
+            .env_remove("HERALD_LOG")
+            .output(),
+    )
+    .await
+    .expect("run herald check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty(), "no config printed on failure");
+    for needle in [
+        "connectors.webhook[0].secret must be at least 16 characters",
+        "connectors.webhook[0].channel",
+        "connectors.postgres[0].url is not a Postgres URL",
+        "connectors.redis[0].url is not a Redis URL",
+        "connectors.redis[0] needs patterns, a stream, or both",
+        "connectors.twitch[0].client_id must not be empty",
+        "connectors.twitch[0].broadcaster_id must be the numeric user id",
+        "connectors.twitch[0].events: \"channel.nonsense\"",
+    ] {
+        assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+    }
+}
