@@ -4,12 +4,12 @@
 import { spawn } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { connect as connectTls } from "node:tls";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { api, onExit, serveApp, startHerald } from "../lib/herald.mjs";
+import { api, onExit, serveApp, startHerald, startRedis } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const HERALD_LISTEN = process.env.EXAMPLE_HERALD_LISTEN || "127.0.0.1:7700";
@@ -33,7 +33,7 @@ process.on("uncaughtException", (e) => {
 
 let redisUrl = process.env.REDIS_URL;
 if (!redisUrl) {
-  const redis = await startRedis();
+  const redis = await startRedis({ dir: work });
   stops.push(redis.stop);
   redisUrl = redis.url;
 }
@@ -179,38 +179,7 @@ console.log(`Example ready: ${app.url}`);
 // ---- helpers ----
 
 /** A redis-server of our own on a free loopback port, keeping nothing on disk. */
-async function startRedis() {
-  const port = await freePort();
-  const proc = spawn(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
-  await new Promise((ok, fail) => {
-    let out = "";
-    proc.on("error", (e) =>
-      fail(new Error(`cannot start redis-server (${e.message}): install Redis, or set REDIS_URL to a Redis you have`)),
-    );
-    proc.on("exit", (code) => fail(new Error(`redis-server exited with ${code}: ${out}`)));
-    proc.stdout.on("data", (d) => {
-      out += d;
-      if (/Ready to accept connections/.test(out)) ok();
-    });
-  });
-  proc.stdout.resume();
-  return { url: `redis://127.0.0.1:${port}`, stop: () => proc.kill() };
-}
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
 
 /**
  * Waits until Herald's Redis connector is connected and holds its pattern subscription:

@@ -4,6 +4,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createTcpServer } from "node:net";
 import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -120,4 +121,54 @@ export function onExit(...stops) {
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
+}
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createTcpServer();
+    s.on("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+/**
+ * A Redis of the example's own on a free port, keeping nothing on disk (`dir` is its working
+ * directory). `detached` gives it a process group of its own, so Ctrl-C reaches only the
+ * example, which can stop Redis after what uses it. Resolves once it accepts connections.
+ */
+export async function startRedis({ dir, detached = false }) {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
+    stdio: ["ignore", "pipe", "inherit"],
+    detached,
+  });
+  await new Promise((ok, fail) => {
+    let out = "";
+    proc.on("error", (e) => fail(new Error(`cannot start redis-server (${e.message}): install Redis, or set REDIS_URL to a Redis you have`)));
+    proc.on("exit", (code) => fail(new Error(`redis-server exited with ${code}: ${out}`)));
+    proc.stdout.on("data", (d) => {
+      out += d;
+      if (/Ready to accept connections/.test(out)) ok();
+    });
+  });
+  proc.stdout.resume();
+  return { url: `redis://127.0.0.1:${port}`, proc, stop: () => proc.kill() };
+}
+
+/**
+ * The example's `herald.toml` as text, and `setting(pattern, what)`: the first group of
+ * `pattern` in it, or an error naming `what` is missing (the app shares keys and secrets with it).
+ */
+export function heraldToml(dir) {
+  const source = readFileSync(join(dir, "herald.toml"), "utf8");
+  const setting = (pattern, what) => {
+    const m = pattern.exec(source);
+    if (!m) throw new Error(`herald.toml has no ${what}`);
+    return m[1];
+  };
+  return { source, setting };
 }

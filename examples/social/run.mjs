@@ -6,12 +6,11 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { serveApp, startHerald } from "../lib/herald.mjs";
+import { freePort, heraldToml, serveApp, startHerald, startRedis } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PORT = Number(process.env.EXAMPLE_PORT ?? 8080);
@@ -47,12 +46,7 @@ process.on("uncaughtException", (e) => {
   shutdown(1);
 });
 
-const source = readFileSync(join(here, "herald.toml"), "utf8");
-const setting = (pattern, what) => {
-  const m = pattern.exec(source);
-  if (!m) throw new Error(`herald.toml has no ${what}`);
-  return m[1];
-};
+const { source, setting } = heraldToml(here);
 const apiKey = setting(/^key = "([^"]+)"$/m, '`key = "..."` in [[auth.api_keys]]');
 const tokenSecret = setting(/^hmac_secrets = \["([^"]+)"/m, "auth.token.hmac_secrets entry");
 const connectorName = setting(/^\[\[connectors\.postgres\]\]\s*\nname = "([^"]+)"$/m, "[[connectors.postgres]] with a name");
@@ -61,8 +55,8 @@ const connectorName = setting(/^\[\[connectors\.postgres\]\]\s*\nname = "([^"]+)
 
 let redisUrl = process.env.REDIS_URL;
 if (!redisUrl) {
-  const redis = await startRedis();
-  stops.push(redis.stop);
+  const redis = await startRedis({ dir: work, detached: true });
+  stops.push(() => ended(redis.proc));
   redisUrl = redis.url;
 }
 let databaseUrl = process.env.DATABASE_URL;
@@ -197,25 +191,6 @@ async function outboxReady() {
   }
 }
 
-async function startRedis() {
-  const port = await freePort();
-  // A process group of its own, so Ctrl-C reaches this script only, which stops Redis last.
-  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work], {
-    stdio: ["ignore", "pipe", "inherit"],
-    detached: true,
-  });
-  await new Promise((ok, fail) => {
-    let out = "";
-    proc.on("error", (e) => fail(new Error(`cannot start redis-server (${e.message}): install Redis, or set REDIS_URL to a Redis you have`)));
-    proc.on("exit", (code) => fail(new Error(`redis-server exited with ${code}: ${out}`)));
-    proc.stdout.on("data", (d) => {
-      out += d;
-      if (/Ready to accept connections/.test(out)) ok();
-    });
-  });
-  proc.stdout.resume();
-  return { url: `redis://127.0.0.1:${port}`, stop: () => ended(proc) };
-}
 
 /**
  * A Postgres of the example's own: initdb into the run's directory and pg_ctl on a free port,
@@ -332,13 +307,3 @@ function ended(proc, ms = 10000) {
   });
 }
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}

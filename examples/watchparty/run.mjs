@@ -7,7 +7,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, extname, join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SDK_BUNDLE, onExit, startHerald } from "../lib/herald.mjs";
+import { SDK_BUNDLE, heraldToml, onExit, startHerald } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PUBLIC = join(here, "public");
@@ -37,12 +37,7 @@ process.on("uncaughtException", (e) => {
 
 // ---- the configuration: what the app shares with Herald ----
 
-const source = readFileSync(join(here, "herald.toml"), "utf8");
-const setting = (pattern, what) => {
-  const m = pattern.exec(source);
-  if (!m) throw new Error(`herald.toml has no ${what}`);
-  return m[1];
-};
+const { source, setting } = heraldToml(here);
 const apiKey = setting(/^key = "([^"]+)"$/m, '`key = "..."` in [[auth.api_keys]]');
 const tokenSecret = setting(/^hmac_secrets = \["([^"]+)"/m, "auth.token.hmac_secrets entry");
 const proxySecret = setting(/^\[proxy\]$[^[]*?^secret = "([^"]+)"$/ms, '`secret = "..."` in [proxy]');
