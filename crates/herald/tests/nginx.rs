@@ -138,8 +138,19 @@ async fn events(
     claimed: Option<&str>,
     last_id: Option<&str>,
 ) -> reqwest::Response {
+    events_at(nginx, "/realtime/events", visitor_ip, claimed, last_id).await
+}
+
+/// The same request at `path` (`/realtime/events`, or the Herald client's `/realtime/sse`).
+async fn events_at(
+    nginx: &Nginx,
+    path: &str,
+    visitor_ip: &str,
+    claimed: Option<&str>,
+    last_id: Option<&str>,
+) -> reqwest::Response {
     let mut req = visitor(visitor_ip)
-        .get(nginx.url("/realtime/events?channel=news"))
+        .get(nginx.url(&format!("{path}?channel=news")))
         .header("accept", "text/event-stream")
         .header("origin", nginx.origin());
     if let Some(c) = claimed {
@@ -210,36 +221,24 @@ async fn herald_behind_nginx_streams_resumes_upgrades_and_limits_forwarded_addre
     // Resume through the proxy: exactly what was missed.
     server.publish("news", None, json!("two")).await;
     server.publish("news", None, json!("three")).await;
-    let mut resumed = stream(&nginx, "127.0.0.12", None, Some(&id)).await;
-    for want in ["two", "three"] {
-        let e = resumed.next().await.unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(&e.data).unwrap()["data"],
-            want
-        );
+    // At the seed's path, and at the Herald client's own (`url: "/realtime"` reads
+    // /realtime/sse), query and all.
+    for (path, visitor_ip) in [
+        ("/realtime/events", "127.0.0.12"),
+        ("/realtime/sse", "127.0.0.14"),
+    ] {
+        let resp = events_at(&nginx, path, visitor_ip, None, Some(&id)).await;
+        assert_eq!(resp.status(), 200, "{path}: {:?}", resp.text().await);
+        let mut resumed = Sse::from_response(resp);
+        for want in ["two", "three"] {
+            let e = resumed.next().await.unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&e.data).unwrap()["data"],
+                want,
+                "{path}"
+            );
+        }
     }
-    drop(resumed);
-    // The Herald client's own path (`url: "/realtime"` reads /realtime/sse), query and all.
-    let resp = within(
-        WAIT,
-        visitor("127.0.0.14")
-            .get(nginx.url("/realtime/sse?channel=news"))
-            .header("origin", nginx.origin())
-            .header("last-event-id", &id)
-            .send(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    let mut sdk_path = Sse::from_response(resp);
-    for want in ["two", "three"] {
-        let e = sdk_path.next().await.unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(&e.data).unwrap()["data"],
-            want
-        );
-    }
-    drop(sdk_path);
 
     // WebSocket through the proxy, from a browser page on nginx's origin.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
