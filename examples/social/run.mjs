@@ -136,16 +136,16 @@ const app = await serveApp({
       const { rows } = await db.query("INSERT INTO posts (author, body) VALUES ($1, $2) RETURNING id, author, body, created_at", [user, text]);
       return [201, { post: rows[0] }];
     },
-    // Each node's id (as a connection's hello names it), connections and connector role.
+    // Each node's process, id (as a connection's hello names it), connections and connector role.
     "GET /api/nodes": async () => {
       const out = await Promise.all(
         nodes.map(async (node, i) => {
           try {
             const s = await stats(node);
             const connector = s.connectors.find((c) => c.name === connectorName);
-            return { name: `node ${i + 1}`, id: s.node, connections: s.connections.total, outbox_leader: connector?.leader ?? false };
+            return { name: `node ${i + 1}`, pid: node.proc.pid, id: s.node, connections: s.connections.total, outbox_leader: connector?.leader ?? false };
           } catch (e) {
-            return { name: `node ${i + 1}`, id: null, error: e.message };
+            return { name: `node ${i + 1}`, pid: node.proc.pid, id: null, error: `not answering (${e.cause?.code ?? e.message})` };
           }
         }),
       );

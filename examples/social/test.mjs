@@ -1,7 +1,8 @@
 // The scaled social app as its users and its operator see it: alice and bob on different Herald
 // nodes behind nginx each see both online (bob once, with two tabs), a post written through the
 // app and rows changed straight in Postgres reach both pages through the connector, bob leaving
-// reaches alice's node, and Prometheus scrapes both nodes.
+// reaches alice's node, Prometheus scrapes both nodes, and when alice's node is killed her page
+// moves to the other one and gets the post made meanwhile.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import pg from "pg";
@@ -105,9 +106,10 @@ export default async function social(browser, t) {
     await alice.fill('[data-testid="post-form"] input[name="body"]', "hello from alice");
     await alice.click('[data-testid="post-form"] button');
     await allShow("alice's post", ["alice: hello from alice"]);
-
     db = new pg.Client({ connectionString: postgres });
     await db.connect();
+    const [first] = (await db.query("SELECT id FROM posts WHERE author = 'alice'")).rows;
+
     const { rows } = await db.query("INSERT INTO posts (author, body) VALUES ('carol', 'written in psql') RETURNING id");
     await allShow("the row inserted in Postgres", ["carol: written in psql", "alice: hello from alice"]);
     // A transaction that rolls back publishes nothing; the next one does.
@@ -164,6 +166,37 @@ export default async function social(browser, t) {
     assert.deepEqual((await look(alice)).online, ["alice", "bob"], "bob still online with one tab open");
     await bob2.close();
     await until("alice's page shows bob gone", async () => (await look(alice)).online.join() === "alice");
+
+    // ---- alice's node dies: her page moves to the other node through nginx, missing nothing ----
+    const { nodes } = await fetch(`${app}/api/nodes`).then((r) => r.json());
+    const victim = nodes.find((n) => n.id === aliceNode);
+    const survivor = nodes.find((n) => n.id !== aliceNode);
+    t.diagnostic(`killing ${victim.name} (pid ${victim.pid}), which ${victim.outbox_leader ? "reads" : "does not read"} the outbox`);
+    process.kill(victim.pid, "SIGKILL");
+    const [erin] = (await db.query("INSERT INTO posts (author, body) VALUES ('erin', 'while a node was down') RETURNING id")).rows;
+    await until(
+      "alice's page to reconnect to the other node",
+      async () => {
+        const l = await look(alice);
+        return l.state === "connected" && l.node === survivor.id;
+      },
+      30000,
+    );
+    // If the dead node held the outbox's lease, the survivor takes it once it runs out (10 s).
+    await until(
+      "alice's page to show the post made while her node was down",
+      async () => (await look(alice)).posts.join("|") === "erin: while a node was down|alice: hello from alice",
+      30000,
+    );
+    const received = await alice.evaluate(() => window.social.received);
+    assert.deepEqual(
+      received.filter((r) => r.startsWith("post.created:")),
+      [`post.created:${first.id}`, `post.created:${rows[0].id}`, `post.created:${erin.id}`],
+      `alice's page received each post once, through Herald: ${received}`,
+    );
+    const after = (await stats(urlOf[survivor.id])).connectors.find((c) => c.name === "social");
+    assert.equal(after.leader, true, "the survivor reads the outbox");
+    assert.deepEqual((await look(alice)).online, ["alice"], "alice is online on her new node");
 
     assert.deepEqual(errors, [], "no page threw");
   } finally {

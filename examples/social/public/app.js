@@ -124,12 +124,22 @@ async function loadLatest() {
   showPosts();
 }
 
+/** What reached this page through Herald, `EVENT:ID` in order (a post that arrived twice would show here). */
+const received = [];
+window.social.received = received;
+let loaded = false;
+
 const feed = client.subscribe(FEED, {
   onSubscribed: () => {
     subscribed("feed");
-    // Posts from before this page: asked after subscribing, so none falls in between.
-    loadLatest();
+    // Posts from before this page: asked after the first subscribe, so none falls in between.
+    // After a reconnect Herald resumes the feed where this page left it: nothing to ask.
+    if (!loaded) {
+      loaded = true;
+      loadLatest();
+    }
   },
+  onPublication: (pub) => received.push(`${pub.event}:${pub.data?.id}`),
   onReset: () => {
     // Herald no longer holds what this page missed: start again from the database.
     posts.clear();
@@ -173,7 +183,7 @@ async function showNodes() {
     ...nodes.map((n) => {
       const tr = document.createElement("tr");
       tr.dataset.mine = String(n.id === mine);
-      for (const text of [n.name, n.id ?? n.error, n.connections ?? "", n.outbox_leader ? "reads it (holds the lease)" : "standby"]) {
+      for (const text of [n.name, n.pid, n.id ?? n.error, n.connections ?? "", n.outbox_leader ? "reads it" : "standby"]) {
         const td = document.createElement("td");
         td.textContent = String(text);
         tr.append(td);
