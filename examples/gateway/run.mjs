@@ -2,14 +2,14 @@
 // reading job progress from that Redis, and the app's backend, which signs connection tokens,
 // starts the worker, sends alerts and streams AI answers through Herald's HTTP API.
 import { spawn } from "node:child_process";
-import { createHmac, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { connect as connectTls } from "node:tls";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { api, onExit, serveApp, startHerald, startRedis } from "../lib/herald.mjs";
+import { api, onExit, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const HERALD_LISTEN = process.env.EXAMPLE_HERALD_LISTEN || "127.0.0.1:7700";
@@ -57,9 +57,7 @@ await connectorListening(herald.url, redisUrl);
 function connectionToken(user) {
   const now = Math.floor(Date.now() / 1000);
   const claims = { sub: user, iat: now, exp: now + TOKEN_TTL, channels: ["job_progress:*"], info: { name: user } };
-  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
-  return { token: `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`, expires_at: claims.exp };
+  return { token: signToken(secret, claims), expires_at: claims.exp };
 }
 
 /** Every run of the worker, newest last: what it sent, and how it ended. */

@@ -2,6 +2,7 @@
 // example's configuration, and a small app server (static pages plus JSON routes) standing in
 // for the example system's own backend.
 import { spawn, spawnSync } from "node:child_process";
+import { createHmac, timingSafeEqual } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createTcpServer } from "node:net";
@@ -171,4 +172,38 @@ export function heraldToml(dir) {
     return m[1];
   };
   return { source, setting };
+}
+
+/** A connection token (an HS256 JWT) with `claims`, signed with `secret` (auth.token.hmac_secrets). */
+export function signToken(secret, claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
+}
+
+/**
+ * The claims of a connection token signed with `secret` (by the app or by Herald), or null if it
+ * is not HS256, does not verify, names no user, or expired more than `leeway` seconds ago.
+ */
+export function verifyToken(secret, token, leeway = 0) {
+  const [header, payload, signature] = String(token ?? "").split(".");
+  if (!signature) return null;
+  try {
+    if (JSON.parse(Buffer.from(header, "base64url")).alg !== "HS256") return null;
+    const expected = createHmac("sha256", secret).update(`${header}.${payload}`).digest();
+    const given = Buffer.from(signature, "base64url");
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+    const claims = JSON.parse(Buffer.from(payload, "base64url"));
+    if (typeof claims.sub !== "string" || typeof claims.exp !== "number") return null;
+    if (claims.exp + leeway < Date.now() / 1000) return null;
+    return claims;
+  } catch {
+    return null;
+  }
+}
+
+/** The claims of a request's `Authorization: Bearer <token>`, as `verifyToken` checks them. */
+export function bearerClaims(req, secret, leeway = 0) {
+  const m = /^Bearer (\S+)$/i.exec(req.headers.authorization ?? "");
+  return m ? verifyToken(secret, m[1], leeway) : null;
 }

@@ -4,13 +4,12 @@
 // both nodes, and the app's backend, which signs connection tokens and writes posts to Postgres,
 // whose trigger hands each change to Herald through the outbox.
 import { spawn, spawnSync } from "node:child_process";
-import { createHmac, timingSafeEqual } from "node:crypto";
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { freePort, heraldToml, serveApp, startHerald, startRedis } from "../lib/herald.mjs";
+import { bearerClaims, freePort, heraldToml, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PORT = Number(process.env.EXAMPLE_PORT ?? 8080);
@@ -94,24 +93,7 @@ await db.query(readFileSync(join(here, "schema.sql"), "utf8"));
 function connectionToken(user) {
   const now = Math.floor(Date.now() / 1000);
   const claims = { sub: user, iat: now, exp: now + TOKEN_TTL, info: { name: user } };
-  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
-  return { token: `${unsigned}.${createHmac("sha256", tokenSecret).update(unsigned).digest("base64url")}`, expires_at: claims.exp };
-}
-
-/** The user of a request's `Authorization: Bearer <token>`, if the token is ours and current. */
-function requestUser(req) {
-  const [header, payload, signature] = (/^Bearer (\S+)$/i.exec(req.headers.authorization ?? "")?.[1] ?? "").split(".");
-  if (!signature) return null;
-  const expected = createHmac("sha256", tokenSecret).update(`${header}.${payload}`).digest();
-  const given = Buffer.from(signature, "base64url");
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-  try {
-    const claims = JSON.parse(Buffer.from(payload, "base64url"));
-    return typeof claims.sub === "string" && claims.exp > Date.now() / 1000 ? claims.sub : null;
-  } catch {
-    return null;
-  }
+  return { token: signToken(tokenSecret, claims), expires_at: claims.exp };
 }
 
 const app = await serveApp({
@@ -129,7 +111,7 @@ const app = await serveApp({
     },
     // Writes the post; its trigger queues the publication in the same transaction.
     "POST /api/posts": async (body, req) => {
-      const user = requestUser(req);
+      const user = bearerClaims(req, tokenSecret)?.sub;
       if (!user) return [401, { error: "send your connection token as Authorization: Bearer" }];
       const text = typeof body?.body === "string" ? body.body.trim() : "";
       if (!text || text.length > MAX_BODY) return [400, { error: `a post holds 1 to ${MAX_BODY} characters` }];

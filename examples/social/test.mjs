@@ -103,6 +103,18 @@ export default async function social(browser, t) {
         await until(`${name}'s page shows ${what}`, async () => JSON.stringify((await look(page)).posts) === JSON.stringify(want));
       }
     };
+    // The app writes posts only for a user its token names; a forged token is refused too.
+    const { token } = await fetch(`${app}/api/token?user=mallory`).then((r) => r.json());
+    const [head, claims] = token.split(".");
+    const forged = `${head}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(claims, "base64url")), sub: "alice" })).toString("base64url")}.${token.split(".")[2]}`;
+    for (const authorization of [undefined, `Bearer ${forged}`]) {
+      const res = await fetch(`${app}/api/posts`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...(authorization && { authorization }) },
+        body: JSON.stringify({ body: "not mine to post" }),
+      });
+      assert.equal(res.status, 401, `a post with ${authorization ? "a forged token" : "no token"}`);
+    }
     await alice.fill('[data-testid="post-form"] input[name="body"]', "hello from alice");
     await alice.click('[data-testid="post-form"] button');
     await allShow("alice's post", ["alice: hello from alice"]);

@@ -7,7 +7,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, extname, join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SDK_BUNDLE, heraldToml, onExit, startHerald } from "../lib/herald.mjs";
+import { SDK_BUNDLE, bearerClaims, heraldToml, onExit, startHerald } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PUBLIC = join(here, "public");
@@ -81,31 +81,9 @@ function inviteLinks(id) {
 
 // ---- Herald's connection tokens, checked by the app ----
 
-/**
- * The claims of a connection token Herald issued (HS256 with the shared secret), or null if it
- * does not verify or has expired.
- */
-function verifyToken(token) {
-  const [header, payload, signature] = String(token ?? "").split(".");
-  if (!signature) return null;
-  try {
-    if (JSON.parse(Buffer.from(header, "base64url")).alg !== "HS256") return null;
-    const expected = createHmac("sha256", tokenSecret).update(`${header}.${payload}`).digest();
-    const given = Buffer.from(signature, "base64url");
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-    const claims = JSON.parse(Buffer.from(payload, "base64url"));
-    if (typeof claims.sub !== "string" || typeof claims.exp !== "number") return null;
-    if (claims.exp + leeway < Date.now() / 1000) return null;
-    return claims;
-  } catch {
-    return null;
-  }
-}
-
 /** The user of a request's `Authorization: Bearer <Herald token>`, remembered by id. */
 function requestUser(req) {
-  const m = /^Bearer (\S+)$/i.exec(req.headers.authorization ?? "");
-  const claims = m && verifyToken(m[1]);
+  const claims = bearerClaims(req, tokenSecret, leeway);
   if (!claims) return null;
   if (claims.info && typeof claims.info === "object") users.set(claims.sub, claims.info);
   return claims.sub;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{herald_bin, within, Sse, TempFile, TestServer, Ws, WAIT};
+use common::{within, Sse, TempFile, TestServer, Ws, WAIT};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::{Output, Stdio};
@@ -13,20 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-/// A `herald` command whose environment holds no `HERALD_*` variable from the caller, so the
-/// machine running the tests cannot change what is being tested.
-fn herald() -> Command {
-    let mut cmd = Command::new(herald_bin());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HERALD_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HERALD_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
+use common::herald_command as herald;
 
 /// Runs `cmd` to completion (bounded by `WAIT`).
 async fn run(cmd: &mut Command) -> Output {

@@ -184,11 +184,10 @@ events = ["channel.follow", "channel.nonsense"]
     );
     let out = common::within(
         common::WAIT,
-        tokio::process::Command::new(common::herald_bin())
+        common::herald_command()
             .arg("check-config")
             .arg("--config")
             .arg(&file.0)
-            .env_remove("HERALD_LOG")
             .output(),
     )
     .await

@@ -89,10 +89,16 @@ client.subscribe(ONLINE, {
 
 // ---- the feed: the latest posts from the app, then every change as Postgres commits it ----
 
+/** The posts shown, newest kept: a page open for days shows the latest MAX_POSTS. */
+const MAX_POSTS = 200;
 const posts = new Map();
+/** Posts deleted while the first load was on its way, so the load does not bring them back. */
 const deleted = new Set();
 
 function showPosts() {
+  if (posts.size > MAX_POSTS) {
+    for (const id of [...posts.keys()].sort((a, b) => a - b).slice(0, posts.size - MAX_POSTS)) posts.delete(id);
+  }
   $("posts").replaceChildren(
     ...[...posts.values()]
       .sort((a, b) => b.id - a.id)
@@ -121,10 +127,15 @@ function upsert(post) {
 async function loadLatest() {
   const { posts: latest } = await fetch("/api/posts").then((r) => r.json());
   for (const p of latest) upsert({ ...p, id: Number(p.id) });
+  // Ids are never reused: past the load, a deleted post cannot come back.
+  deleted.clear();
   showPosts();
 }
 
-/** What reached this page through Herald, `EVENT:ID` in order (a post that arrived twice would show here). */
+/**
+ * What reached this page through Herald, `EVENT:ID` in order, the latest 1000 (a post that
+ * arrived twice would show here).
+ */
 const received = [];
 window.social.received = received;
 let loaded = false;
@@ -139,7 +150,10 @@ const feed = client.subscribe(FEED, {
       loadLatest();
     }
   },
-  onPublication: (pub) => received.push(`${pub.event}:${pub.data?.id}`),
+  onPublication: (pub) => {
+    received.push(`${pub.event}:${pub.data?.id}`);
+    if (received.length > 1000) received.splice(0, received.length - 1000);
+  },
   onReset: () => {
     // Herald no longer holds what this page missed: start again from the database.
     posts.clear();

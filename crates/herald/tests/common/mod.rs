@@ -34,6 +34,21 @@ pub fn herald_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
 }
 
+/// A `herald` command whose environment holds no `HERALD_*` variable from the caller, so the
+/// machine running the tests cannot change what is being tested.
+pub fn herald_command() -> Command {
+    let mut cmd = Command::new(herald_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("HERALD_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// A temporary file removed on drop.
 pub struct TempFile(pub PathBuf);
 
