@@ -68,28 +68,29 @@ impl Helix {
     /// A token to call with: validated once, refreshed when it is about to expire.
     async fn access(&self) -> Result<String, String> {
         let mut tokens = self.tokens.lock().await;
-        let now = herald_core::now_ms();
-        match tokens.expires_at_ms {
-            None => {
-                let resp = self
-                    .http
-                    .get(format!("{}/validate", self.config.oauth_url))
-                    .header("authorization", format!("OAuth {}", tokens.access_token))
-                    .send()
-                    .await
-                    .map_err(|e| format!("validating the token: {e}"))?;
-                if resp.status() == StatusCode::OK {
-                    let v: Value = resp.json().await.map_err(|e| e.to_string())?;
-                    let secs = v["expires_in"].as_u64().unwrap_or(0);
-                    tokens.expires_at_ms = Some(now + secs * 1000);
-                } else {
-                    self.refresh_locked(&mut tokens).await?;
-                }
-            }
-            Some(at) if at.saturating_sub(REFRESH_AHEAD.as_millis() as u64) <= now => {
+        if tokens.expires_at_ms.is_none() {
+            let resp = self
+                .http
+                .get(format!("{}/validate", self.config.oauth_url))
+                .header("authorization", format!("OAuth {}", tokens.access_token))
+                .send()
+                .await
+                .map_err(|e| format!("validating the token: {e}"))?;
+            if resp.status() != StatusCode::OK {
                 self.refresh_locked(&mut tokens).await?;
+                return Ok(tokens.access_token.clone());
             }
-            Some(_) => {}
+            let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+            let secs = v["expires_in"].as_u64().unwrap_or(0);
+            tokens.expires_at_ms = Some(herald_core::now_ms() + secs * 1000);
+        }
+        // A token about to expire is refreshed before it is handed out, also right after its
+        // first check: handing it out would leave that call racing the next one's refresh.
+        let refresh_at = tokens
+            .expires_at_ms
+            .map_or(0, |at| at.saturating_sub(REFRESH_AHEAD.as_millis() as u64));
+        if refresh_at <= herald_core::now_ms() {
+            self.refresh_locked(&mut tokens).await?;
         }
         Ok(tokens.access_token.clone())
     }
