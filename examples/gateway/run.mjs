@@ -9,7 +9,7 @@ import { connect as connectTls } from "node:tls";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { api, onExit, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
+import { api, exitStack, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const HERALD_LISTEN = process.env.EXAMPLE_HERALD_LISTEN || "127.0.0.1:7700";
@@ -20,14 +20,9 @@ const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const work = mkdtempSync(join(tmpdir(), "herald-gateway-"));
-const stops = [() => rmSync(work, { recursive: true, force: true })];
-const stopAll = () => stops.splice(0).reverse().forEach((s) => s());
-onExit(stopAll);
-process.on("uncaughtException", (e) => {
-  console.error(`gateway: ${e.message}`);
-  stopAll();
-  process.exit(1);
-});
+/** What to stop on the way out, newest first: Redis outlives Herald, which outlives the app. */
+const stops = exitStack("gateway");
+stops.push(() => rmSync(work, { recursive: true, force: true }));
 
 // ---- Redis ----
 

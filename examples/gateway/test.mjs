@@ -3,14 +3,15 @@
 // and Herald refuses bob's attempt to read her alerts; alice's question is answered chunk by
 // chunk, in order, then completed, on her page only.
 import assert from "node:assert/strict";
-import { startExample, until } from "../lib/testing.mjs";
+import { listening, startExample, until } from "../lib/testing.mjs";
 
 export default async function gateway(browser, t) {
   // REDIS_URL empty: the example starts its own Redis, never one the machine shares.
   const example = await startExample("gateway", { EXAMPLE_PORT: "0", EXAMPLE_HERALD_LISTEN: "127.0.0.1:0", REDIS_URL: "" });
   const contexts = [];
+  const { app, herald, redis } = example.urls;
+  let left;
   try {
-    const { app, herald, redis } = example.urls;
     assert.ok(app && herald && redis, `ready lines: ${JSON.stringify(example.urls)}`);
     t.diagnostic(`app ${app}, herald ${herald}, redis ${redis}`);
 
@@ -122,6 +123,9 @@ export default async function gateway(browser, t) {
     assert.equal(bobAnswer.state, "idle");
   } finally {
     for (const c of contexts) await c.close().catch(() => {});
-    example.stop();
+    left = await example.end();
   }
+  // Ctrl-C stopped the Redis it started in a process group of its own, after Herald.
+  assert.equal(await listening(redis), false, `the example's Redis at ${redis} still runs after it stopped`);
+  assert.deepEqual(left, [], "Ctrl-C left temporary files behind");
 }

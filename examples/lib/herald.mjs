@@ -51,7 +51,7 @@ export async function startHerald({ config, listen = "127.0.0.1:0", env = {}, ar
     proc.stdout.on("data", onData);
     proc.on("exit", (code) => fail(new Error(`herald exited with ${code}: ${out}`)));
   });
-  return { url, proc, stop: (signal = "SIGTERM") => proc.kill(signal) };
+  return { url, proc, stop: (signal = "SIGTERM") => ended(proc, signal) };
 }
 
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml" };
@@ -91,7 +91,13 @@ export async function serveApp({ dir, routes = {}, port = 0 }) {
     }
   });
   await new Promise((r) => server.listen(port, "127.0.0.1", r));
-  return { url: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(r));
+    },
+  };
 }
 
 function send(res, status, body) {
@@ -110,18 +116,48 @@ export async function api(herald, path, body, headers = {}) {
   return json;
 }
 
-/** Stops every child on SIGINT/SIGTERM, so the one command leaves nothing running. */
-export function onExit(...stops) {
-  const stop = () => {
-    for (const s of stops) {
+/**
+ * What an example stops on its way out, pushed as it starts things: on SIGINT, SIGTERM or an
+ * uncaught error each is run (and awaited) newest first, so what a process uses outlives it
+ * (Herald stops before its Redis), then the example exits. `name` prefixes the error printed.
+ */
+export function exitStack(name) {
+  const stops = [];
+  let stopping = false;
+  const shutdown = async (code) => {
+    if (stopping) return;
+    stopping = true;
+    for (const stop of stops.splice(0).reverse()) {
       try {
-        s();
-      } catch {}
+        await stop();
+      } catch (e) {
+        console.error(`${name}: while stopping: ${e.message}`);
+      }
     }
-    process.exit(0);
+    process.exit(code);
   };
-  process.on("SIGINT", stop);
-  process.on("SIGTERM", stop);
+  process.on("SIGINT", () => shutdown(0));
+  process.on("SIGTERM", () => shutdown(0));
+  for (const event of ["uncaughtException", "unhandledRejection"]) {
+    process.on(event, (e) => {
+      console.error(`${name}: ${e?.stack ?? e}`);
+      shutdown(1);
+    });
+  }
+  return stops;
+}
+
+/** Ends `proc` with `signal` and resolves once it exited; SIGKILL if it is still there after `ms`. */
+export function ended(proc, signal = "SIGTERM", ms = 10000) {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((done) => {
+    const timer = setTimeout(() => proc.kill("SIGKILL"), ms);
+    proc.once("exit", () => {
+      clearTimeout(timer);
+      done();
+    });
+    proc.kill(signal);
+  });
 }
 
 /** A free TCP port on 127.0.0.1. */
@@ -138,15 +174,17 @@ export function freePort() {
 
 /**
  * A Redis of the example's own on a free port, keeping nothing on disk (`dir` is its working
- * directory). `detached` gives it a process group of its own, so Ctrl-C reaches only the
- * example, which can stop Redis after what uses it. Resolves once it accepts connections.
+ * directory). It has a process group of its own, so Ctrl-C reaches only the example, which
+ * stops Redis after what uses it. Resolves once it accepts connections.
  */
-export async function startRedis({ dir, detached = false }) {
+export async function startRedis({ dir }) {
   const port = await freePort();
   const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
-    stdio: ["ignore", "pipe", "inherit"],
-    detached,
+    // Not inherited: a Redis outliving the example would hold its caller's output open.
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
   });
+  proc.stderr.pipe(process.stderr);
   await new Promise((ok, fail) => {
     let out = "";
     proc.on("error", (e) => fail(new Error(`cannot start redis-server (${e.message}): install Redis, or set REDIS_URL to a Redis you have`)));
@@ -157,7 +195,7 @@ export async function startRedis({ dir, detached = false }) {
     });
   });
   proc.stdout.resume();
-  return { url: `redis://127.0.0.1:${port}`, proc, stop: () => proc.kill() };
+  return { url: `redis://127.0.0.1:${port}`, proc, stop: () => ended(proc) };
 }
 
 /**

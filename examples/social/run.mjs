@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { bearerClaims, freePort, heraldToml, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
+import { bearerClaims, ended, exitStack, freePort, heraldToml, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PORT = Number(process.env.EXAMPLE_PORT ?? 8080);
@@ -24,26 +24,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const work = mkdtempSync(join(tmpdir(), "herald-social-"));
 /** What to stop on the way out, newest first, each awaited: Redis and Postgres outlive the nodes. */
-const stops = [() => rmSync(work, { recursive: true, force: true })];
-let stopping = false;
-async function shutdown(code) {
-  if (stopping) return;
-  stopping = true;
-  for (const stop of stops.splice(0).reverse()) {
-    try {
-      await stop();
-    } catch (e) {
-      console.error(`social: while stopping: ${e.message}`);
-    }
-  }
-  process.exit(code);
-}
-process.on("SIGINT", () => shutdown(0));
-process.on("SIGTERM", () => shutdown(0));
-process.on("uncaughtException", (e) => {
-  console.error(`social: ${e.message}`);
-  shutdown(1);
-});
+const stops = exitStack("social");
+stops.push(() => rmSync(work, { recursive: true, force: true }));
 
 const { source, setting } = heraldToml(here);
 const apiKey = setting(/^key = "([^"]+)"$/m, '`key = "..."` in [[auth.api_keys]]');
@@ -54,8 +36,8 @@ const connectorName = setting(/^\[\[connectors\.postgres\]\]\s*\nname = "([^"]+)
 
 let redisUrl = process.env.REDIS_URL;
 if (!redisUrl) {
-  const redis = await startRedis({ dir: work, detached: true });
-  stops.push(() => ended(redis.proc));
+  const redis = await startRedis({ dir: work });
+  stops.push(redis.stop);
   redisUrl = redis.url;
 }
 let databaseUrl = process.env.DATABASE_URL;
@@ -77,7 +59,7 @@ writeFileSync(configFile, source.replace(urlLine, `url = ${JSON.stringify(databa
 const nodes = [];
 for (const listen of NODE_LISTEN) {
   const node = await startHerald({ config: configFile, listen, args: ["--engine-url", redisUrl] });
-  stops.push(() => ended(node.proc));
+  stops.push(node.stop);
   nodes.push(node);
 }
 const stats = (node) => fetch(`${node.url}/api/stats`, { headers: { authorization: `Bearer ${apiKey}` } }).then((r) => r.json());
@@ -275,17 +257,3 @@ async function startPrometheus() {
   }
   return { url, stop: () => ended(proc) };
 }
-
-/** Sends `proc` SIGTERM and resolves once it exited (killing it after `ms`). */
-function ended(proc, ms = 10000) {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  return new Promise((done) => {
-    const timer = setTimeout(() => proc.kill("SIGKILL"), ms);
-    proc.once("exit", () => {
-      clearTimeout(timer);
-      done();
-    });
-    proc.kill("SIGTERM");
-  });
-}
-

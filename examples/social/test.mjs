@@ -23,6 +23,7 @@ export default async function social(browser, t) {
   });
   const contexts = [];
   let db;
+  let left;
   try {
     const { app, node1, node2, postgres, prometheus } = example.urls;
     assert.ok(app && node1 && node2 && postgres && prometheus, `ready lines: ${JSON.stringify(example.urls)}`);
@@ -214,6 +215,7 @@ export default async function social(browser, t) {
   } finally {
     await db?.end().catch(() => {});
     for (const c of contexts) await c.close().catch(() => {});
-    await example.end();
+    left = await example.end();
   }
+  assert.deepEqual(left, [], "Ctrl-C left temporary files behind");
 }

@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { onExit, serveApp, startHerald } from "../lib/herald.mjs";
+import { exitStack, serveApp, startHerald } from "../lib/herald.mjs";
 import { deliverWithRetries, donation, webhookSecret } from "./platform.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -25,14 +25,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 if (!/^[A-Za-z0-9_-]{1,64}$/.test(STREAMER)) throw new Error("EXAMPLE_STREAMER must be 1 to 64 letters, digits, _ or -");
 
-const stops = [];
-const stopAll = () => stops.splice(0).reverse().forEach((s) => s());
-onExit(stopAll);
-process.on("uncaughtException", (e) => {
-  console.error(`streamer: ${e.stack ?? e.message}`);
-  stopAll();
-  process.exit(1);
-});
+const stops = exitStack("streamer");
 
 // ---- Herald, keeping every channel in a data directory ----
 

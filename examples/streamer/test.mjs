@@ -20,6 +20,7 @@ export default async function (browser, t) {
   // both render as visible pages do.
   const contexts = [];
   const errors = [];
+  let left;
   try {
     ex = await startExample("streamer", { EXAMPLE_PORT: "0", EXAMPLE_HERALD_LISTEN: "127.0.0.1:0", EXAMPLE_DATA_DIR: dataDir });
     const { app, herald } = ex.urls;
@@ -232,7 +233,8 @@ export default async function (browser, t) {
     assert.deepEqual(errors, [], "no page threw");
   } finally {
     for (const context of contexts) await context.close();
-    ex?.stop();
+    left = await ex?.end();
     rmSync(dataDir, { recursive: true, force: true });
   }
+  assert.deepEqual(left, [], "Ctrl-C left temporary files behind");
 }

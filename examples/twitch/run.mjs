@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { onExit, serveApp, startHerald } from "../lib/herald.mjs";
+import { exitStack, serveApp, startHerald } from "../lib/herald.mjs";
 import { startFakeTwitch } from "./fake-twitch.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -15,14 +15,8 @@ const TWITCH_PORT = Number(process.env.EXAMPLE_TWITCH_PORT ?? 0);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const work = mkdtempSync(join(tmpdir(), "herald-twitch-"));
-const stops = [() => rmSync(work, { recursive: true, force: true })];
-const stopAll = () => stops.splice(0).reverse().forEach((s) => s());
-onExit(stopAll);
-process.on("uncaughtException", (e) => {
-  console.error(`twitch example: ${e.message}`);
-  stopAll();
-  process.exit(1);
-});
+const stops = exitStack("twitch example");
+stops.push(() => rmSync(work, { recursive: true, force: true }));
 
 // ---- the configuration: herald.toml with the Twitch it talks to ----
 

@@ -10,6 +10,7 @@ import { sleep, startExample, until } from "../lib/testing.mjs";
 export default async function twitch(browser, t) {
   const example = await startExample("twitch", { EXAMPLE_PORT: "0", EXAMPLE_HERALD_LISTEN: "127.0.0.1:0" });
   const contexts = [];
+  let left;
   try {
     const { app, herald, twitch } = example.urls;
     assert.ok(app && herald && twitch, `ready lines: ${JSON.stringify(example.urls)}`);
@@ -162,6 +163,7 @@ export default async function twitch(browser, t) {
     assert.equal((await shown(alerts)).length, expected.length + 2, "going offline is no alert");
   } finally {
     for (const c of contexts) await c.close().catch(() => {});
-    example.stop();
+    left = await example.end();
   }
+  assert.deepEqual(left, [], "Ctrl-C left temporary files behind");
 }

@@ -7,7 +7,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, extname, join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SDK_BUNDLE, bearerClaims, heraldToml, onExit, startHerald } from "../lib/herald.mjs";
+import { SDK_BUNDLE, bearerClaims, exitStack, heraldToml, startHerald } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PUBLIC = join(here, "public");
@@ -26,14 +26,8 @@ const MAX_HISTORY = 200;
 const PROXY_TOLERANCE_S = 60;
 
 const work = mkdtempSync(join(tmpdir(), "herald-watchparty-"));
-const stops = [() => rmSync(work, { recursive: true, force: true })];
-const stopAll = () => stops.splice(0).reverse().forEach((s) => s());
-onExit(stopAll);
-process.on("uncaughtException", (e) => {
-  console.error(`watchparty: ${e.stack ?? e.message}`);
-  stopAll();
-  process.exit(1);
-});
+const stops = exitStack("watchparty");
+stops.push(() => rmSync(work, { recursive: true, force: true }));
 
 // ---- the configuration: what the app shares with Herald ----
 

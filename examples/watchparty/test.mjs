@@ -68,6 +68,7 @@ const look = (page) =>
 export default async function watchparty(browser, t) {
   const example = await startExample("watchparty", { EXAMPLE_PORT: "0", EXAMPLE_HERALD_LISTEN: "127.0.0.1:0" });
   const contexts = new Map();
+  let left;
   try {
     const { app, herald } = example.urls;
     assert.ok(app && herald, `ready lines: ${JSON.stringify(example.urls)}`);
@@ -261,6 +262,7 @@ export default async function watchparty(browser, t) {
     assert.equal(unsigned.status, 401, "the proxy endpoint answers only Herald");
   } finally {
     for (const c of contexts.values()) await c.close().catch(() => {});
-    example.stop();
+    left = await example.end();
   }
+  assert.deepEqual(left, [], "Ctrl-C left temporary files behind");
 }

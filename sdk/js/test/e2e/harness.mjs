@@ -1,7 +1,7 @@
 // What the end-to-end tests stand on: a real Herald (the debug build cargo made), a TCP proxy
 // the test can cut, a page server, a publisher, and Debian's Chromium through playwright-core.
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer as createHttp } from "node:http";
 import { createServer as createTcp, connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -49,6 +49,7 @@ export async function startHerald(config = "") {
       HERALD_LOG: process.env.HERALD_TEST_LOG ?? "warn",
     },
   });
+  proc.on("exit", () => rmSync(dir, { recursive: true, force: true }));
   const url = await new Promise((ok, fail) => {
     let out = "";
     proc.stdout.on("data", (d) => {
