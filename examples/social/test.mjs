@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import pg from "pg";
-import { startExample, until } from "../lib/testing.mjs";
+import { listening, startExample, until } from "../lib/testing.mjs";
 
 /** How many times a page is reopened to land on the other node (nginx round robin). */
 const TRIES = 6;
@@ -218,4 +218,8 @@ export default async function social(browser, t) {
     left = await example.end();
   }
   assert.deepEqual(left, [], "Ctrl-C left temporary files behind");
+  // Redis and Postgres run outside the example's process group: it stopped them itself.
+  for (const service of ["redis", "postgres", "prometheus", "app"]) {
+    assert.equal(await listening(example.urls[service]), false, `the example's ${service} at ${example.urls[service]} still runs after it stopped`);
+  }
 }
