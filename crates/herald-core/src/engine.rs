@@ -81,6 +81,10 @@ pub struct Retention {
 /// `channels.max_latest_state_channels` reports.
 pub const LATEST_STATE_BOUND: &str = "channels.max_latest_state_channels";
 
+/// The bound a state-store write that would add a key beyond `engine.max_state_keys` reports
+/// (an idempotency key among them).
+pub const STATE_KEYS_BOUND: &str = "engine.max_state_keys";
+
 impl Retention {
     /// History only: `size` publications for `ttl`, no latest state.
     pub const fn history(size: usize, ttl: Duration) -> Self {

@@ -39,7 +39,7 @@ pub use counts::{AtLimit, CountGuard, CountLimiter, UserGuard, UserLimiter};
 pub use engine::{
     resume_reset, Broker, EngineError, EngineStatus, HistoryPage, HistoryQuery, HistoryStore,
     LatencySummary, Leases, Once, OnceRecord, PresenceStore, Published, ResetReason, Retention,
-    StateStore, LATEST_STATE_BOUND, LEASE_TTL,
+    StateStore, LATEST_STATE_BOUND, LEASE_TTL, STATE_KEYS_BOUND,
 };
 pub use histogram::{Histogram, HistogramSnapshot, Percentiles, BUCKETS_US};
 pub use hub::{ConnectionInfo, Hub};

@@ -5,7 +5,7 @@
 use crate::Source;
 use crate::{
     Broker, ChannelError, ChannelName, ChannelsConfig, EngineError, EventName, Once, Publication,
-    Published, Retention, Stats, LATEST_STATE_BOUND,
+    Published, Retention, Stats, LATEST_STATE_BOUND, STATE_KEYS_BOUND,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -243,11 +243,15 @@ impl Publisher {
 
     /// Counts an engine refusal that has a counter of its own.
     fn count_refusal(&self, e: &EngineError) {
-        if matches!(e, EngineError::LimitReached(LATEST_STATE_BOUND)) {
-            self.stats
-                .refused
-                .latest_state_channels
-                .fetch_add(1, Relaxed);
+        let refused = &self.stats.refused;
+        match e {
+            EngineError::LimitReached(LATEST_STATE_BOUND) => {
+                refused.latest_state_channels.fetch_add(1, Relaxed);
+            }
+            EngineError::LimitReached(STATE_KEYS_BOUND) => {
+                refused.state_keys.fetch_add(1, Relaxed);
+            }
+            _ => {}
         }
     }
 

@@ -406,5 +406,8 @@ counters! {
         /// Publications refused because one more channel would keep latest state beyond
         /// `channels.max_latest_state_channels`.
         latest_state_channels,
+        /// Publications with a new idempotency key refused because the embedded engine's
+        /// state store held `engine.max_state_keys`.
+        state_keys,
     }
 }

@@ -113,7 +113,7 @@ impl MemoryEngine {
             if let Some(k) = &key {
                 let map = lock(&self.state);
                 if !map.contains_key(k) && map.len() >= self.config.max_state_keys {
-                    return Err(EngineError::LimitReached("engine.max_state_keys"));
+                    return Err(EngineError::LimitReached(crate::STATE_KEYS_BOUND));
                 }
             }
             let now = Instant::now();

@@ -4,7 +4,7 @@
 use super::engine::{MemoryEngine, STOPPED};
 use super::journal::{Entry, StateValue};
 use super::writer::{lock, Op, Then};
-use crate::{EngineError, StateStore};
+use crate::{EngineError, StateStore, STATE_KEYS_BOUND};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ impl StateStore for MemoryEngine {
         {
             let map = lock(&self.state);
             if !map.contains_key(&key) && map.len() >= self.config.max_state_keys {
-                return Err(EngineError::LimitReached("engine.max_state_keys"));
+                return Err(EngineError::LimitReached(STATE_KEYS_BOUND));
             }
         }
         let expires_ms = ttl.map(|t| {

@@ -241,12 +241,18 @@ fn a_line_break_between_json_tokens_becomes_a_space() {
 
 /// A node over a memory engine (returned too, for its sweeper) with `options` for every channel.
 fn node_with(options: NamespaceOptions, max_latest: usize) -> (Node, Arc<MemoryEngine>) {
+    node_over(options, max_latest, MemoryEngineConfig::default())
+}
+
+/// [`node_with`] over a memory engine configured with `engine`.
+fn node_over(
+    options: NamespaceOptions,
+    max_latest: usize,
+    engine: MemoryEngineConfig,
+) -> (Node, Arc<MemoryEngine>) {
     let stats = Arc::new(Stats::default());
     let hub = Arc::new(Hub::new(stats.clone()));
-    let engine = Arc::new(MemoryEngine::new(
-        hub.clone(),
-        MemoryEngineConfig::default(),
-    ));
+    let engine = Arc::new(MemoryEngine::new(hub.clone(), engine));
     let channels = Arc::new(ChannelsConfig {
         defaults: options,
         max_latest_state_channels: max_latest,
@@ -382,6 +388,43 @@ async fn channels_keeping_latest_state_are_bounded_and_refusals_counted() {
     );
     assert_eq!(node.stats.refused.latest_state_channels.load(Relaxed), 1);
     assert_eq!(engine.latest_channel_count(), 1);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_bounded_by_the_state_store_and_refusals_counted() {
+    let (node, _engine) = node_over(
+        NamespaceOptions::default(),
+        ChannelsConfig::default().max_latest_state_channels,
+        MemoryEngineConfig {
+            max_state_keys: 2,
+            ..MemoryEngineConfig::default()
+        },
+    );
+    let keyed = |key: &'static str| {
+        let node = node.clone();
+        async move {
+            let data = RawValue::from_string(format!("\"{key}\"")).unwrap();
+            let p = node.publisher.prepare("orders", None, data).unwrap();
+            let once = node.publisher.once(&p, key).unwrap();
+            node.publisher
+                .publish_once(p, crate::Source::Http, &once)
+                .await
+        }
+    };
+    keyed("k1").await.unwrap();
+    keyed("k2").await.unwrap();
+    // A repeat of a kept key is still recognised; a new key finds the store full.
+    assert!(matches!(
+        keyed("k1").await,
+        Ok(crate::Published::Repeat { .. })
+    ));
+    let refused = keyed("k3").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("engine.max_state_keys"),
+        "{refused}"
+    );
+    assert_eq!(node.stats.refused.state_keys.load(Relaxed), 1);
+    assert_eq!(node.stats.refused.latest_state_channels.load(Relaxed), 0);
 }
 
 fn person(user: &str) -> crate::Identity {
