@@ -143,13 +143,13 @@ async fn widgets_get_each_event_once_in_order_and_a_late_widget_the_current_stat
         (event.as_str(), &data["bits"]),
         ("channel.cheer", &json!(100))
     );
-    // The follow counts before the next poll.
+    // The follow and the subscription count before the next poll.
     widget
-        .stats_become(json!({"live": true, "viewers": 42, "followers": 101, "subs": 5}))
+        .stats_become(json!({"live": true, "viewers": 42, "followers": 101, "subs": 6}))
         .await;
     // A widget opened now gets the current stats at once.
     let mut late = Widget::open(&server).await;
-    late.stats_become(json!({"live": true, "viewers": 42, "followers": 101, "subs": 5}))
+    late.stats_become(json!({"live": true, "viewers": 42, "followers": 101, "subs": 6}))
         .await;
     fake.notify(
         "stream.offline",
@@ -158,7 +158,7 @@ async fn widgets_get_each_event_once_in_order_and_a_late_widget_the_current_stat
     );
     assert_eq!(widget.next_alert().await.0, "stream.offline");
     widget
-        .stats_become(json!({"live": false, "viewers": 0, "followers": 101, "subs": 5}))
+        .stats_become(json!({"live": false, "viewers": 0, "followers": 101, "subs": 6}))
         .await;
     let stats = server
         .wait_stats("the revocation counted", |s| {

@@ -180,6 +180,10 @@ async fn handle(account: &Account, token: &CancellationToken, v: &Value) -> Next
             }
             match kind {
                 "channel.follow" => account.update_stats(|s| s.followers += 1).await,
+                // One per new subscriber, gifted ones included (the gift's own event is the
+                // gifter's, so counting it too would count them twice); an ended one leaves
+                // the count at the next poll.
+                "channel.subscribe" => account.update_stats(|s| s.subs += 1).await,
                 "stream.online" => account.update_stats(|s| s.live = true).await,
                 "stream.offline" => {
                     account

@@ -11,7 +11,8 @@
 //!   delivers twice (or both sockets of a hand-off deliver) is published once, on any node.
 //! - **Stats** (`helix.rs`): every `poll_interval` the stream, follower and subscriber
 //!   counts are read and `stats` (`{live, viewers, followers, subs}`) is published when it
-//!   changed; follows and online/offline update it between polls. Give the channel's
+//!   changed; follows, new subscriptions and online/offline update it between polls (an
+//!   ended subscription shows at the next poll). Give the channel's
 //!   namespace `latest_state = "per_event"` so a widget opened late gets it at once.
 //! - **Tokens**: the user token is refreshed before it expires and after a 401, and the
 //!   rotated refresh token is written to `token_file`, so a restart needs no new login.
