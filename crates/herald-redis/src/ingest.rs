@@ -10,7 +10,7 @@
 
 use crate::engine::RedisEngine;
 use fred::interfaces::{ClientLike, StreamsInterface};
-use fred::prelude::{Builder, Client, Value};
+use fred::prelude::{Client, Value};
 use fred::types::{ClusterHash, CustomCommand};
 use herald_core::{EngineError, Publisher};
 use serde_json::value::RawValue;
@@ -33,6 +33,16 @@ const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// Rejected entries kept for inspection.
 const REJECTED_KEEP: u64 = 10_000;
+
+/// Reads failing this long are logged as a warning (shorter outages, such as a Redis restart
+/// the engine already reports, only at debug).
+const FAILING_TOLD_AFTER: Duration = Duration::from_secs(10);
+
+/// Reads have been failing since `since`; `told`: the warning was logged.
+struct Failing {
+    since: tokio::time::Instant,
+    told: bool,
+}
 
 struct Entry {
     id: String,
@@ -76,14 +86,9 @@ pub(crate) async fn run(
     publisher: Arc<Publisher>,
     token: CancellationToken,
 ) {
-    // Blocking reads need a connection of their own.
-    let client = match Builder::from_config(engine.client.client_config()).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot build the worker stream client; worker publishing is off.");
-            return;
-        }
-    };
+    // Blocking reads need a connection of their own, reconnecting as the engine's does (a
+    // client without that policy stops for good when Redis restarts).
+    let client = engine.client.clone_new();
     let _ = client.init().await;
     let stream = format!("{}:ingest", engine.config.prefix);
     let consumer = format!("node-{:016x}", fastrand::u64(..));
@@ -92,6 +97,7 @@ pub(crate) async fn run(
     // The group is (re)created at start and after any failed round (Redis may have restarted
     // empty), not on every read.
     let mut group_ready = false;
+    let mut failing: Option<Failing> = None;
     loop {
         if token.is_cancelled() || publisher.is_closed() {
             break;
@@ -163,9 +169,23 @@ pub(crate) async fn run(
             b = round => b,
         };
         let batch = match batch {
-            Ok(b) => b,
+            Ok(b) => {
+                if failing.take().is_some_and(|f| f.told) {
+                    tracing::info!(stream, "Reading the worker stream again.");
+                }
+                b
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "Worker stream read failed; retrying.");
+                let f = failing.get_or_insert(Failing {
+                    since: tokio::time::Instant::now(),
+                    told: false,
+                });
+                if !f.told && f.since.elapsed() >= FAILING_TOLD_AFTER {
+                    f.told = true;
+                    tracing::warn!(stream, error = %e, "The worker stream cannot be read; its entries wait in Redis until it can. Retrying.");
+                } else {
+                    tracing::debug!(error = %e, "Worker stream read failed; retrying.");
+                }
                 backlog = true;
                 group_ready = false;
                 tokio::select! {
