@@ -295,7 +295,10 @@ async fn patterns(
         };
         publish_message(config, publisher, status, token, &channel, &payload).await;
     };
-    let _ = client.quit().await;
+    // A connection that ended has nothing to quit (fred would warn that it already stopped).
+    if ended.is_none() {
+        let _ = client.quit().await;
+    }
     match ended {
         None => Ok(()),
         Some(why) => Err(Ended {
