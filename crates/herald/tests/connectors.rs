@@ -470,7 +470,7 @@ where
 /// and counted) and stream entries (a bad one set aside with its reason).
 #[tokio::test]
 async fn redis_patterns_and_stream_on_the_memory_engine() {
-    let Some(source) = Backend::start(Kind::Redis) else {
+    let Some(mut source) = Backend::start(Kind::Redis) else {
         return;
     };
     let config = format!(
@@ -565,6 +565,54 @@ stream = "jobs"
         ),
         (Some("connected"), Some(0), Some(0)),
         "{c}"
+    );
+
+    // Redis restarts (empty): both sides connect again, the stream's group is made anew, and
+    // what is published afterwards arrives.
+    source.restart();
+    server
+        .wait_stats("reconnected", |s| {
+            let c = &s["connectors"][0];
+            c["state"] == "connected" && c["reconnects"].as_u64() >= Some(1)
+        })
+        .await;
+    source.redis_cli(&[
+        "XADD",
+        "jobs",
+        "*",
+        "channel",
+        "job_progress:job_123",
+        "event",
+        "job_done",
+        "data",
+        r#"{"after":"restart"}"#,
+    ]);
+    let mut after = (false, false);
+    for _ in 0..100 {
+        if !after.1 {
+            source.redis_cli(&[
+                "PUBLISH",
+                "job_progress:job_123",
+                r#"{"type":"job_progress","progress":0.9}"#,
+            ]);
+        }
+        let Ok((e, v)) = tokio::time::timeout(Duration::from_millis(100), sse.next_json()).await
+        else {
+            continue;
+        };
+        match e.as_str() {
+            "job_done" if v["data"] == json!({"after": "restart"}) => after.0 = true,
+            "job_progress" if v["data"]["progress"] == 0.9 => after.1 = true,
+            _ => {}
+        }
+        if after == (true, true) {
+            break;
+        }
+    }
+    assert_eq!(
+        after,
+        (true, true),
+        "(stream entry, PUBLISH) after the restart"
     );
 }
 
