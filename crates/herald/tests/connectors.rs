@@ -512,17 +512,7 @@ stream = "jobs"
         "job_progress:job_123",
         r#"{"type":"job_progress","progress":0.5}"#,
     ]);
-    source.redis_cli(&[
-        "XADD",
-        "jobs",
-        "*",
-        "channel",
-        "job_progress:job_123",
-        "event",
-        "job_done",
-        "data",
-        r#"{"url":"/out.mp4"}"#,
-    ]);
+    job_done(&source, r#"{"url":"/out.mp4"}"#);
     source.redis_cli(&["XADD", "jobs", "*", "data", "{}"]);
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -576,17 +566,7 @@ stream = "jobs"
             c["state"] == "connected" && c["reconnects"].as_u64() >= Some(1)
         })
         .await;
-    source.redis_cli(&[
-        "XADD",
-        "jobs",
-        "*",
-        "channel",
-        "job_progress:job_123",
-        "event",
-        "job_done",
-        "data",
-        r#"{"after":"restart"}"#,
-    ]);
+    job_done(&source, r#"{"after":"restart"}"#);
     let mut after = (false, false);
     for _ in 0..100 {
         if !after.1 {
@@ -614,6 +594,21 @@ stream = "jobs"
         (true, true),
         "(stream entry, PUBLISH) after the restart"
     );
+}
+
+/// Adds a `job_done` entry with `data` to the `jobs` stream.
+fn job_done(source: &Backend, data: &str) {
+    source.redis_cli(&[
+        "XADD",
+        "jobs",
+        "*",
+        "channel",
+        "job_progress:job_123",
+        "event",
+        "job_done",
+        "data",
+        data,
+    ]);
 }
 
 fn xadd(source: &Backend, channel: &str, seq: u64) {
