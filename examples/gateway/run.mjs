@@ -3,13 +3,12 @@
 // starts the worker, sends alerts and streams AI answers through Herald's HTTP API.
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { connect as connectTls } from "node:tls";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { api, exitStack, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
+import { api, exitStack, serveApp, signToken, startHerald, startRedis, workDir } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const HERALD_LISTEN = process.env.EXAMPLE_HERALD_LISTEN || "127.0.0.1:7700";
@@ -19,10 +18,9 @@ const TOKEN_TTL = 3600;
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const work = mkdtempSync(join(tmpdir(), "herald-gateway-"));
 /** What to stop on the way out, newest first: Redis outlives Herald, which outlives the app. */
 const stops = exitStack("gateway");
-stops.push(() => rmSync(work, { recursive: true, force: true }));
+const work = workDir(stops, "gateway");
 
 // ---- Redis ----
 

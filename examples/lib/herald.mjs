@@ -3,9 +3,10 @@
 // for the example system's own backend.
 import { spawn, spawnSync } from "node:child_process";
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createTcpServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -145,6 +146,13 @@ export function exitStack(name) {
     });
   }
   return stops;
+}
+
+/** A temporary directory for this run (`herald-NAME-…`), removed by `stops` after all else. */
+export function workDir(stops, name) {
+  const dir = mkdtempSync(join(tmpdir(), `herald-${name}-`));
+  stops.push(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 /** Ends `proc` with `signal` and resolves once it exited; SIGKILL if it is still there after `ms`. */

@@ -4,12 +4,11 @@
 // both nodes, and the app's backend, which signs connection tokens and writes posts to Postgres,
 // whose trigger hands each change to Herald through the outbox.
 import { spawn, spawnSync } from "node:child_process";
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { bearerClaims, ended, exitStack, freePort, heraldToml, serveApp, signToken, startHerald, startRedis } from "../lib/herald.mjs";
+import { bearerClaims, ended, exitStack, freePort, heraldToml, serveApp, signToken, startHerald, startRedis, workDir } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PORT = Number(process.env.EXAMPLE_PORT ?? 8080);
@@ -22,10 +21,9 @@ const USER = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_BODY = 500;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const work = mkdtempSync(join(tmpdir(), "herald-social-"));
 /** What to stop on the way out, newest first, each awaited: Redis and Postgres outlive the nodes. */
 const stops = exitStack("social");
-stops.push(() => rmSync(work, { recursive: true, force: true }));
+const work = workDir(stops, "social");
 
 const { source, setting } = heraldToml(here);
 const apiKey = setting(/^key = "([^"]+)"$/m, '`key = "..."` in [[auth.api_keys]]');

@@ -1,11 +1,11 @@
 // Twitch overlays, in one command: a fake Twitch (or the real one, with TWITCH_* variables set),
 // Herald running its Twitch connector against it, and a small server for the widgets and the
 // control panel that fires the fake's events.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { exitStack, serveApp, startHerald } from "../lib/herald.mjs";
+import { exitStack, serveApp, startHerald, workDir } from "../lib/herald.mjs";
 import { startFakeTwitch } from "./fake-twitch.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -14,9 +14,8 @@ const APP_PORT = Number(process.env.EXAMPLE_PORT ?? 8080);
 const TWITCH_PORT = Number(process.env.EXAMPLE_TWITCH_PORT ?? 0);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const work = mkdtempSync(join(tmpdir(), "herald-twitch-"));
 const stops = exitStack("twitch example");
-stops.push(() => rmSync(work, { recursive: true, force: true }));
+const work = workDir(stops, "twitch");
 
 // ---- the configuration: herald.toml with the Twitch it talks to ----
 

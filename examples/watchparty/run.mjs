@@ -2,12 +2,11 @@
 // the app's backend: the Mini App's page, rooms, chat history, and the proxy endpoints Herald
 // asks before each client publish and subscribe.
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
-import { tmpdir } from "node:os";
 import { dirname, extname, join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SDK_BUNDLE, bearerClaims, exitStack, heraldToml, startHerald } from "../lib/herald.mjs";
+import { bearerClaims, exitStack, heraldToml, SDK_BUNDLE, startHerald, workDir } from "../lib/herald.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PUBLIC = join(here, "public");
@@ -25,9 +24,8 @@ const MAX_HISTORY = 200;
 /** How far Herald's clock (x-herald-timestamp) may be from ours. */
 const PROXY_TOLERANCE_S = 60;
 
-const work = mkdtempSync(join(tmpdir(), "herald-watchparty-"));
 const stops = exitStack("watchparty");
-stops.push(() => rmSync(work, { recursive: true, force: true }));
+const work = workDir(stops, "watchparty");
 
 // ---- the configuration: what the app shares with Herald ----
 
